@@ -1,0 +1,71 @@
+"""Content keys: one stable 128-bit hex key per request.
+
+A key covers everything that changes the answer: base URL, model, system prompt, generation
+parameters, response schema and the prompt. It is built from canonical JSON and BLAKE2b, so it is the
+same across library, Polars and Python versions (never ``Series.hash``). The API key is not part of it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+__all__ = ["KEY_VERSION", "KeyMaker", "request_fingerprint"]
+
+KEY_VERSION = 1
+
+
+def request_fingerprint(
+    *,
+    base_url: str,
+    model: str,
+    system: str | None,
+    params: Mapping[str, Any],
+    schema: Mapping[str, Any] | None,
+) -> bytes:
+    """Canonical bytes describing everything about a request except the prompt."""
+    doc = {
+        "v": KEY_VERSION,
+        "base_url": base_url.rstrip("/"),
+        "model": model,
+        "system": system,
+        "params": dict(params),
+        "schema": schema,
+    }
+    return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str).encode()
+
+
+class KeyMaker:
+    """Hashes prompts under one request fingerprint.
+
+    >>> km = KeyMaker(request_fingerprint(base_url="http://x/v1", model="m", system=None, params={},
+    ...                                   schema=None))
+    >>> k = km.key("hello")
+    >>> len(k), k == km.key("hello"), k == km.key("hello!")
+    (32, True, False)
+    """
+
+    __slots__ = ("_base",)
+
+    def __init__(self, fingerprint: bytes) -> None:
+        base = hashlib.blake2b(digest_size=16, person=b"polars_llm")
+        base.update(fingerprint)
+        base.update(b"\x00")
+        self._base = base
+
+    def key(self, prompt: str) -> str:
+        h = self._base.copy()
+        h.update(prompt.encode("utf-8", "surrogatepass"))
+        return h.hexdigest()
+
+    def keys(self, prompts: Iterable[str]) -> list[str]:
+        base = self._base
+        out = []
+        append = out.append
+        for prompt in prompts:
+            h = base.copy()
+            h.update(prompt.encode("utf-8", "surrogatepass"))
+            append(h.hexdigest())
+        return out

@@ -1,0 +1,211 @@
+"""Exceptions raised by polars_llm.
+
+Every API error carries the facts needed to act on it: HTTP status, response headers, the
+server's retry hint, how many attempts were made and the raw body. API keys never appear in
+any message or repr.
+
+Hierarchy::
+
+    PolarsLLMError
+    ├── ConfigError                 invalid or missing option; raised before any request
+    ├── StoreError                  cache file locked by another process, unwritable, foreign
+    └── APIError                    a request to the provider failed
+        ├── TransientError          retried with backoff (the row fails only when attempts run out)
+        │   ├── RateLimitError          429, or 402/503 carrying Retry-After
+        │   ├── ServerError             5xx
+        │   ├── APITimeoutError         no answer within ``timeout``
+        │   ├── APIConnectionError      refused / reset / DNS
+        │   └── MalformedResponseError  bad JSON, truncated body, empty ``choices``
+        ├── RowError                this row is ``failed``; the rest of the batch goes on
+        │   ├── BadRequestError         400, 404, 413, 422
+        │   ├── ContentFilterError      ``finish_reason == "content_filter"``
+        │   ├── OutputTruncatedError    ``finish_reason == "length"`` with a response model
+        │   └── OutputValidationError   output does not match the response model (raw text kept)
+        └── FatalError              stops the whole run within ~1 s; finished rows are kept
+            ├── AuthenticationError     401
+            ├── PermissionDeniedError   403
+            ├── InsufficientCreditsError 402 without Retry-After
+            └── EndpointUnreachableError the endpoint refused connections repeatedly
+
+Example:
+    >>> from polars_llm.exceptions import RateLimitError, TransientError
+    >>> err = RateLimitError("slow down", status=429, retry_after=2.0)
+    >>> isinstance(err, TransientError), err.retry_after
+    (True, 2.0)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+__all__ = [
+    "APIConnectionError",
+    "APIError",
+    "APITimeoutError",
+    "AuthenticationError",
+    "BadRequestError",
+    "ConfigError",
+    "ContentFilterError",
+    "EndpointUnreachableError",
+    "FatalError",
+    "InsufficientCreditsError",
+    "MalformedResponseError",
+    "OutputTruncatedError",
+    "OutputValidationError",
+    "PermissionDeniedError",
+    "PolarsLLMError",
+    "RateLimitError",
+    "RowError",
+    "ServerError",
+    "StoreError",
+    "TransientError",
+]
+
+_BODY_LIMIT = 2000
+
+
+class PolarsLLMError(Exception):
+    """Base class of every error raised by polars_llm."""
+
+
+class ConfigError(PolarsLLMError, ValueError):
+    """An option is missing or invalid. Raised before any request is sent."""
+
+
+class StoreError(PolarsLLMError):
+    """The DuckDB cache file cannot be used (locked, unwritable, foreign or corrupted)."""
+
+    def __init__(self, message: str, *, path: str | None = None, holder: str | None = None) -> None:
+        super().__init__(message)
+        self.path = path
+        self.holder = holder
+
+
+class APIError(PolarsLLMError):
+    """A request to the provider failed.
+
+    Attributes:
+        status: HTTP status code, or ``None`` for transport failures.
+        headers: response headers (lower-cased names).
+        body: raw response body (truncated to 2000 characters).
+        retry_after: seconds the server asked us to wait, if it said.
+        attempts: attempts made for this request when the error was final.
+        request_id: provider request id, if any.
+        kind: short machine-readable kind, stored in the cache's ``error_kind`` column.
+    """
+
+    kind = "api_error"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        headers: Mapping[str, str] | None = None,
+        body: str | None = None,
+        retry_after: float | None = None,
+        attempts: int = 1,
+        request_id: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+        self.headers = dict(headers or {})
+        self.body = body[:_BODY_LIMIT] if body is not None else None
+        self.retry_after = retry_after
+        self.attempts = attempts
+        self.request_id = request_id
+
+    def __str__(self) -> str:
+        parts = [self.message]
+        if self.status is not None:
+            parts.insert(0, f"HTTP {self.status}:")
+        if self.attempts > 1:
+            parts.append(f"(after {self.attempts} attempts)")
+        return " ".join(parts)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.message!r}, status={self.status!r}, attempts={self.attempts})"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild, (type(self), self.message, self.__dict__))
+
+
+def _rebuild(cls: type[APIError], message: str, state: dict[str, Any]) -> APIError:
+    err = cls.__new__(cls)
+    Exception.__init__(err, message)
+    err.__dict__.update(state)
+    return err
+
+
+class TransientError(APIError):
+    """Worth retrying after a backoff."""
+
+    kind = "transient"
+
+
+class RateLimitError(TransientError):
+    kind = "rate_limit"
+
+
+class ServerError(TransientError):
+    kind = "server_error"
+
+
+class APITimeoutError(TransientError):
+    kind = "timeout"
+
+
+class APIConnectionError(TransientError):
+    kind = "connection"
+
+
+class MalformedResponseError(TransientError):
+    kind = "malformed_response"
+
+
+class RowError(APIError):
+    """Only this row fails; every other row goes on."""
+
+    kind = "row_error"
+
+
+class BadRequestError(RowError):
+    kind = "bad_request"
+
+
+class ContentFilterError(RowError):
+    kind = "content_filter"
+
+
+class OutputTruncatedError(RowError):
+    kind = "output_truncated"
+
+
+class OutputValidationError(RowError):
+    """The model's output did not validate against ``response_model``; ``body`` holds the raw text."""
+
+    kind = "output_validation"
+
+
+class FatalError(APIError):
+    """Stops the run: retrying cannot help and every other request would fail the same way."""
+
+    kind = "fatal"
+
+
+class AuthenticationError(FatalError):
+    kind = "authentication"
+
+
+class PermissionDeniedError(FatalError):
+    kind = "permission_denied"
+
+
+class InsufficientCreditsError(FatalError):
+    kind = "insufficient_credits"
+
+
+class EndpointUnreachableError(FatalError):
+    kind = "endpoint_unreachable"
