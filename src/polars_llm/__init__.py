@@ -1,0 +1,59 @@
+"""polars_llm: run an LLM over a Polars column — durable, rate-limited, resumable.
+
+Importing the package registers the ``llm`` namespace on ``pl.Expr``, ``pl.Series``, ``pl.DataFrame``
+and ``pl.LazyFrame``.
+
+>>> import polars as pl, polars_llm
+>>> from polars_llm import sim
+>>> with sim.serve() as url:
+...     df = pl.DataFrame({"prompt": ["Say hi", "Say bye"]})
+...     out = df.llm.map("prompt", "demo-model", base_url=url, api_key="sk-demo", cache=None, progress=False)
+>>> out["status"].to_list()
+['done', 'done']
+"""
+
+from __future__ import annotations
+
+from . import _namespace  # noqa: F401  (registers the namespaces)
+from ._config import DEFAULT_BASE_URL, DEFAULT_CACHE, DEFAULT_CACHE_PATH, MapConfig, Secret, resolve_config
+from ._map import MapOptions, llm_map, llm_map_async, llm_map_frame, llm_map_series, output_dtype
+from .exceptions import (
+    APIError,
+    AuthenticationError,
+    ColumnTypeError,
+    ConfigError,
+    FatalError,
+    PolarsLLMError,
+    RateLimitError,
+    RowError,
+    StoreError,
+    TransientError,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DEFAULT_BASE_URL",
+    "DEFAULT_CACHE",
+    "DEFAULT_CACHE_PATH",
+    "APIError",
+    "AuthenticationError",
+    "ColumnTypeError",
+    "ConfigError",
+    "FatalError",
+    "MapConfig",
+    "MapOptions",
+    "PolarsLLMError",
+    "RateLimitError",
+    "RowError",
+    "Secret",
+    "StoreError",
+    "TransientError",
+    "__version__",
+    "llm_map",
+    "llm_map_async",
+    "llm_map_frame",
+    "llm_map_series",
+    "output_dtype",
+    "resolve_config",
+]

@@ -7,7 +7,7 @@ import os
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Final
+from typing import Any, Final, Literal
 
 from dotenv import dotenv_values
 from pydantic import BaseModel
@@ -143,7 +143,9 @@ class MapConfig:
         if self.response_model is not None and not (
             isinstance(self.response_model, type) and issubclass(self.response_model, BaseModel)
         ):
-            raise ConfigError(f"response_model must be a pydantic BaseModel subclass, got {self.response_model!r}")
+            raise ConfigError(
+                f"response_model must be a pydantic BaseModel subclass, got {self.response_model!r}"
+            )
         if self.transport not in ("auto", "aiohttp", "openai"):
             raise ConfigError(f"transport must be 'auto', 'aiohttp' or 'openai', got {self.transport!r}")
 

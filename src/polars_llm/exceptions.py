@@ -8,6 +8,7 @@ Hierarchy::
 
     PolarsLLMError
     ├── ConfigError                 invalid or missing option; raised before any request
+│   └── ColumnTypeError         the prompt column is not a string column (also a TypeError)
     ├── StoreError                  cache file locked by another process, unwritable, foreign
     └── APIError                    a request to the provider failed
         ├── TransientError          retried with backoff (the row fails only when attempts run out)
@@ -25,6 +26,7 @@ Hierarchy::
             ├── AuthenticationError     401
             ├── PermissionDeniedError   403
             ├── InsufficientCreditsError 402 without Retry-After
+            ├── NotFoundError           404: wrong base_url or unknown model
             └── EndpointUnreachableError the endpoint refused connections repeatedly
 
 Example:
@@ -45,12 +47,14 @@ __all__ = [
     "APITimeoutError",
     "AuthenticationError",
     "BadRequestError",
+    "ColumnTypeError",
     "ConfigError",
     "ContentFilterError",
     "EndpointUnreachableError",
     "FatalError",
     "InsufficientCreditsError",
     "MalformedResponseError",
+    "NotFoundError",
     "OutputTruncatedError",
     "OutputValidationError",
     "PermissionDeniedError",
@@ -71,6 +75,10 @@ class PolarsLLMError(Exception):
 
 class ConfigError(PolarsLLMError, ValueError):
     """An option is missing or invalid. Raised before any request is sent."""
+
+
+class ColumnTypeError(ConfigError, TypeError):
+    """The prompt column has a dtype other than String (or Null)."""
 
 
 class StoreError(PolarsLLMError):
@@ -205,6 +213,10 @@ class PermissionDeniedError(FatalError):
 
 class InsufficientCreditsError(FatalError):
     kind = "insufficient_credits"
+
+
+class NotFoundError(FatalError):
+    kind = "not_found"
 
 
 class EndpointUnreachableError(FatalError):

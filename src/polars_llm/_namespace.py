@@ -1,0 +1,70 @@
+"""The ``llm`` namespaces on Expr, Series, DataFrame and LazyFrame: thin forwards to ``_map``."""
+
+from __future__ import annotations
+
+from typing import Any, Generic, TypeVar, Unpack
+
+import polars as pl
+
+from ._config import resolve_config
+from ._map import MapOptions, llm_map, llm_map_async, llm_map_frame, llm_map_series
+
+__all__ = ["ExprLLM", "FrameLLM", "SeriesLLM"]
+
+FrameT = TypeVar("FrameT", pl.DataFrame, pl.LazyFrame)
+
+
+@pl.api.register_expr_namespace("llm")
+class ExprLLM:
+    """``pl.col("prompt").llm.map(model=...)`` → ``Struct{result, status}``."""
+
+    def __init__(self, expr: pl.Expr) -> None:
+        self._expr = expr
+
+    def map(self, model: str | None = None, **options: Unpack[MapOptions]) -> pl.Expr:
+        return llm_map(self._expr, model, **options)
+
+
+@pl.api.register_series_namespace("llm")
+class SeriesLLM:
+    """``series.llm.map(model=...)`` → a ``Struct{result, status}`` Series; ``amap`` awaits it."""
+
+    def __init__(self, series: pl.Series) -> None:
+        self._series = series
+
+    def map(self, model: str | None = None, **options: Unpack[MapOptions]) -> pl.Series:
+        return llm_map_series(self._series, resolve_config(model=model, **options))
+
+    async def amap(self, model: str | None = None, **options: Unpack[MapOptions]) -> pl.Series:
+        return await llm_map_async(self._series, model=model, **options)  # type: ignore[return-value]
+
+
+class _FrameLLM(Generic[FrameT]):
+    def __init__(self, frame: FrameT) -> None:
+        self._frame = frame
+
+    def map(
+        self,
+        column: str | pl.Expr,
+        model: str | None = None,
+        *,
+        result_name: str = "result",
+        status_name: str = "status",
+        **options: Unpack[MapOptions],
+    ) -> FrameT:
+        return llm_map_frame(
+            self._frame, column, model, result_name=result_name, status_name=status_name, **options
+        )
+
+
+@pl.api.register_dataframe_namespace("llm")
+class FrameLLM(_FrameLLM[pl.DataFrame]):
+    """``df.llm.map("prompt", model=...)`` → ``df`` with ``result`` and ``status`` columns."""
+
+    async def amap(self, column: str, model: str | None = None, **options: Any) -> pl.DataFrame:
+        return await llm_map_async(self._frame, column, model, **options)  # type: ignore[return-value]
+
+
+@pl.api.register_lazyframe_namespace("llm")
+class LazyFrameLLM(_FrameLLM[pl.LazyFrame]):
+    """``lf.llm.map("prompt", model=...)`` → a LazyFrame; nothing is sent until it is collected."""

@@ -1,0 +1,457 @@
+"""The durable job store: one DuckDB file holding every request and its outcome.
+
+Tables (also in :data:`TABLES_DOC`):
+
+``requests``
+    one row per content key: ``key`` (32-hex), ``prompt``, ``base_url``, ``model``, ``system``, ``params``
+    (JSON text), ``schema_name``, ``schema`` (JSON text), ``status`` (``pending`` | ``done`` | ``failed``),
+    ``result``, ``error``, ``error_kind``, ``attempts`` (summed over runs), ``tokens_in``, ``tokens_out``,
+    ``cost``, ``created_at``, ``updated_at``, ``finished_at`` (UTC ``TIMESTAMP``). No API key is ever stored.
+``schema_version``
+    ``version``, ``applied_at``: one row per applied migration (see :mod:`polars_llm._migrations`).
+
+There is no primary key or index: a DuckDB ``VARCHAR`` primary key makes bulk inserts several times
+slower. Uniqueness of ``key`` comes from the single writer: every insert is an anti-join against
+``requests``, and all calls on one file in this process are serialised by one lock. Another process
+cannot open the file at all (DuckDB holds an exclusive file lock), which :meth:`Store.open` reports as
+a :class:`StoreError` naming the holder.
+
+Every write is one transaction; DuckDB's write-ahead log makes a committed batch survive ``kill -9``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Final, Literal, Self
+
+import duckdb
+import polars as pl
+
+from . import _migrations
+from .exceptions import ConfigError, StoreError
+
+__all__ = ["TABLES_DOC", "Outcome", "Store"]
+
+TABLES_DOC: Final = """\
+The cache is one DuckDB file (default `.polars_llm/cache.duckdb`); open it with any DuckDB client
+while no run is using it.
+
+**`requests`**: one row per request, identified by its content key.
+
+| column | type | meaning |
+|---|---|---|
+| `key` | VARCHAR | 32-hex content key (base URL, model, system prompt, parameters, schema and prompt) |
+| `prompt` | VARCHAR | the prompt text |
+| `base_url`, `model` | VARCHAR | endpoint and model |
+| `system` | VARCHAR | system prompt, or NULL |
+| `params` | VARCHAR | generation parameters as JSON text |
+| `schema_name`, `schema` | VARCHAR | response model name and JSON schema, or NULL |
+| `status` | VARCHAR | `pending`, `done` or `failed` |
+| `result` | VARCHAR | raw text, or validated JSON text for a response model |
+| `error` | VARCHAR | error message (validation failures include the raw model output) |
+| `error_kind` | VARCHAR | machine-readable kind, e.g. `rate_limit`, `output_validation` |
+| `attempts` | INTEGER | attempts made, summed over every run |
+| `tokens_in`, `tokens_out` | BIGINT | token usage reported by the provider |
+| `cost` | DOUBLE | cost reported by the provider |
+| `created_at`, `updated_at`, `finished_at` | TIMESTAMP | UTC times |
+
+**`schema_version`**: `version` INTEGER, `applied_at` TIMESTAMP; one row per applied migration.
+
+No API key is stored anywhere in the file.
+"""
+
+OUTPUT_COLUMNS: Final = (
+    "key",
+    "prompt",
+    "model",
+    "status",
+    "result",
+    "error",
+    "attempts",
+    "tokens_in",
+    "tokens_out",
+    "cost",
+    "created_at",
+    "finished_at",
+)
+_JOB_COLUMNS: Final = ("key", "prompt", "base_url", "model", "system", "params", "schema_name", "schema")
+_REQUIRED_JOB_COLUMNS: Final = ("key", "prompt", "base_url", "model", "params")
+_LOOKUP_SCHEMA: Final = {"key": pl.String, "status": pl.String, "result": pl.String, "error": pl.String}
+_BATCH_SCHEMA: Final = {
+    "key": pl.String,
+    "status": pl.String,
+    "result": pl.String,
+    "error": pl.String,
+    "error_kind": pl.String,
+    "attempts": pl.Int32,
+    "tokens_in": pl.Int64,
+    "tokens_out": pl.Int64,
+    "cost": pl.Float64,
+    "finished_at": pl.Float64,
+}
+_LOCK_RE: Final = re.compile(r"Conflicting lock is held in (?P<exe>.*?) \(PID (?P<pid>\d+)\)")
+_DUCKDB_MAGIC: Final = b"DUCK"
+
+_REGISTRY_LOCK = threading.Lock()
+_PATH_LOCKS: dict[str, threading.RLock] = {}
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """One finished request, as the engine hands it to :meth:`Store.write_outcomes`."""
+
+    key: str
+    status: str
+    result: str | None
+    error: str | None
+    error_kind: str | None
+    attempts: int
+    tokens_in: int | None
+    tokens_out: int | None
+    cost: float | None
+    finished_at: float
+
+
+def _now_us() -> int:
+    return int(time.time() * 1_000_000)
+
+
+def _path_lock(path: Path | None) -> threading.RLock:
+    if path is None:
+        return threading.RLock()
+    with _REGISTRY_LOCK:
+        return _PATH_LOCKS.setdefault(os.path.realpath(path), threading.RLock())
+
+
+def _lock_error(path: Path, exc: BaseException) -> StoreError:
+    match = _LOCK_RE.search(str(exc))
+    holder = f"{match['exe']} (PID {match['pid']})" if match else "another process"
+    return StoreError(
+        f"the cache {path} is locked by {holder}: another notebook or process is using this cache; "
+        "finish or close it (restart that kernel), or pass cache=<other path>.",
+        path=str(path),
+        holder=holder,
+    )
+
+
+def _open_error(path: Path, exc: BaseException) -> StoreError:
+    text = str(exc)
+    if "Conflicting lock" in text or "Could not set lock" in text:
+        return _lock_error(path, exc)
+    if "not a valid DuckDB database" in text:
+        return _migrations.not_ours(path)
+    return StoreError(f"cannot open the cache {path}: {text}. Pass cache=<other path>.", path=str(path))
+
+
+def _prepare_file(path: Path) -> None:
+    """Create the parent directory; refuse paths that cannot be a cache before DuckDB touches them."""
+    parent = path.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StoreError(
+            f"cannot create the cache directory {parent} for {path}: {exc.strerror or exc}. "
+            "Pass cache=<other path>.",
+            path=str(path),
+        ) from None
+    if not parent.is_dir():
+        raise StoreError(f"cannot use the cache {path}: {parent} is not a directory", path=str(path))
+    if path.is_dir():
+        raise StoreError(f"the cache path {path} is a directory; pass a file path", path=str(path))
+    if not path.exists():
+        return
+    try:
+        with path.open("rb") as fh:
+            header = fh.read(12)
+    except OSError as exc:
+        raise StoreError(f"cannot read the cache {path}: {exc.strerror or exc}", path=str(path)) from None
+    if not header:  # an empty file (e.g. from mkstemp) holds nothing: let DuckDB create the database in it
+        path.unlink()
+        return
+    if header[8:12] != _DUCKDB_MAGIC:
+        raise _migrations.not_ours(path)
+
+
+def _connect(path: Path, *, read_only: bool) -> duckdb.DuckDBPyConnection:
+    try:
+        return duckdb.connect(str(path), read_only=read_only)
+    except duckdb.Error as exc:
+        raise _open_error(path, exc) from None
+
+
+def _probe(path: Path) -> None:
+    """Classify an existing file read-only, so a foreign database (and its WAL) is never rewritten."""
+    try:
+        con = duckdb.connect(str(path), read_only=True)
+    except duckdb.ConnectionException:
+        return  # this process already has it open read-write: it passed the probe then
+    except duckdb.Error as exc:
+        raise _open_error(path, exc) from None
+    try:
+        state, _ = _migrations.classify(con)
+    finally:
+        con.close()
+    if state == "foreign":
+        raise _migrations.not_ours(path)
+
+
+class Store:
+    """Durable job store in one DuckDB file (``path=None``: in memory, nothing on disk).
+
+    Thread-safe: every call holds one lock per file, shared by all stores of this process on that file.
+
+    >>> with Store.open(None) as store:
+    ...     store.register(pl.DataFrame({"key": ["k1"], "prompt": ["hi"], "base_url": ["u"], "model": ["m"],
+    ...                                  "params": ["{}"]}))
+    ...     store.counts()
+    1
+    {'pending': 1}
+    """
+
+    path: Path | None
+
+    def __init__(self, con: duckdb.DuckDBPyConnection, path: Path | None, version: int) -> None:
+        self._con: duckdb.DuckDBPyConnection | None = con
+        self.path = path
+        self.version = version
+        self._lock = _path_lock(path)
+
+    @classmethod
+    def open(cls, path: Path | None) -> Store:
+        """Open (creating or migrating) the store at ``path``; ``None`` keeps it in memory.
+
+        Raises:
+            StoreError: the file is locked by another process, cannot be created, is not a polars_llm cache,
+                or was written by a newer polars_llm.
+        """
+        if path is None:
+            con = duckdb.connect(":memory:")
+            return cls(con, None, _migrations.migrate(con))
+        path = Path(path).expanduser().absolute()
+        with _path_lock(path):
+            _prepare_file(path)
+            if path.exists():
+                _probe(path)
+            con = _connect(path, read_only=False)
+            try:
+                version = _migrations.migrate(con, path=path)
+            except BaseException:
+                con.close()
+                raise
+        return cls(con, path, version)
+
+    # -- helpers -------------------------------------------------------------------------------------------
+
+    @contextmanager
+    def _locked(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        with self._lock:
+            if self._con is None:
+                raise StoreError(f"the cache {self._where} is closed", path=self._path_str)
+            yield self._con
+
+    @contextmanager
+    def _transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        with self._locked() as con:
+            con.execute("BEGIN TRANSACTION")
+            try:
+                yield con
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+            con.execute("COMMIT")
+
+    @contextmanager
+    def _registered(self, con: duckdb.DuckDBPyConnection, name: str, frame: pl.DataFrame) -> Iterator[None]:
+        con.register(name, frame)
+        try:
+            yield
+        finally:
+            con.unregister(name)
+
+    @property
+    def _where(self) -> str:
+        return str(self.path) if self.path is not None else ":memory:"
+
+    @property
+    def _path_str(self) -> str | None:
+        return str(self.path) if self.path is not None else None
+
+    # -- API -----------------------------------------------------------------------------------------------
+
+    def lookup(self, keys: pl.DataFrame) -> pl.DataFrame:
+        """``key, status, result, error`` for the keys of ``keys`` (column ``key``) present in the store."""
+        frame = keys.select(pl.col("key").cast(pl.String))
+        if frame.height == 0:
+            return pl.DataFrame(schema=_LOOKUP_SCHEMA)
+        with self._locked() as con, self._registered(con, "_pl_lookup", frame):
+            out = con.sql(
+                "SELECT r.key, r.status, r.result, r.error FROM requests AS r SEMI JOIN _pl_lookup AS q "
+                "ON r.key = q.key"
+            ).pl()
+        return out.cast(_LOOKUP_SCHEMA)  # type: ignore[arg-type]
+
+    def register(self, jobs: pl.DataFrame) -> int:
+        """Insert ``jobs`` as ``pending`` rows for keys not yet stored; returns the number inserted."""
+        missing = [c for c in _REQUIRED_JOB_COLUMNS if c not in jobs.columns]
+        if missing:
+            raise ValueError(f"register() needs columns {missing}")
+        frame = jobs.select(
+            pl.col(c).cast(pl.String) if c in jobs.columns else pl.lit(None, pl.String).alias(c)
+            for c in _JOB_COLUMNS
+        )
+        if frame.height == 0:
+            return 0
+        if frame["key"].n_unique() != frame.height:
+            frame = frame.unique(subset="key", keep="first", maintain_order=True)
+        cols = ", ".join(_JOB_COLUMNS)
+        now = _now_us()
+        with self._transaction() as con, self._registered(con, "_pl_jobs", frame):
+            rows = con.execute(
+                f"INSERT INTO requests ({cols}, status, attempts, created_at, updated_at) "
+                f"SELECT {', '.join('j.' + c for c in _JOB_COLUMNS)}, 'pending', 0, "
+                "make_timestamp(?::BIGINT), make_timestamp(?::BIGINT) "
+                "FROM _pl_jobs AS j ANTI JOIN requests AS r ON r.key = j.key",
+                [now, now],
+            ).fetchall()
+        return int(rows[0][0]) if rows else 0
+
+    def write_outcomes(self, outcomes: Sequence[Outcome]) -> None:
+        """Record a batch of outcomes in one transaction (the last outcome wins for a repeated key)."""
+        if not outcomes:
+            return
+        data = {name: [getattr(o, name) for o in outcomes] for name in _BATCH_SCHEMA}
+        now = _now_us()
+        batch = (
+            pl.DataFrame(data, schema=_BATCH_SCHEMA)
+            .unique(subset="key", keep="last", maintain_order=False)
+            .with_columns(
+                pl.from_epoch((pl.col("finished_at") * 1_000_000).cast(pl.Int64), time_unit="us"),
+                pl.lit(now).cast(pl.Datetime("us")).alias("updated_at"),
+            )
+        )
+        with self._transaction() as con, self._registered(con, "_pl_batch", batch):
+            updated = con.execute(
+                "UPDATE requests SET status = b.status, result = b.result, error = b.error, "
+                "error_kind = b.error_kind, attempts = requests.attempts + b.attempts, "
+                "tokens_in = b.tokens_in, tokens_out = b.tokens_out, cost = b.cost, "
+                "updated_at = b.updated_at, finished_at = b.finished_at "
+                "FROM _pl_batch AS b WHERE requests.key = b.key"
+            ).fetchall()
+            if updated and int(updated[0][0]) == batch.height:
+                return  # the usual case: every key was registered (keys are unique, so no second scan)
+            # Keys that were never registered (should not happen) are kept rather than lost.
+            con.execute(
+                "INSERT INTO requests (key, status, result, error, error_kind, attempts, tokens_in, "
+                "tokens_out, cost, created_at, updated_at, finished_at) "
+                "SELECT b.key, b.status, b.result, b.error, b.error_kind, b.attempts, b.tokens_in, "
+                "b.tokens_out, b.cost, b.updated_at, b.updated_at, b.finished_at "
+                "FROM _pl_batch AS b ANTI JOIN requests AS r ON r.key = b.key"
+            )
+
+    def counts(self) -> dict[str, int]:
+        """Number of rows per status."""
+        with self._locked() as con:
+            rows = con.execute(
+                "SELECT status, count(*) FROM requests GROUP BY status ORDER BY status"
+            ).fetchall()
+        return {str(status): int(n) for status, n in rows}
+
+    def summary(self) -> dict[str, Any]:
+        """Totals for the ``status`` command.
+
+        Keys: ``path``, ``schema_version``, ``total``, ``by_status`` ({status: n}), ``by_model``
+        ({model: {status: n}}), ``tokens_in``, ``tokens_out``, ``cost``, ``error_kinds`` (the 5 most common
+        ``error_kind`` values of failed rows, {kind: n}, most common first), ``last_finished_at``.
+        """
+        with self._locked() as con:
+            by = con.execute(
+                "SELECT coalesce(model, '(unknown)'), status, count(*) FROM requests "
+                "GROUP BY ALL ORDER BY 1, 2"
+            ).fetchall()
+            totals = con.execute(
+                "SELECT count(*), coalesce(sum(tokens_in), 0), coalesce(sum(tokens_out), 0), "
+                "coalesce(sum(cost), 0.0), max(finished_at) FROM requests"
+            ).fetchall()
+            kinds = con.execute(
+                "SELECT error_kind, count(*) AS n FROM requests "
+                "WHERE status = 'failed' AND error_kind IS NOT NULL "
+                "GROUP BY error_kind ORDER BY n DESC, error_kind LIMIT 5"
+            ).fetchall()
+        by_status: dict[str, int] = {}
+        by_model: dict[str, dict[str, int]] = {}
+        for model, status, n in by:
+            by_status[status] = by_status.get(status, 0) + int(n)
+            by_model.setdefault(model, {})[status] = int(n)
+        total, tokens_in, tokens_out, cost, last = totals[0] if totals else (0, 0, 0, 0.0, None)
+        return {
+            "path": self._path_str,
+            "schema_version": self.version,
+            "total": int(total),
+            "by_status": dict(sorted(by_status.items())),
+            "by_model": by_model,
+            "tokens_in": int(tokens_in),
+            "tokens_out": int(tokens_out),
+            "cost": float(cost),
+            "error_kinds": {str(kind): int(n) for kind, n in kinds},
+            "last_finished_at": last,
+        }
+
+    def export(self, out: Path, *, format: Literal["jsonl", "parquet"], where: str | None = None) -> int:
+        """Write the rows (filtered by the SQL condition ``where``) to ``out``; returns the row count.
+
+        Columns: ``key, prompt, model, status, result, error, attempts, tokens_in, tokens_out, cost,
+        created_at, finished_at``, ordered by ``created_at, key``.
+        """
+        if format not in ("jsonl", "parquet"):
+            raise ConfigError(f"export format must be 'jsonl' or 'parquet', got {format!r}")
+        out = Path(out).expanduser().absolute()
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fmt = "JSON" if format == "jsonl" else "PARQUET"
+        query = f"SELECT {', '.join(OUTPUT_COLUMNS)} FROM requests"
+        if where:
+            query += f" WHERE ({where})"
+        target = str(out).replace("'", "''")
+        with self._locked() as con:
+            try:
+                rows = con.execute(
+                    f"COPY ({query} ORDER BY created_at, key) TO '{target}' (FORMAT {fmt})"
+                ).fetchall()
+            except (duckdb.ParserException, duckdb.BinderException) as exc:
+                raise ConfigError(f"export where={where!r} is not a valid SQL condition: {exc}") from None
+        return int(rows[0][0]) if rows else 0
+
+    def close(self) -> None:
+        """Checkpoint and close; safe to call twice."""
+        with self._lock:
+            con, self._con = self._con, None
+            if con is None:
+                return
+            if self.path is not None:
+                # fails only while another connection of this process is mid-transaction; it checkpoints later
+                with suppress(duckdb.Error):
+                    con.execute("CHECKPOINT")
+            con.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._con is None
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._con is None else f"schema v{self.version}"
+        return f"Store({self._where!r}, {state})"
