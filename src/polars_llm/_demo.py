@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Literal
 
@@ -17,7 +17,7 @@ __all__ = ["ReviewLabel", "demo_frame", "run_demo"]
 DEMO_PORT = 18765  # fixed so the content keys (which include base_url) match on a re-run
 
 
-class Aspect(str, Enum):
+class Aspect(StrEnum):
     price = "price"
     quality = "quality"
     shipping = "shipping"
