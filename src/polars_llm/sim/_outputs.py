@@ -1,0 +1,446 @@
+"""Deterministic outputs of the simulator: plain text, schema-conforming JSON and token counts.
+
+Everything here is a pure function of its arguments, so a test can compute the exact answer the
+server will give without talking to it:
+
+>>> expected_text("m", "abc")
+'m: cba'
+>>> expected_text("m", "abc", system="be brief")
+'m [be brief]: cba'
+>>> schema = {"type": "object", "properties": {"n": {"type": "integer", "minimum": 1, "maximum": 3}},
+...           "required": ["n"], "additionalProperties": False}
+>>> out = expected_json(schema, "m", "hi")
+>>> out == expected_json(schema, "m", "hi"), out["n"] in (1, 2, 3)
+(True, True)
+>>> count_tokens("12345678")
+2
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import math
+import random
+import re
+import uuid
+from collections.abc import Mapping
+from typing import Any, Final, TypeGuard
+
+import orjson
+
+try:  # the stdlib regex parser, used to generate strings matching a schema "pattern"
+    import re._constants as _rc
+    import re._parser as _rx
+except ImportError:  # pragma: no cover - very old or very new Python: fall back to fixed candidates
+    _rc = _rx = None
+
+__all__ = [
+    "count_tokens",
+    "expected_content",
+    "expected_json",
+    "expected_text",
+]
+
+_MAX_DEPTH: Final = 6  # past this, optional branches (null, empty arrays) are preferred
+_HARD_DEPTH: Final = 40  # impossible (infinitely recursive) schemas give up here with null
+_WORDS: Final = (
+    "alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel", "india", "juliet",
+    "kilo", "lima", "mike", "november", "oscar", "papa", "quebec", "romeo", "sierra", "tango",
+    "uniform", "victor", "whiskey", "xray", "yankee", "zulu",
+)  # fmt: skip
+_DATE_BASE: Final = _dt.date(2000, 1, 1).toordinal()
+_DATE_SPAN: Final = _dt.date(2030, 12, 31).toordinal() - _DATE_BASE
+
+
+def count_tokens(text: str | None) -> int:
+    """The simulator's token estimate: ``max(1, len(text) // 4)``; ``0`` for ``None``."""
+    if text is None:
+        return 0
+    return max(1, len(text) // 4)
+
+
+def expected_text(model: str, prompt: str, system: str | None = None) -> str:
+    """The plain-text answer: ``f"{model}: {prompt[::-1]}"``, or ``f"{model} [{system}]: ..."``.
+
+    ``system`` is the system prompt (several system messages are joined with a newline); an empty
+    system prompt counts as none. Markers such as ``[[flaky:500:1]]`` stay in ``prompt``.
+    """
+    if system:
+        return f"{model} [{system}]: {prompt[::-1]}"
+    return f"{model}: {prompt[::-1]}"
+
+
+def expected_json(schema: Mapping[str, Any], model: str, prompt: str) -> Any:
+    """A JSON instance conforming to ``schema``, seeded only by ``(model, prompt)``.
+
+    Supports objects (every property is filled, nested, ``$defs``/``definitions`` via ``$ref``,
+    ``additionalProperties`` maps), arrays (1–3 items, within ``minItems``/``maxItems``),
+    ``enum``, ``const``, ``anyOf``/``oneOf`` (including ``{"type": "null"}``), ``allOf``, type lists,
+    strings (formats ``date``, ``date-time``, ``time``, ``email``, ``uuid``, ``uri``; lengths;
+    simple ``pattern`` s), integers and numbers (bounds, ``multipleOf``), booleans and null.
+    """
+    digest = hashlib.blake2b(
+        f"{model}\x00{prompt}".encode("utf-8", "surrogatepass"), digest_size=8, person=b"polars_llm_sim"
+    ).digest()
+    return _Gen(schema, random.Random(int.from_bytes(digest, "big"))).value(schema, 0, "value")
+
+
+def expected_content(
+    model: str,
+    prompt: str,
+    system: str | None = None,
+    response_format: Mapping[str, Any] | None = None,
+) -> str:
+    """The exact ``message.content`` string of a normal (un-faulted) answer.
+
+    With ``response_format={"type": "json_schema", ...}`` it is compact JSON of :func:`expected_json`;
+    with ``{"type": "json_object"}`` it is ``{"model": model, "answer": expected_text(...)}``.
+    """
+    kind = response_format.get("type") if response_format else None
+    if kind == "json_schema":
+        assert response_format is not None
+        schema = response_format["json_schema"]["schema"]
+        return orjson.dumps(expected_json(schema, model, prompt)).decode()
+    if kind == "json_object":
+        return orjson.dumps({"model": model, "answer": expected_text(model, prompt, system)}).decode()
+    return expected_text(model, prompt, system)
+
+
+class _Gen:
+    __slots__ = ("_rng", "_root")
+
+    def __init__(self, root: Mapping[str, Any], rng: random.Random) -> None:
+        self._root = root
+        self._rng = rng
+
+    def value(self, schema: Any, depth: int, name: str) -> Any:
+        if schema is True or schema is None:
+            schema = {}
+        if not isinstance(schema, Mapping) or depth > _HARD_DEPTH:
+            return None
+        if "$ref" in schema:
+            return self.value(self._resolve(schema["$ref"]), depth + 1, name)
+        if "const" in schema:
+            return schema["const"]
+        enum = schema.get("enum")
+        if isinstance(enum, list) and enum:
+            return self._rng.choice(enum)
+        for key in ("anyOf", "oneOf"):
+            options = schema.get(key)
+            if isinstance(options, list) and options:
+                return self.value(self._pick_branch(options, depth), depth + 1, name)
+        all_of = schema.get("allOf")
+        if isinstance(all_of, list) and all_of:
+            return self.value(self._merge(schema, all_of), depth + 1, name)
+        kind = schema.get("type")
+        if isinstance(kind, list):
+            kinds = [k for k in kind if isinstance(k, str)] or ["string"]
+            kind = "null" if depth >= _MAX_DEPTH and "null" in kinds else self._rng.choice(kinds)
+        if kind is None:
+            if "properties" in schema or "additionalProperties" in schema:
+                kind = "object"
+            elif "items" in schema or "prefixItems" in schema:
+                kind = "array"
+            else:
+                kind = "string"
+        if kind == "object":
+            return self._object(schema, depth, name)
+        if kind == "array":
+            return self._array(schema, depth, name)
+        if kind == "string":
+            return self._string(schema, name)
+        if kind == "integer":
+            return self._integer(schema)
+        if kind == "number":
+            return self._number(schema)
+        if kind == "boolean":
+            return self._rng.random() < 0.5
+        return None
+
+    def _resolve(self, ref: Any) -> Any:
+        if not isinstance(ref, str) or not ref.startswith("#"):
+            return {}
+        node: Any = self._root
+        for part in ref[1:].split("/"):
+            if not part:
+                continue
+            part = part.replace("~1", "/").replace("~0", "~")
+            if isinstance(node, Mapping):
+                node = node.get(part, {})
+            elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
+                node = node[int(part)]
+            else:
+                return {}
+        return node
+
+    def _pick_branch(self, options: list[Any], depth: int) -> Any:
+        if depth >= _MAX_DEPTH:
+            for option in options:
+                if isinstance(option, Mapping) and option.get("type") == "null":
+                    return option
+        return self._rng.choice(options)
+
+    def _merge(self, schema: Mapping[str, Any], parts: list[Any]) -> dict[str, Any]:
+        merged: dict[str, Any] = {k: v for k, v in schema.items() if k != "allOf"}
+        properties: dict[str, Any] = dict(merged.get("properties") or {})
+        required: list[Any] = list(merged.get("required") or [])
+        for part in parts:
+            if isinstance(part, Mapping) and "$ref" in part:
+                part = self._resolve(part["$ref"])
+            if not isinstance(part, Mapping):
+                continue
+            for key, val in part.items():
+                if key == "properties" and isinstance(val, Mapping):
+                    properties.update(val)
+                elif key == "required" and isinstance(val, list):
+                    required.extend(r for r in val if r not in required)
+                else:
+                    merged.setdefault(key, val)
+        if properties:
+            merged["properties"] = properties
+        if required:
+            merged["required"] = required
+        return merged
+
+    def _object(self, schema: Mapping[str, Any], depth: int, name: str) -> dict[str, Any]:
+        props = schema.get("properties")
+        out: dict[str, Any] = {}
+        if isinstance(props, Mapping):
+            for key, sub in props.items():
+                out[key] = self.value(sub, depth + 1, key)
+        extra = schema.get("additionalProperties")
+        if not out and isinstance(extra, Mapping):
+            low = int(schema.get("minProperties") or 0)
+            count = low if depth >= _MAX_DEPTH else max(low, self._rng.randint(1, 2))
+            for i in range(count):
+                out[f"{name}_{i + 1}"] = self.value(extra, depth + 1, name)
+        return out
+
+    def _array(self, schema: Mapping[str, Any], depth: int, name: str) -> list[Any]:
+        prefix = schema.get("prefixItems")
+        items = schema.get("items")
+        if isinstance(items, list):  # draft-04 tuple form
+            prefix, items = items, schema.get("additionalItems")
+        if isinstance(prefix, list):
+            return [self.value(sub, depth + 1, name) for sub in prefix]
+        low = max(int(schema.get("minItems") or 0), 0)
+        high = schema.get("maxItems")
+        high = int(high) if isinstance(high, int | float) else max(low, 3)
+        if depth >= _MAX_DEPTH:
+            count = low
+        else:
+            count = self._rng.randint(min(max(low, 1), high), max(min(high, max(low, 3)), 0))
+        unique = bool(schema.get("uniqueItems"))
+        out: list[Any] = []
+        seen: set[bytes] = set()
+        tries = 0
+        while len(out) < count and tries < count * 8 + 8:
+            tries += 1
+            item = self.value(items, depth + 1, name)
+            if unique:
+                key = orjson.dumps(item, option=orjson.OPT_SORT_KEYS)
+                if key in seen:
+                    continue
+                seen.add(key)
+            out.append(item)
+        return out
+
+    def _string(self, schema: Mapping[str, Any], name: str) -> str:
+        rng = self._rng
+        fmt = schema.get("format")
+        if fmt == "date":
+            return _dt.date.fromordinal(_DATE_BASE + rng.randrange(_DATE_SPAN)).isoformat()
+        if fmt == "date-time":
+            day = _dt.date.fromordinal(_DATE_BASE + rng.randrange(_DATE_SPAN)).isoformat()
+            return f"{day}T{rng.randrange(24):02d}:{rng.randrange(60):02d}:{rng.randrange(60):02d}Z"
+        if fmt == "time":
+            return f"{rng.randrange(24):02d}:{rng.randrange(60):02d}:{rng.randrange(60):02d}Z"
+        if fmt == "email":
+            return f"{rng.choice(_WORDS)}.{rng.randrange(1000)}@example.com"
+        if fmt == "uuid":
+            return str(uuid.UUID(int=rng.getrandbits(128), version=4))
+        if fmt in ("uri", "url", "iri"):
+            return f"https://example.com/{rng.choice(_WORDS)}/{rng.randrange(1000)}"
+        if fmt == "ipv4":
+            return ".".join(str(rng.randrange(1, 255)) for _ in range(4))
+        text = f"{name} {rng.choice(_WORDS)} {rng.randrange(1000)}"
+        pattern = schema.get("pattern")
+        if isinstance(pattern, str):
+            text = _match_pattern(pattern, text, rng)
+        low = schema.get("minLength")
+        high = schema.get("maxLength")
+        if isinstance(low, int) and len(text) < low:
+            text = text + "x" * (low - len(text))
+        if isinstance(high, int) and len(text) > high:
+            text = text[: max(high, 0)]
+        return text
+
+    def _bounds(self, schema: Mapping[str, Any], step: float) -> tuple[float | None, float | None]:
+        low = schema.get("minimum")
+        high = schema.get("maximum")
+        ex_low = schema.get("exclusiveMinimum")
+        ex_high = schema.get("exclusiveMaximum")
+        if ex_low is True and _num(low):  # draft-04 boolean form
+            low, ex_low = None, low
+        if ex_high is True and _num(high):
+            high, ex_high = None, high
+        lo = float(low) if _num(low) else None
+        hi = float(high) if _num(high) else None
+        if _num(ex_low):
+            lo = max(lo, float(ex_low) + step) if lo is not None else float(ex_low) + step
+        if _num(ex_high):
+            hi = min(hi, float(ex_high) - step) if hi is not None else float(ex_high) - step
+        return lo, hi
+
+    def _integer(self, schema: Mapping[str, Any]) -> int:
+        lo, hi = self._bounds(schema, 1)
+        low = math.ceil(lo) if lo is not None else None
+        high = math.floor(hi) if hi is not None else None
+        if low is None and high is None:
+            low, high = 0, 1000
+        elif low is None:
+            assert high is not None
+            low = high - 1000
+        elif high is None:
+            high = low + 1000
+        assert low is not None and high is not None
+        if high < low:
+            return low
+        step = schema.get("multipleOf")
+        if isinstance(step, int) and not isinstance(step, bool) and step > 0:
+            first, last = -(-low // step), high // step
+            if last >= first:
+                return self._rng.randint(first, last) * step
+        return self._rng.randint(low, high)
+
+    def _number(self, schema: Mapping[str, Any]) -> float:
+        lo, hi = self._bounds(schema, 0.01)
+        if lo is None and hi is None:
+            lo, hi = 0.0, 1000.0
+        elif lo is None:
+            assert hi is not None
+            lo = hi - 1000.0
+        elif hi is None:
+            hi = lo + 1000.0
+        assert lo is not None and hi is not None
+        if hi < lo:
+            return lo
+        step = schema.get("multipleOf")
+        if _num(step) and step > 0:
+            first, last = math.ceil(lo / step), math.floor(hi / step)
+            if last >= first:
+                return float(self._rng.randint(first, last) * step)
+        value = round(self._rng.uniform(lo, hi), 2)
+        return min(max(value, lo), hi)
+
+
+def _num(value: object) -> TypeGuard[int | float]:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _match_pattern(pattern: str, default: str, rng: random.Random) -> str:
+    """Best effort for ``pattern``: the default text if it matches, else a string generated from the
+    pattern's syntax tree, else the first simple candidate that matches, else the default."""
+    try:
+        regex = re.compile(pattern)
+    except re.error:
+        return default
+    if regex.search(default):
+        return default
+    for _ in range(8 if _rx is not None else 0):
+        generated = _from_regex(pattern, rng)
+        if generated is not None and regex.search(generated):
+            return generated
+    number = rng.randrange(1000)
+    word = rng.choice(_WORDS)
+    for candidate in (
+        str(number), f"{number}.5", word, word.upper(), word.capitalize(), f"{word}{number}",
+        f"{word}-{number}", f"{word}_{number}", "2024-01-01", f"{word}@example.com", "a", "A", "0",
+    ):  # fmt: skip
+        if regex.search(candidate):
+            return candidate
+    return default
+
+
+def _from_regex(pattern: str, rng: random.Random) -> str | None:
+    """A string built by walking ``pattern``'s parse tree (anchors and look-arounds are skipped)."""
+    try:
+        tree = _rx.parse(pattern)
+        out: list[str] = []
+        _emit(list(tree), rng, out)
+    except Exception:  # unsupported construct or private-API drift: let the caller fall back
+        return None
+    return "".join(out)
+
+
+def _emit(items: list[Any], rng: random.Random, out: list[str]) -> None:
+    for op, av in items:
+        if op is _rc.LITERAL:
+            out.append(chr(av))
+        elif op is _rc.NOT_LITERAL:
+            out.append("a" if av != ord("a") else "b")
+        elif op is _rc.ANY:
+            out.append("x")
+        elif op is _rc.IN:
+            out.append(_pick_in(av, rng))
+        elif op in (_rc.MAX_REPEAT, _rc.MIN_REPEAT, getattr(_rc, "POSSESSIVE_REPEAT", None)):
+            low, high, sub = av
+            high = low + 3 if high == _rc.MAXREPEAT else min(high, low + 3)
+            for _ in range(rng.randint(low, high)):
+                _emit(list(sub), rng, out)
+        elif op is _rc.SUBPATTERN:
+            _emit(list(av[-1]), rng, out)
+        elif op is getattr(_rc, "ATOMIC_GROUP", None):
+            _emit(list(av), rng, out)
+        elif op is _rc.BRANCH:
+            _emit(list(rng.choice(av[1])), rng, out)
+        elif op is _rc.CATEGORY:
+            out.append(_CATEGORY_CHARS[str(av)][0])
+        elif op in (_rc.AT, _rc.ASSERT, _rc.ASSERT_NOT):
+            continue
+        else:
+            raise ValueError(f"unsupported regex construct {op}")
+
+
+_CATEGORY_CHARS: Final = {
+    "CATEGORY_DIGIT": "7",
+    "CATEGORY_NOT_DIGIT": "a",
+    "CATEGORY_WORD": "w",
+    "CATEGORY_NOT_WORD": "-",
+    "CATEGORY_SPACE": " ",
+    "CATEGORY_NOT_SPACE": "x",
+}
+
+
+def _pick_in(items: list[Any], rng: random.Random) -> str:
+    if items and items[0][0] is _rc.NEGATE:
+        for char in "aZ0_ -x.9":
+            if not any(_in_item(op, av, char) for op, av in items[1:]):
+                return char
+        raise ValueError("no character outside the negated set")
+    op, av = rng.choice(items)
+    if op is _rc.LITERAL:
+        return chr(av)
+    if op is _rc.RANGE:
+        return chr(rng.randint(av[0], av[1]))
+    if op is _rc.CATEGORY:
+        return _CATEGORY_CHARS[str(av)]
+    raise ValueError(f"unsupported character class item {op}")
+
+
+def _in_item(op: Any, av: Any, char: str) -> bool:
+    code = ord(char)
+    if op is _rc.LITERAL:
+        return bool(av == code)
+    if op is _rc.RANGE:
+        return bool(av[0] <= code <= av[1])
+    if op is _rc.CATEGORY:
+        name = str(av)
+        test = {"DIGIT": char.isdigit(), "WORD": char.isalnum() or char == "_", "SPACE": char.isspace()}
+        for key, value in test.items():
+            if name == f"CATEGORY_{key}":
+                return value
+            if name == f"CATEGORY_NOT_{key}":
+                return not value
+    return False

@@ -1,0 +1,202 @@
+"""The wire format of the simulator: request parsing, fault markers and OpenAI-style error bodies."""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+from functools import lru_cache
+from typing import Any, Final
+
+import orjson
+from aiohttp import web
+
+from ._outputs import expected_json, expected_text
+
+__all__ = [
+    "JSON_HEADERS",
+    "BadRequest",
+    "Marker",
+    "ParsedRequest",
+    "error_response",
+    "parse_markers",
+    "retry_headers",
+]
+
+_MARKER_RE: Final = re.compile(r"\[\[([A-Za-z_0-9]+)(?::([^\[\]]*))?\]\]")
+_SIMPLE_MARKERS: Final = frozenset(
+    {
+        "content_filter",
+        "length",
+        "bad_json",
+        "wrong_schema",
+        "malformed",
+        "truncated",
+        "error200",
+        "empty",
+        "stall",
+        "reset",
+    }
+)
+JSON_HEADERS: Final = {"Content-Type": "application/json"}
+_ERROR_TYPES: Final = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    402: "insufficient_credits",
+    403: "permission_denied",
+    404: "not_found_error",
+    408: "timeout",
+    413: "request_too_large",
+    422: "invalid_request_error",
+    429: "rate_limit_exceeded",
+}
+_ERROR_MESSAGES: Final = {
+    401: "Invalid API key (simulated)",
+    402: "Insufficient credits",
+    403: "Forbidden: key limit exceeded (simulated)",
+    429: "Rate limit exceeded (simulated)",
+    500: "Internal server error (simulated)",
+    502: "Bad gateway: upstream provider error (simulated)",
+    503: "Service unavailable: overloaded (simulated)",
+}
+
+# A marker, normalised: (kind, status code or 0, first-N-attempts or None, extra delay seconds).
+Marker = tuple[str, int, int | None, float]
+
+
+@lru_cache(maxsize=4096)
+def parse_markers(prompt: str) -> tuple[Marker, ...]:
+    """The fault markers in ``prompt`` (unknown or malformed markers are ignored).
+
+    >>> parse_markers("x [[flaky:500:2]] [[length]] [[flaky429]] [[delay:0.5]] [[nope]]")
+    (('status', 500, 2, 0.0), ('length', 0, None, 0.0), ('status', 429, 1, 0.0), ('delay', 0, None, 0.5))
+    """
+    out: list[Marker] = []
+    for name, arg_text in _MARKER_RE.findall(prompt):
+        args = arg_text.split(":") if arg_text else []
+        try:
+            if name == "status" and args:
+                out.append(("status", _status(args[0]), int(args[1]) if len(args) > 1 else None, 0.0))
+            elif name == "flaky":
+                code = _status(args[0]) if args else 500
+                out.append(("status", code, int(args[1]) if len(args) > 1 else 1, 0.0))
+            elif name == "flaky429":
+                out.append(("status", 429, int(args[0]) if args else 1, 0.0))
+            elif name == "delay" and args:
+                out.append(("delay", 0, None, max(float(args[0]), 0.0)))
+            elif name in _SIMPLE_MARKERS:
+                out.append((name, 0, int(args[0]) if args else None, 0.0))
+        except ValueError:
+            continue
+    return tuple(out)
+
+
+def _status(text: str) -> int:
+    code = int(text)
+    if not 200 <= code <= 599:
+        raise ValueError(code)
+    return code
+
+
+def error_body(status: int, message: str | None = None) -> bytes:
+    return orjson.dumps(
+        {
+            "error": {
+                "message": message or _ERROR_MESSAGES.get(status, f"HTTP {status} (simulated)"),
+                "type": _ERROR_TYPES.get(status, "server_error" if status >= 500 else "api_error"),
+                "param": None,
+                "code": status,
+            }
+        }
+    )
+
+
+def error_response(
+    status: int, message: str | None = None, headers: Mapping[str, str] | None = None
+) -> web.Response:
+    all_headers = dict(JSON_HEADERS)
+    if headers:
+        all_headers.update(headers)
+    return web.Response(status=status, body=error_body(status, message), headers=all_headers)
+
+
+def retry_headers(wait: float) -> dict[str, str]:
+    return {
+        "Retry-After": str(max(1, math.ceil(wait - 1e-9))),
+        "retry-after-ms": str(max(1, math.ceil(wait * 1000 - 1e-6))),
+    }
+
+
+class BadRequest(Exception):
+    pass
+
+
+class ParsedRequest:
+    __slots__ = ("max_tokens", "model", "prompt", "prompt_tokens", "schema", "system", "text_mode")
+
+    def __init__(self, body: object) -> None:
+        if not isinstance(body, dict):
+            raise BadRequest("request body must be a JSON object")
+        model = body.get("model")
+        if not isinstance(model, str) or not model:
+            raise BadRequest("'model' is required")
+        messages = body.get("messages")
+        if not isinstance(messages, list) or not messages:
+            raise BadRequest("'messages' must be a non-empty list")
+        prompt: str | None = None
+        system: list[str] = []
+        total = 0
+        for message in messages:
+            if not isinstance(message, dict):
+                raise BadRequest("each message must be an object")
+            content = message.get("content")
+            text = content if isinstance(content, str) else _text_of(content)
+            total += len(text)
+            role = message.get("role")
+            if role == "user":
+                prompt = text
+            elif role in ("system", "developer"):
+                system.append(text)
+        if prompt is None:
+            raise BadRequest("'messages' must contain a user message")
+        self.model: str = model
+        self.prompt: str = prompt
+        self.system: str | None = "\n".join(system) if system else None
+        self.prompt_tokens = max(1, total // 4)
+        self.schema: dict[str, Any] | None = None
+        self.text_mode = "text"
+        fmt = body.get("response_format")
+        if fmt is not None:
+            kind = fmt.get("type") if isinstance(fmt, dict) else None
+            if kind == "json_schema":
+                spec = fmt.get("json_schema")
+                schema = spec.get("schema") if isinstance(spec, dict) else None
+                if not isinstance(schema, dict):
+                    raise BadRequest("response_format.json_schema.schema must be an object")
+                self.schema = schema
+                self.text_mode = "json_schema"
+            elif kind == "json_object":
+                self.text_mode = "json_object"
+            elif kind != "text":
+                raise BadRequest(f"unsupported response_format type {kind!r}")
+        max_tokens = body.get("max_tokens", body.get("max_completion_tokens"))
+        self.max_tokens: int | None = max_tokens if isinstance(max_tokens, int) and max_tokens > 0 else None
+
+    def content(self) -> str:
+        if self.text_mode == "json_schema":
+            assert self.schema is not None
+            return orjson.dumps(expected_json(self.schema, self.model, self.prompt)).decode()
+        text = expected_text(self.model, self.prompt, self.system)
+        if self.text_mode == "json_object":
+            return orjson.dumps({"model": self.model, "answer": text}).decode()
+        return text
+
+
+def _text_of(content: object) -> str:
+    if content is None:
+        return ""
+    if isinstance(content, list):
+        return "".join(
+            part.get("text", "") for part in content if isinstance(part, dict) and part.get("type") == "text"
+        )
+    raise BadRequest("message content must be a string or a list of parts")
