@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from enum import StrEnum
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import polars as pl
 from pydantic import BaseModel, Field
@@ -68,11 +68,20 @@ def run_demo(
     latency: float = 0.02,
     concurrency: int = 64,
     progress: bool = True,
+    real: bool = False,
+    rpm_limit: float | None = None,
 ) -> dict[str, object]:
-    """Run the demo against ``polars_llm.sim``; write ``output``; return the summary it prints."""
+    """Run the demo against ``polars_llm.sim`` (or, with ``real=True``, the provider named by ``MODEL`` /
+    ``OPENROUTER_API_KEY`` / ``POLARS_LLM_BASE_URL``); write ``output``; return the summary it prints."""
+    df = demo_frame(rows)
+    if real:
+        t0 = time.perf_counter()
+        out = df.llm.map("review", system="Label the customer review.", response_model=ReviewLabel,
+                         concurrency=concurrency, rpm_limit=rpm_limit, cache=cache, progress=progress)
+        return _summarise(df, out, time.perf_counter() - t0, None, output, cache)
+
     from . import sim
 
-    df = demo_frame(rows)
     try:
         server_cm = sim.serve(port=DEMO_PORT, latency=latency, jitter=latency / 2)
         server = server_cm.__enter__()
@@ -96,14 +105,18 @@ def run_demo(
         stats = server.stats(per_prompt=False)
     finally:
         server_cm.__exit__(None, None, None)
+    return _summarise(df, out, elapsed, stats, output, cache)
+
+
+def _summarise(df: pl.DataFrame, out: pl.DataFrame, elapsed: float, stats: dict[str, Any] | None,
+               output: Path, cache: Path) -> dict[str, object]:
     out = out.unnest("result")
     out.write_parquet(output)
     unique = df["review"].n_unique()
     summary: dict[str, object] = {
         "rows": out.height,
         "unique_prompts": unique,
-        "requests_sent": stats["requests"],
-        "from_cache": unique - stats["ok"] if stats["requests"] else unique,
+        "requests_sent": stats["requests"] if stats else "n/a (see `polars-llm status`)",
         "seconds": round(elapsed, 2),
         "rows_per_s": round(out.height / elapsed) if elapsed > 0 else None,
         "status": dict(out["status"].value_counts().iter_rows()),
