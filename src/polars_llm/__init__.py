@@ -29,10 +29,12 @@ from .exceptions import (
     StoreError,
     TransientError,
 )
+from .seed import DB_URL_DEFAULT, export_jsonl, export_parquet, prompt_map
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "DB_URL_DEFAULT",
     "DEFAULT_BASE_URL",
     "DEFAULT_CACHE",
     "DEFAULT_CACHE_PATH",
@@ -50,10 +52,13 @@ __all__ = [
     "StoreError",
     "TransientError",
     "__version__",
+    "export_jsonl",
+    "export_parquet",
     "llm_map",
     "llm_map_async",
     "llm_map_frame",
     "llm_map_series",
     "output_dtype",
+    "prompt_map",
     "resolve_config",
 ]

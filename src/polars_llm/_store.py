@@ -34,6 +34,7 @@ from typing import Any, Final, Literal, Self
 
 import duckdb
 import polars as pl
+import pyarrow as pa
 
 from . import _migrations
 from .exceptions import ConfigError, StoreError
@@ -85,18 +86,23 @@ OUTPUT_COLUMNS: Final = (
 _JOB_COLUMNS: Final = ("key", "prompt", "base_url", "model", "system", "params", "schema_name", "schema")
 _REQUIRED_JOB_COLUMNS: Final = ("key", "prompt", "base_url", "model", "params")
 _LOOKUP_SCHEMA: Final = {"key": pl.String, "status": pl.String, "result": pl.String, "error": pl.String}
-_BATCH_SCHEMA: Final = {
-    "key": pl.String,
-    "status": pl.String,
-    "result": pl.String,
-    "error": pl.String,
-    "error_kind": pl.String,
-    "attempts": pl.Int32,
-    "tokens_in": pl.Int64,
-    "tokens_out": pl.Int64,
-    "cost": pl.Float64,
-    "finished_at": pl.Float64,
-}
+# The batch is built with pyarrow, not Polars: after a SIGINT during a Polars query, Polars raises
+# KeyboardInterrupt from every call in the process until that query ends, and this write is the final
+# flush that must still happen then.
+_BATCH_SCHEMA: Final = pa.schema(
+    [
+        ("key", pa.string()),
+        ("status", pa.string()),
+        ("result", pa.string()),
+        ("error", pa.string()),
+        ("error_kind", pa.string()),
+        ("attempts", pa.int32()),
+        ("tokens_in", pa.int64()),
+        ("tokens_out", pa.int64()),
+        ("cost", pa.float64()),
+        ("finished_at", pa.float64()),
+    ]
+)
 _LOCK_RE: Final = re.compile(r"Conflicting lock is held in (?P<exe>.*?) \(PID (?P<pid>\d+)\)")
 _DUCKDB_MAGIC: Final = b"DUCK"
 
@@ -269,7 +275,9 @@ class Store:
             con.execute("COMMIT")
 
     @contextmanager
-    def _registered(self, con: duckdb.DuckDBPyConnection, name: str, frame: pl.DataFrame) -> Iterator[None]:
+    def _registered(
+        self, con: duckdb.DuckDBPyConnection, name: str, frame: pl.DataFrame | pa.Table
+    ) -> Iterator[None]:
         con.register(name, frame)
         try:
             yield
@@ -327,33 +335,32 @@ class Store:
         """Record a batch of outcomes in one transaction (the last outcome wins for a repeated key)."""
         if not outcomes:
             return
-        data = {name: [getattr(o, name) for o in outcomes] for name in _BATCH_SCHEMA}
-        now = _now_us()
-        batch = (
-            pl.DataFrame(data, schema=_BATCH_SCHEMA)
-            .unique(subset="key", keep="last", maintain_order=False)
-            .with_columns(
-                pl.from_epoch((pl.col("finished_at") * 1_000_000).cast(pl.Int64), time_unit="us"),
-                pl.lit(now).cast(pl.Datetime("us")).alias("updated_at"),
-            )
+        unique = list({o.key: o for o in outcomes}.values())  # the last outcome wins for a repeated key
+        batch = pa.table(
+            {name: [getattr(o, name) for o in unique] for name in _BATCH_SCHEMA.names}, schema=_BATCH_SCHEMA
         )
+        now = _now_us()
         with self._transaction() as con, self._registered(con, "_pl_batch", batch):
             updated = con.execute(
                 "UPDATE requests SET status = b.status, result = b.result, error = b.error, "
                 "error_kind = b.error_kind, attempts = requests.attempts + b.attempts, "
                 "tokens_in = b.tokens_in, tokens_out = b.tokens_out, cost = b.cost, "
-                "updated_at = b.updated_at, finished_at = b.finished_at "
-                "FROM _pl_batch AS b WHERE requests.key = b.key"
+                "updated_at = make_timestamp(?::BIGINT), "
+                "finished_at = make_timestamp((b.finished_at * 1000000)::BIGINT) "
+                "FROM _pl_batch AS b WHERE requests.key = b.key",
+                [now],
             ).fetchall()
-            if updated and int(updated[0][0]) == batch.height:
+            if updated and int(updated[0][0]) == batch.num_rows:
                 return  # the usual case: every key was registered (keys are unique, so no second scan)
             # Keys that were never registered (should not happen) are kept rather than lost.
             con.execute(
                 "INSERT INTO requests (key, status, result, error, error_kind, attempts, tokens_in, "
                 "tokens_out, cost, created_at, updated_at, finished_at) "
                 "SELECT b.key, b.status, b.result, b.error, b.error_kind, b.attempts, b.tokens_in, "
-                "b.tokens_out, b.cost, b.updated_at, b.updated_at, b.finished_at "
-                "FROM _pl_batch AS b ANTI JOIN requests AS r ON r.key = b.key"
+                "b.tokens_out, b.cost, make_timestamp(?::BIGINT), make_timestamp(?::BIGINT), "
+                "make_timestamp((b.finished_at * 1000000)::BIGINT) "
+                "FROM _pl_batch AS b ANTI JOIN requests AS r ON r.key = b.key",
+                [now, now],
             )
 
     def counts(self) -> dict[str, int]:

@@ -1,20 +1,35 @@
 """The ``polars-llm`` command line.
 
+polars-llm run prompts.csv --column prompt --output results.parquet   # a file of prompts to results
+polars-llm status                     # what the cache holds: counts, tokens, cost, errors
+polars-llm export --output all.jsonl  # the cache's rows as JSON Lines or Parquet
 polars-llm demo                       # the main job, on the built-in simulator
 polars-llm sim --port 8000            # an OpenAI-compatible simulator on 127.0.0.1
+
+Exit codes: 0 success, 1 the run failed (e.g. the provider refused the key, the cache is locked),
+2 bad arguments or input (missing key, unreadable input, missing column), 130 interrupted (finished
+rows are kept in the cache; run the same command again to resume).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from ._config import DEFAULT_CACHE_PATH
+import polars as pl
 
-__all__ = ["main"]
+from ._cli_run import EXIT_FAILED, EXIT_USAGE, CLIError, add_run_arguments, cmd_run
+from ._cli_store import add_export_arguments, add_status_arguments, cmd_export, cmd_status
+from ._config import DEFAULT_CACHE_PATH
+from .exceptions import ConfigError, PolarsLLMError
+
+__all__ = ["build_parser", "main"]
+
+_KEY_FLAG = re.compile(r"^--(openrouter[-_])?(api[-_])?key(=|$)|^--api[-_]key(=|$)")
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -39,8 +54,32 @@ def _cmd_sim(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="polars-llm", description="Run an LLM over a column of prompts.")
+    parser = argparse.ArgumentParser(
+        prog="polars-llm", description="Run an LLM over a column of prompts.", allow_abbrev=False
+    )
     sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser(
+        "run",
+        allow_abbrev=False,
+        help="send every row of a prompts file to the model and write the results",
+        description="Send the --column of INPUT to the model; write INPUT's columns plus result and status "
+        "to --output. Finished rows are cached (--cache): rerun the same command to resume.",
+    )
+    add_run_arguments(run)
+    run.set_defaults(func=cmd_run)
+
+    status = sub.add_parser(
+        "status", allow_abbrev=False, help="counts by status and model, tokens, cost, errors of a cache"
+    )
+    add_status_arguments(status)
+    status.set_defaults(func=cmd_status)
+
+    export = sub.add_parser(
+        "export", allow_abbrev=False, help="write a cache's rows to JSON Lines or Parquet"
+    )
+    add_export_arguments(export)
+    export.set_defaults(func=cmd_export)
 
     demo = sub.add_parser("demo", help="label a few thousand reviews on the built-in simulator")
     demo.add_argument("--rows", type=int, default=3000)
@@ -60,10 +99,36 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit code (also for argument errors and ``--help``)."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if any(_KEY_FLAG.match(arg) for arg in argv):
+        print(
+            "polars-llm: error: API keys are never taken as arguments (they would land in shell history); "
+            "set OPENROUTER_API_KEY in the environment or ./.env, or name another variable with "
+            "--api-key-env",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    prog = f"polars-llm {args.command}"
     try:
         return int(args.func(args) or 0)
+    except CLIError as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return exc.code
+    except ConfigError as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except PolarsLLMError as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except (pl.exceptions.PolarsError, OSError) as exc:
+        print(f"{prog}: error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return EXIT_FAILED
     except KeyboardInterrupt:
         print(
             "interrupted: finished rows are kept in the cache; run the same command again to resume",

@@ -1,0 +1,291 @@
+"""``polars-llm run``: a file of prompts to a file of results, on the engine and store of ``.llm.map``.
+
+The input is scanned lazily and the output written with a Polars sink, so columns other than the prompt
+column stream through; the distinct prompts are mapped in one call (each sent once, finished ones read
+from the cache) by the function behind ``.llm.map``, then joined back onto the streamed rows. The output
+is written to a temporary file beside ``--output`` and renamed when complete, so an interrupted run never
+leaves a half-written file; run the same command again to resume.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import os
+import re
+import sys
+from pathlib import Path
+from typing import Any, Final, Literal
+
+import polars as pl
+from dotenv import dotenv_values
+from pydantic import BaseModel
+
+from ._config import DEFAULT_CACHE_PATH, MapConfig, resolve_config
+from ._map import llm_map_series
+from .exceptions import ConfigError
+
+__all__ = ["EXIT_FAILED", "EXIT_USAGE", "CLIError", "add_run_arguments", "cmd_run", "file_format"]
+
+EXIT_FAILED: Final = 1
+EXIT_USAGE: Final = 2
+FileFormat = Literal["csv", "parquet", "ndjson"]
+_EXTENSIONS: Final[dict[str, FileFormat]] = {
+    ".csv": "csv",
+    ".parquet": "parquet",
+    ".pq": "parquet",
+    ".jsonl": "ndjson",
+    ".ndjson": "ndjson",
+}
+_ENV_NAME: Final = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_STRINGY: Final = (pl.String, pl.Categorical, pl.Null)
+
+
+class CLIError(Exception):
+    """A message for the user and the exit code to leave with."""
+
+    def __init__(self, message: str, code: int = EXIT_USAGE) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def file_format(path: Path, what: str) -> FileFormat:
+    """The format of ``path`` from its extension.
+
+    >>> file_format(Path("a.JSONL"), "input")
+    'ndjson'
+    """
+    fmt = _EXTENSIONS.get(path.suffix.lower())
+    if fmt is None:
+        known = ", ".join(sorted(_EXTENSIONS))
+        raise CLIError(
+            f"cannot tell the {what} format of {str(path)!r} from its extension (use one of {known})"
+        )
+    return fmt
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
+
+
+def add_run_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("input", metavar="INPUT", help="prompts file: .csv, .parquet, .jsonl or .ndjson")
+    p.add_argument("--column", required=True, help="name of the prompt column")
+    p.add_argument("--output", "-o", required=True, help="results file: .csv, .parquet, .jsonl or .ndjson")
+    p.add_argument("--model", help="model name (default: $MODEL or MODEL in ./.env)")
+    p.add_argument("--system", help="system prompt sent with every row")
+    p.add_argument("--schema", metavar="MODULE:MODEL", help="pydantic model for structured output")
+    p.add_argument(
+        "--base-url", help="OpenAI-compatible endpoint (default: OpenRouter or $POLARS_LLM_BASE_URL)"
+    )
+    p.add_argument(
+        "--api-key-env",
+        default="OPENROUTER_API_KEY",
+        metavar="NAME",
+        help="environment variable (or ./.env entry) holding the API key (default: OPENROUTER_API_KEY)",
+    )
+    p.add_argument("--concurrency", type=_positive_int, default=32, help="requests in flight (default 32)")
+    p.add_argument("--rpm-limit", type=_positive_float, help="client-side requests per minute cap")
+    p.add_argument("--tpm-limit", type=_positive_float, help="client-side tokens per minute cap")
+    p.add_argument("--max-attempts", type=_positive_int, default=8, help="attempts per prompt (default 8)")
+    p.add_argument("--timeout", type=_positive_float, default=60.0, help="seconds per request (default 60)")
+    p.add_argument("--max-tokens", type=_positive_int, help="max tokens per answer")
+    p.add_argument("--temperature", type=float, default=0.0, help="sampling temperature (default 0)")
+    p.add_argument(
+        "--cache", default=str(DEFAULT_CACHE_PATH), help=f"cache file (default {DEFAULT_CACHE_PATH})"
+    )
+    p.add_argument("--result-column", default="result", help="name of the added result column")
+    p.add_argument("--status-column", default="status", help="name of the added status column")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+
+
+def load_schema(spec: str) -> type[BaseModel]:
+    """``module:Model`` or ``path/to/file.py:Model`` → the pydantic class (the working directory is on
+    the import path)."""
+    module_name, sep, attr = spec.rpartition(":")
+    if not sep or not module_name or not attr:
+        raise CLIError(f"--schema must look like module:Model or file.py:Model, got {spec!r}")
+    try:
+        if module_name.endswith(".py"):
+            file = Path(module_name)
+            if not file.is_file():
+                raise CLIError(f"--schema: no such file {module_name!r}")
+            mod_spec = importlib.util.spec_from_file_location(f"_polars_llm_schema_{file.stem}", file)
+            if mod_spec is None or mod_spec.loader is None:
+                raise CLIError(f"--schema: cannot load {module_name!r}")
+            module = importlib.util.module_from_spec(mod_spec)
+            sys.modules[mod_spec.name] = module
+            mod_spec.loader.exec_module(module)
+        else:
+            cwd = os.getcwd()
+            if cwd not in sys.path:
+                sys.path.insert(0, cwd)
+            module = importlib.import_module(module_name)
+    except CLIError:
+        raise
+    except Exception as exc:
+        raise CLIError(f"--schema: cannot import {module_name!r}: {type(exc).__name__}: {exc}") from None
+    model = getattr(module, attr, None)
+    if model is None:
+        raise CLIError(f"--schema: {module_name!r} has no attribute {attr!r}")
+    if not (isinstance(model, type) and issubclass(model, BaseModel)):
+        raise CLIError(f"--schema: {spec!r} is not a pydantic BaseModel subclass")
+    return model
+
+
+def _api_key(name: str) -> str:
+    if not _ENV_NAME.match(name):
+        raise CLIError(  # the value is not echoed: it may be a key typed by mistake
+            "--api-key-env takes the name of an environment variable (letters, digits and _), not a key"
+        )
+    value = os.environ.get(name)
+    if not value:
+        env_file = Path.cwd() / ".env"
+        value = (dotenv_values(env_file).get(name) if env_file.is_file() else None) or None
+    if not value:
+        raise CLIError(
+            f"no API key: set {name} in the environment or in ./.env "
+            "(--api-key-env NAME reads another variable; keys are never taken as arguments)"
+        )
+    return value
+
+
+def _scan(path: Path, fmt: FileFormat, column: str) -> pl.LazyFrame:
+    if not path.exists():
+        raise CLIError(f"cannot read input {str(path)!r}: no such file")
+    if not path.is_file():
+        raise CLIError(f"cannot read input {str(path)!r}: not a file")
+    try:
+        if fmt == "csv":
+            names = pl.scan_csv(path).collect_schema().names()
+            overrides = {column: pl.String} if column in names else None
+            lf = pl.scan_csv(path, schema_overrides=overrides)
+        elif fmt == "parquet":
+            lf = pl.scan_parquet(path)
+        else:
+            lf = pl.scan_ndjson(path)
+        schema = lf.collect_schema()
+    except (pl.exceptions.PolarsError, OSError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CLIError(f"cannot read input {str(path)!r} as {fmt}: {first}") from None
+    if column not in schema:
+        shown = ", ".join(schema.names()[:20]) or "(none)"
+        raise CLIError(f"input {str(path)!r} has no column {column!r}; its columns are: {shown}")
+    dtype = schema[column]
+    if not (dtype in _STRINGY or isinstance(dtype, pl.Enum)):
+        raise CLIError(f"the prompt column {column!r} has dtype {dtype}; it must hold text")
+    return lf
+
+
+def _sink(lf: pl.LazyFrame, fmt: FileFormat, target: Path) -> None:
+    if fmt == "csv":
+        lf.sink_csv(target)
+    elif fmt == "parquet":
+        lf.sink_parquet(target)
+    else:
+        lf.sink_ndjson(target)
+
+
+def _read_statuses(path: Path, fmt: FileFormat, status_column: str) -> dict[str, int]:
+    lf = {"csv": pl.scan_csv, "parquet": pl.scan_parquet, "ndjson": pl.scan_ndjson}[fmt](path)
+    counts = lf.group_by(status_column).len().sort(status_column).collect()
+    return {str(k): int(n) for k, n in counts.iter_rows()}
+
+
+def _mapped(
+    lf: pl.LazyFrame, column: str, cfg: MapConfig, result_name: str, status_name: str
+) -> pl.LazyFrame:
+    """``lf`` with the result and status columns, in two passes over the input.
+
+    1. The distinct prompts are collected (only that column is read) and mapped by
+       :func:`~polars_llm._map.llm_map_series`, the function behind ``.llm.map``, outside any Polars query.
+    2. The input is streamed again and joined with those answers, keeping its row order.
+
+    Running the engine outside a Polars query matters for Ctrl-C: while a query runs, Polars turns SIGINT
+    into an abort that makes every Polars call in the process raise ``KeyboardInterrupt`` until the query
+    ends, which would include the final flush of finished rows to the cache.
+    """
+    prompts = lf.select(pl.col(column).unique(maintain_order=True)).collect().get_column(column)
+    answers = llm_map_series(prompts, cfg)
+    table = pl.DataFrame(
+        [
+            prompts,
+            answers.struct.field("result").alias(result_name),
+            answers.struct.field("status").alias(status_name),
+        ]
+    )
+    return lf.join(table.lazy(), on=column, how="left", nulls_equal=True, maintain_order="left")
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Run the ``run`` command; raises :class:`CLIError` for the user's mistakes."""
+    source, target = Path(args.input), Path(args.output)
+    fmt_in, fmt_out = file_format(source, "input"), file_format(target, "output")
+    if target.exists() and source.exists() and target.resolve() == source.resolve():
+        raise CLIError("--output must differ from INPUT")
+    if args.result_column == args.status_column:
+        raise CLIError("--result-column and --status-column must differ")
+    lf = _scan(source, fmt_in, args.column)
+    taken = {args.result_column, args.status_column} & set(lf.collect_schema().names())
+    if taken:
+        raise CLIError(
+            f"the input already has column(s) {', '.join(sorted(taken))}; choose others with "
+            "--result-column / --status-column"
+        )
+    schema = load_schema(args.schema) if args.schema else None
+    options: dict[str, Any] = {
+        "api_key": _api_key(args.api_key_env),
+        "base_url": args.base_url,
+        "cache": Path(args.cache),
+        "system": args.system,
+        "response_model": schema,
+        "temperature": args.temperature,
+        "max_tokens": args.max_tokens,
+        "concurrency": args.concurrency,
+        "rpm_limit": args.rpm_limit,
+        "tpm_limit": args.tpm_limit,
+        "max_attempts": args.max_attempts,
+        "timeout": args.timeout,
+        "progress": not args.quiet,
+    }
+    try:
+        cfg = resolve_config(model=args.model, **options)
+    except ConfigError as exc:
+        text = str(exc)
+        if text.startswith("no model"):
+            text = "no model: pass --model provider/name or set MODEL in the environment or ./.env"
+        raise CLIError(text) from None
+    out = _mapped(lf, args.column, cfg, args.result_column, args.status_column)
+    if schema is not None and fmt_out == "csv":  # CSV has no nested columns: keep the JSON text
+        out = out.with_columns(pl.col(args.result_column).struct.json_encode())
+    target = target.expanduser().absolute()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(f".{target.name}.partial-{os.getpid()}")
+    try:
+        _sink(out, fmt_out, partial)
+        os.replace(partial, target)
+    finally:
+        if partial.exists():
+            partial.unlink()
+    counts = _read_statuses(target, fmt_out, args.status_column)
+    total = sum(counts.values())
+    shown = " ".join(f"{k}={v}" for k, v in counts.items()) or "no rows"
+    print(f"wrote {total} rows to {target} ({shown}); cache: {cfg.cache}", file=sys.stderr)
+    return 0
