@@ -42,6 +42,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         latency=args.latency,
         concurrency=args.concurrency,
         progress=not args.quiet,
+        real=args.real,
+        rpm_limit=args.rpm_limit,
     )
     print(json.dumps(summary, indent=2))
     return 0
@@ -88,6 +90,12 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--latency", type=float, default=0.02, help="simulated latency in seconds")
     demo.add_argument("--concurrency", type=int, default=64)
     demo.add_argument("--quiet", action="store_true", help="no progress bar")
+    demo.add_argument(
+        "--real",
+        action="store_true",
+        help="use the provider from MODEL / OPENROUTER_API_KEY (/ POLARS_LLM_BASE_URL) instead of the simulator",
+    )
+    demo.add_argument("--rpm-limit", type=float, default=None, help="client-side requests/min (with --real)")
     demo.set_defaults(func=_cmd_demo)
 
     simp = sub.add_parser("sim", help="serve the OpenAI-compatible simulator")
