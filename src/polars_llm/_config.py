@@ -73,6 +73,13 @@ class Secret:
     def __reduce__(self) -> Any:
         raise TypeError("Secret values are not picklable")
 
+    # Immutable, so copies may share it: copy.deepcopy(cfg) and dataclasses.asdict(cfg) work, still hidden.
+    def __copy__(self) -> Secret:
+        return self
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> Secret:
+        return self
+
 
 @dataclass(frozen=True, kw_only=True)
 class MapConfig:

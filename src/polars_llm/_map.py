@@ -261,6 +261,13 @@ def llm_map_frame(
     ['q', 'result', 'status']
     """
     tmp = "__polars_llm_struct__"
+    if isinstance(frame, pl.DataFrame):
+        # Eager: map the evaluated column directly rather than through a Polars UDF, because Polars
+        # rebuilds a UDF's exception from its message alone (dropping ``status``, ``path``, ``holder``…).
+        cfg = resolve_config(model=model, **options)
+        prompts = frame.select(pl.col(column) if isinstance(column, str) else column).to_series()
+        mapped = llm_map_series(prompts, cfg).alias(tmp)
+        return _split_columns(frame.with_columns(mapped), tmp, result_name, status_name)
     expr = llm_map(column, model, **options).alias(tmp)
     return _split_columns(frame.with_columns(expr), tmp, result_name, status_name)
 
