@@ -3,21 +3,30 @@
 A Jupyter cell already runs an event loop on the main thread, where ``anyio.run`` fails. So the engine
 always runs on its own loop in an anyio blocking portal thread, while the calling thread waits in short
 slices. That keeps Ctrl-C / kernel interrupts prompt: a ``KeyboardInterrupt`` cancels the engine, which
-flushes finished rows to the store, and is re-raised once the portal thread has stopped (no thread left
-behind). No ``nest_asyncio``: nothing is patched process-wide.
+flushes finished rows to the store, and is re-raised once the portal thread and its worker threads have
+stopped (no thread left behind). No ``nest_asyncio``: nothing is patched process-wide. When the caller
+is itself a coroutine on the main thread (a cell that also uses ``await``), the SIGINT handler of the
+running loop would only schedule a cancellation the blocked loop never runs, so Python's default handler
+is put in place for the wait and the interrupt surfaces as ``CancelledError`` (see ``_SigintGuard``).
+
+:func:`run_async` is the awaitable counterpart for a caller that has a loop (top-level ``await`` in a
+cell): the engine runs on the caller's loop, and errors come out as cleanly as from :func:`run_sync`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
+import contextlib
+import signal
 import threading
 import time
 from collections.abc import Awaitable, Callable
-from typing import ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 from anyio.from_thread import start_blocking_portal
 
-__all__ = ["run_sync"]
+__all__ = ["run_async", "run_sync"]
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -26,6 +35,8 @@ _POLL = 0.05
 # How long an interrupted engine gets to flush and stop before we give up waiting (it normally needs
 # well under a second; DuckDB writes already under way are never abandoned halfway).
 _CANCEL_GRACE = 10.0
+# Worker threads of a finished loop exit at once (they were told to stop); this only bounds the join.
+_JOIN_WORKERS = 2.0
 
 
 def _unwrap(error: BaseException) -> BaseException:
@@ -44,33 +55,138 @@ def run_sync(fn: Callable[P, Awaitable[T]], *args: P.args, **kwargs: P.kwargs) -
     >>> run_sync(add, 1, 2)
     3
     """
-
+    __tracebackhide__ = True  # IPython and pytest: show the caller's line, not this wait loop
     finished = threading.Event()
+    loops: list[asyncio.AbstractEventLoop] = []
 
     async def call() -> T:
+        loops.append(asyncio.get_running_loop())
         try:
             return await fn(*args, **kwargs)
         finally:
             finished.set()
 
-    with start_blocking_portal(backend="asyncio") as portal:
-        future = portal.start_task_soon(call)
+    interrupted = False
+    error: BaseException | None = None
+    guard = _SigintGuard()
+    try:
+        with start_blocking_portal(backend="asyncio") as portal:
+            future = portal.start_task_soon(call)
+            try:
+                with guard:  # only around the wait, where a KeyboardInterrupt is handled
+                    while True:
+                        done, _ = concurrent.futures.wait([future], timeout=_POLL)
+                        if done:
+                            break
+            except KeyboardInterrupt:
+                future.cancel()  # cancels the engine's scope; it flushes, then `finished` is set
+                _wait_ignoring_interrupts(finished)
+                interrupted = True
+            if not interrupted:
+                try:
+                    return future.result()
+                except BaseException as exc:
+                    error = _unwrap(exc)
+    finally:
+        _join_worker_threads(loops)
+    if error is not None:
+        # Raised here, outside any ``except``, so it does not get the task group's ExceptionGroup as
+        # its ``__context__`` (see _detach_groups).
+        raise _detach_groups(error).with_traceback(error.__traceback__)
+    if guard.active:
+        # Called from a coroutine (an ``await`` cell): tell the loop's owner about the interrupt and
+        # stop this coroutine the way it would have, by cancellation. A KeyboardInterrupt escaping a
+        # task would break the kernel's event loop.
+        guard.forward()
+        raise asyncio.CancelledError("interrupted") from None
+    # The portal thread has stopped. A fresh KeyboardInterrupt raised here carries no frames of the wait
+    # loop (concurrent.futures, threading): the cell shows a short, plain KeyboardInterrupt, and IPython
+    # does not spend most of a second rendering library source.
+    raise KeyboardInterrupt from None
+
+
+class _SigintGuard:
+    """Make Ctrl-C reach :func:`run_sync` when it is called from a coroutine on the main thread.
+
+    An ``await`` cell in Jupyter (and ``asyncio.run``) replaces the SIGINT handler with one that only
+    *schedules* a cancellation on the event loop, which this blocking call is holding: the interrupt
+    would wait for the whole run. While we wait, Python's default handler is installed instead, so
+    the interrupt cancels the run at once; :meth:`forward` then hands the signal to the loop's own
+    handler. Outside a running loop (scripts, plain cells) nothing is changed.
+    """
+
+    def __init__(self) -> None:
+        self.active = False
+        self._previous: Any = None
+
+    def __enter__(self) -> _SigintGuard:
+        if threading.current_thread() is not threading.main_thread():
+            return self
         try:
-            while True:
-                done, _ = concurrent.futures.wait([future], timeout=_POLL)
-                if done:
-                    break
-        except KeyboardInterrupt:
-            future.cancel()  # cancels the engine's scope; it flushes, then `finished` is set
-            _wait_ignoring_interrupts(finished)
-            raise
-        try:
-            return future.result()
-        except BaseException as error:  # unwrap single-error groups from task groups
-            unwrapped = _unwrap(error)
-            if unwrapped is error:
-                raise
-            raise unwrapped.with_traceback(unwrapped.__traceback__) from None
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return self
+        previous = signal.getsignal(signal.SIGINT)
+        if previous is signal.default_int_handler or not callable(previous):
+            return self  # already raising KeyboardInterrupt, or SIGINT ignored / not from Python
+        self._previous = previous
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        self.active = True
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self.active:
+            signal.signal(signal.SIGINT, self._previous)
+
+    def forward(self) -> None:
+        """Run the loop owner's SIGINT handler, as if the signal had reached it."""
+        with contextlib.suppress(Exception):
+            self._previous(signal.SIGINT, None)
+
+
+async def run_async(fn: Callable[P, Awaitable[T]], *args: P.args, **kwargs: P.kwargs) -> T:
+    """``await fn(*args, **kwargs)`` on the caller's loop, with errors as clean as :func:`run_sync`'s.
+
+    A single error inside task groups comes out unwrapped. Cancellation (a Jupyter kernel turns an
+    interrupt of an ``await`` cell into cancelling the cell's task) propagates as a fresh
+    ``CancelledError`` (same message) once ``fn`` has finished cleaning up, so the cell shows a short
+    traceback instead of the engine's task-group internals.
+
+    >>> import asyncio
+    >>> async def add(a, b):
+    ...     return a + b
+    >>> asyncio.run(run_async(add, 1, 2))
+    3
+    """
+    __tracebackhide__ = True
+    cancelled: tuple[object, ...] | None = None
+    error: BaseException | None = None
+    try:
+        return await fn(*args, **kwargs)
+    except asyncio.CancelledError as exc:
+        cancelled = exc.args  # keep the message: anyio recognises its own cancel scopes by it
+    except BaseException as exc:
+        error = _unwrap(exc)
+    if error is not None:
+        raise _detach_groups(error).with_traceback(error.__traceback__)
+    raise asyncio.CancelledError(*cancelled) from None
+
+
+def _detach_groups(error: BaseException) -> BaseException:
+    """Cut ``error``'s ``__context__`` chain at the first ExceptionGroup.
+
+    IPython 9 renders an exception whose context chain holds an ExceptionGroup with a bare
+    ``traceback.print_exc()`` to stderr and sends *no* error output (no ``ename``, nothing for nbclient or
+    the UI to show as an error). The groups come from our task groups and tell the user nothing.
+    """
+    current, seen = error, set()
+    while current.__context__ is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current.__context__, BaseExceptionGroup):
+            current.__context__ = None
+            break
+        current = current.__context__
+    return error
 
 
 def _wait_ignoring_interrupts(finished: threading.Event) -> None:
@@ -81,3 +197,18 @@ def _wait_ignoring_interrupts(finished: threading.Event) -> None:
                 return
         except KeyboardInterrupt:  # a second Ctrl-C while we flush: keep flushing
             continue
+
+
+def _join_worker_threads(loops: list[asyncio.AbstractEventLoop]) -> None:
+    """Join the ``anyio.to_thread`` workers of our finished loop.
+
+    anyio tells them to stop when the loop's root task ends but does not wait for them; joining here
+    means a caller who lists ``threading.enumerate()`` right after a run (or an interrupt) finds none.
+    """
+    if not loops:
+        return
+    loop = loops[0]
+    deadline = time.monotonic() + _JOIN_WORKERS
+    for thread in threading.enumerate():
+        if getattr(thread, "loop", None) is loop and thread is not threading.current_thread():
+            thread.join(max(0.0, deadline - time.monotonic()))

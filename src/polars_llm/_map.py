@@ -16,7 +16,7 @@ import anyio
 import polars as pl
 from pydantic import BaseModel
 
-from ._bridge import run_sync
+from ._bridge import run_async, run_sync
 from ._config import DEFAULT_CACHE, CacheArg, MapConfig, Secret, Transport, Worker, resolve_config
 from ._engine import RunStats, execute
 from ._keys import KeyMaker, request_fingerprint
@@ -93,22 +93,36 @@ def _prompts(series: pl.Series) -> pl.Series:
     )
 
 
-def _unique(prompts: pl.Series, cfg: MapConfig) -> tuple[list[str], list[str]]:
-    unique = prompts.drop_nulls().unique(maintain_order=True).to_list()
-    return unique, _key_maker(cfg).keys(unique)
+def _unique(prompts: pl.Series, cfg: MapConfig) -> tuple[pl.Series, pl.Series]:
+    """Unique non-null prompts in first-seen order and their content keys, as String Series.
+
+    Kept as Series (not Python lists) so 1M cached rows cost one temporary list for hashing, not two
+    lists held for the whole call plus their copies back into Polars.
+    """
+    unique = prompts.drop_nulls().unique(maintain_order=True).rename("prompt")
+    keys = pl.Series("key", _key_maker(cfg).keys(unique.to_list()), dtype=pl.String)
+    return unique, keys
 
 
 def _assemble(
-    cfg: MapConfig, prompts: pl.Series, unique: list[str], keys: list[str], state: pl.DataFrame | None
+    cfg: MapConfig, prompts: pl.Series, unique: pl.Series, keys: pl.Series, state: pl.DataFrame | None
 ) -> pl.Series:
     name = prompts.name
-    per_prompt = pl.DataFrame({"prompt": unique, "key": keys}, schema={"prompt": pl.String, "key": pl.String})
+    per_prompt = pl.DataFrame({"prompt": unique, "key": keys})
     if state is None:
         state = pl.DataFrame(schema={"key": pl.String, "status": pl.String, "result": pl.String})
-    per_prompt = per_prompt.join(state.select("key", "status", "result"), on="key", how="left")
-    rows = (
-        prompts.rename("prompt").to_frame().join(per_prompt, on="prompt", how="left", maintain_order="left")
-    )
+    if prompts.null_count() == 0 and len(unique) == len(prompts):
+        # every row is its own unique prompt, in the same order: no join on the prompt text needed
+        rows = per_prompt.join(
+            state.select("key", "status", "result"), on="key", how="left", maintain_order="left"
+        )
+    else:
+        per_prompt = per_prompt.join(state.select("key", "status", "result"), on="key", how="left")
+        rows = (
+            prompts.rename("prompt")
+            .to_frame()
+            .join(per_prompt, on="prompt", how="left", maintain_order="left")
+        )
     status = rows.select(
         pl.when(pl.col("prompt").is_null())
         .then(pl.lit("null"))
@@ -130,7 +144,7 @@ def _assemble(
 
 
 async def _run_with_progress(
-    cfg: MapConfig, keys: list[str], unique: list[str], progress: Progress
+    cfg: MapConfig, keys: pl.Series, unique: pl.Series, progress: Progress
 ) -> pl.DataFrame:
     async with anyio.create_task_group() as tg:
         tg.start_soon(progress.run)
@@ -140,18 +154,18 @@ async def _run_with_progress(
             tg.cancel_scope.cancel()
 
 
-def _prepare(cfg: MapConfig, series: pl.Series) -> tuple[pl.Series, list[str], list[str], Progress]:
+def _prepare(cfg: MapConfig, series: pl.Series) -> tuple[pl.Series, pl.Series, pl.Series, Progress]:
     """Shared by the sync and async paths: prompts, unique prompts, their keys and a progress bar."""
     prompts = _prompts(series)
     unique, keys = _unique(prompts, cfg)
-    progress = Progress(RunStats(total=len(keys)), enabled=cfg.progress and bool(keys))
+    progress = Progress(RunStats(total=len(keys)), enabled=cfg.progress and len(keys) > 0)
     return prompts, unique, keys, progress
 
 
 def llm_map_series(series: pl.Series, cfg: MapConfig) -> pl.Series:
     """Map a String Series with a resolved config; returns the ``Struct{result, status}`` Series."""
     prompts, unique, keys, progress = _prepare(cfg, series)
-    if not keys:
+    if len(keys) == 0:
         return _assemble(cfg, prompts, unique, keys, None)
     progress.open()
     try:
@@ -306,11 +320,11 @@ async def llm_map_async(
 
 async def _amap_series(series: pl.Series, cfg: MapConfig) -> pl.Series:
     prompts, unique, keys, progress = _prepare(cfg, series)
-    if not keys:
+    if len(keys) == 0:
         return _assemble(cfg, prompts, unique, keys, None)
     progress.open()
     try:
-        state = await _run_with_progress(cfg, keys, unique, progress)
+        state = await run_async(_run_with_progress, cfg, keys, unique, progress)
     except BaseException:
         progress.close(error=True)
         raise

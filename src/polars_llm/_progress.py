@@ -6,6 +6,7 @@ loop, so no per-row cost. It is always closed, also after an interrupt or an err
 
 from __future__ import annotations
 
+import functools
 import sys
 import time
 from collections import deque
@@ -32,18 +33,39 @@ def _in_notebook() -> bool:
     return ip is not None and type(ip).__name__ == "ZMQInteractiveShell"
 
 
+@functools.cache
+def _text_tqdm() -> Any:
+    from tqdm.std import tqdm as text_tqdm
+
+    class _TextBar(text_tqdm):  # type: ignore[misc,valid-type]
+        monitor_interval = 0  # refreshed by our own task: no tqdm_monitor thread left behind
+
+    return _TextBar
+
+
 def _tqdm_class() -> Any:
+    """The widget bar in a Jupyter kernel with ipywidgets; the text bar everywhere else.
+
+    Unlike ``tqdm.auto`` this never warns ``IProgress not found``: without ipywidgets the text bar is
+    chosen up front.
+    """
     if _in_notebook():
         try:
             import ipywidgets  # noqa: F401
-            from tqdm.notebook import tqdm as notebook_tqdm
-
-            return notebook_tqdm
         except ImportError:
-            pass
-    from tqdm.std import tqdm as text_tqdm
+            return _text_tqdm()
+        return _widget_tqdm()
+    return _text_tqdm()
 
-    return text_tqdm
+
+@functools.cache
+def _widget_tqdm() -> Any:
+    from tqdm.notebook import tqdm as notebook_tqdm
+
+    class _WidgetBar(notebook_tqdm):  # type: ignore[misc,valid-type]
+        monitor_interval = 0
+
+    return _WidgetBar
 
 
 def format_postfix(stats: RunStats, rpm: float) -> str:
@@ -74,21 +96,24 @@ class Progress:
     def open(self) -> None:
         if not self.enabled or self._bar is not None:
             return
-        cls = _tqdm_class()
-        self._bar = cls(
-            total=self.stats.total or None,
-            desc=self.desc,
-            unit="req",
-            dynamic_ncols=True,
-            mininterval=_TICK,
-            file=sys.stderr,
-        )
+        options: dict[str, Any] = {
+            "total": self.stats.total or None,
+            "desc": self.desc,
+            "unit": "req",
+            "dynamic_ncols": True,
+            "mininterval": _TICK,
+            "file": sys.stderr,
+        }
+        try:
+            self._bar = _tqdm_class()(**options)
+        except ImportError:  # ipywidgets present but unusable (too old, no IProgress): text instead
+            self._bar = _text_tqdm()(**options)
         self._show_cached()
 
     def _show_cached(self) -> None:
         if self._bar is not None and self.stats.cached:
             self._bar.total = self.stats.total
-            self._bar.n = self.stats.cached
+            self._bar.n = self._bar.initial = self.stats.cached  # the rate counts only this run's rows
             self._bar.set_description(f"{self.desc} ({self.stats.cached:,} cached)", refresh=False)
 
     def started(self, stats: RunStats) -> None:

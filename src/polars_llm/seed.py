@@ -21,7 +21,7 @@ import anyio
 import polars as pl
 from pydantic import BaseModel
 
-from ._bridge import _unwrap
+from ._bridge import run_async
 from ._config import Worker, resolve_config
 from ._engine import RunStats, execute
 from ._map import _key_maker
@@ -130,19 +130,13 @@ def _returned(rows: pl.DataFrame, return_dtype: ReturnDtype, response_model: typ
 
 
 async def _run(cfg: Any, keys: list[str], prompts: list[str], reporter: SeedReporter) -> pl.DataFrame:
-    """The engine with the reporter beside it; errors come out as themselves, not as an ExceptionGroup."""
-    try:
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(reporter.run)
-            try:
-                return await execute(cfg, keys, prompts, stats=reporter.stats, on_start=reporter.started)
-            finally:
-                tg.cancel_scope.cancel()
-    except BaseExceptionGroup as group:
-        error = _unwrap(group)
-        if error is group:
-            raise
-        raise error.with_traceback(error.__traceback__) from None
+    """The engine with the reporter beside it."""
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(reporter.run)
+        try:
+            return await execute(cfg, keys, prompts, stats=reporter.stats, on_start=reporter.started)
+        finally:
+            tg.cancel_scope.cancel()
 
 
 async def prompt_map(
@@ -228,7 +222,7 @@ async def prompt_map(
         if keys:
             reporter.open()
             try:
-                state = await _run(cfg, keys, unique_prompts, reporter)
+                state = await run_async(_run, cfg, keys, unique_prompts, reporter)  # errors unwrapped
             except BaseException:
                 reporter.close(error=True)
                 raise
