@@ -9,8 +9,8 @@ not hold as ``done``; (3) answers are joined back onto the rows in their origina
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any, TypedDict, TypeVar
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol, TypedDict, TypeVar
 
 import anyio
 import polars as pl
@@ -143,9 +143,20 @@ def _assemble(
     return pl.DataFrame({"result": result, "status": status}).to_struct(name)
 
 
+class Reporter(Protocol):
+    """What the engine needs from a progress display (:class:`Progress`, the seed API's reporter)."""
+
+    stats: RunStats
+
+    async def run(self) -> None: ...
+
+    def started(self, stats: RunStats) -> None: ...
+
+
 async def _run_with_progress(
-    cfg: MapConfig, keys: pl.Series, unique: pl.Series, progress: Progress
+    cfg: MapConfig, keys: Sequence[str] | pl.Series, unique: Sequence[str] | pl.Series, progress: Reporter
 ) -> pl.DataFrame:
+    """The engine with a progress display refreshing beside it."""
     async with anyio.create_task_group() as tg:
         tg.start_soon(progress.run)
         try:

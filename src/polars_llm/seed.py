@@ -23,8 +23,8 @@ from pydantic import BaseModel
 
 from ._bridge import run_async
 from ._config import Worker, resolve_config
-from ._engine import RunStats, execute
-from ._map import _key_maker
+from ._engine import RunStats
+from ._map import _key_maker, _run_with_progress
 from ._seed_db import (
     DB_URL_DEFAULT,
     db_path,
@@ -129,16 +129,6 @@ def _returned(rows: pl.DataFrame, return_dtype: ReturnDtype, response_model: typ
     return rows
 
 
-async def _run(cfg: Any, keys: list[str], prompts: list[str], reporter: SeedReporter) -> pl.DataFrame:
-    """The engine with the reporter beside it."""
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(reporter.run)
-        try:
-            return await execute(cfg, keys, prompts, stats=reporter.stats, on_start=reporter.started)
-        finally:
-            tg.cancel_scope.cancel()
-
-
 async def prompt_map(
     prompts: Iterable[str],
     worker: Worker | None = None,
@@ -222,7 +212,7 @@ async def prompt_map(
         if keys:
             reporter.open()
             try:
-                state = await run_async(_run, cfg, keys, unique_prompts, reporter)  # errors unwrapped
+                state = await run_async(_run_with_progress, cfg, keys, unique_prompts, reporter)
             except BaseException:
                 reporter.close(error=True)
                 raise
