@@ -1,9 +1,11 @@
-"""The engine: a fixed pool of workers fed from a stream, one batched writer, shared pacing.
+"""The engine: a fixed pool of workers pulling from one shared iterator, one batched writer, shared pacing.
 
 ``execute`` opens the store, sends only what is not ``done`` yet, and returns every key's final state.
-Memory beyond the input and results is O(concurrency): jobs flow through a bounded stream, workers are
-``concurrency`` tasks, and finished rows are flushed to DuckDB in batches (every ``flush_interval``
-seconds or ``flush_rows`` rows, and on exit, error, cancel and interrupt) from a worker thread.
+Memory beyond the input and results is O(concurrency): workers are ``concurrency`` tasks taking jobs
+from one iterator, and finished rows are flushed to DuckDB in batches (every ``flush_interval`` seconds
+or ``flush_rows`` rows, and on exit, error, cancel and interrupt) from a worker thread. Jobs and outcomes
+move without memory streams: a stream costs several event-loop round trips per row, which at zero
+latency halved throughput (see ``benchmarks/``).
 """
 
 from __future__ import annotations
@@ -11,19 +13,19 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import polars as pl
-from anyio.abc import ObjectReceiveStream, ObjectSendStream
 
 from . import exceptions as exc
 from ._client import Completion, Transport, make_transport
 from ._config import MapConfig
 from ._ratelimit import AdaptiveConcurrency, Cooldown, TokenBucket
-from ._retry import backoff_delay, is_retryable
+from ._retry import backoff_delay, next_delay
 from ._store import Outcome, Store
 
 __all__ = ["RunStats", "execute"]
@@ -55,6 +57,17 @@ class RunStats:
         return self.done + self.failed
 
 
+class _NoLimit:
+    async def __aenter__(self) -> None:
+        return None
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        return None
+
+
+_NO_LIMIT = _NoLimit()
+
+
 class _Run:
     """State shared by the workers of one run."""
 
@@ -70,6 +83,10 @@ class _Run:
         self.adaptive = AdaptiveConcurrency(cfg.concurrency)
         self.rpm = TokenBucket(cfg.rpm_limit) if cfg.rpm_limit else None
         self.tpm = TokenBucket(cfg.tpm_limit, burst=1.0) if cfg.tpm_limit else None
+        if self.tpm is not None:
+            # start empty: a full bucket would add a 1 s burst on top of the steady rate at t=0, which a
+            # provider's sliding token window shorter than ~20 s answers with 429s (see benchmarks/)
+            self.tpm.adjust(self.tpm.capacity)
         self.answered = False
         self.refused_since: float | None = None
         self.refused_count = 0
@@ -135,7 +152,10 @@ class _Run:
             if self.tpm is not None:
                 await self.tpm.acquire(estimate)
             error: exc.APIError
-            async with self.adaptive.limiter:
+            # The pool already caps requests at `concurrency`: the limiter only matters once AIMD has cut
+            # it, and acquiring it per request cost ~10 % of throughput at zero latency.
+            adaptive = self.adaptive
+            async with adaptive.limiter if adaptive.limit < adaptive.maximum else _NO_LIMIT:
                 stats.in_flight += 1
                 stats.requests += 1
                 try:
@@ -175,7 +195,8 @@ class _Run:
                     return None
             elif error.status is not None:
                 self.answered, self.refused_since, self.refused_count = True, None, 0
-            if is_retryable(error) and attempts < cfg.max_attempts:
+            delay = next_delay(error, attempts, max_attempts=cfg.max_attempts, max_backoff=cfg.max_backoff)
+            if delay is not None:
                 if isinstance(error, exc.RateLimitError) or error.retry_after is not None:
                     stats.rate_limited += 1
                     self.adaptive.on_rate_limited()
@@ -184,7 +205,6 @@ class _Run:
                         if error.retry_after is not None
                         else backoff_delay(attempts, max_backoff=cfg.max_backoff)
                     )
-                delay = backoff_delay(attempts, retry_after=error.retry_after, max_backoff=cfg.max_backoff)
                 stats.retrying += 1
                 try:
                     await anyio.sleep(delay)
@@ -219,78 +239,106 @@ class _Run:
             self.tpm.adjust(completion.tokens_in + (completion.tokens_out or 0) - estimate)
 
 
-async def _produce(
-    send: ObjectSendStream[tuple[str, str]], keys: Sequence[str], prompts: Sequence[str]
-) -> None:
-    async with send:
-        for item in zip(keys, prompts, strict=True):
-            await send.send(item)
+class _Sink:
+    """Finished outcomes waiting for the writer: a plain list (no per-row task switch), with backpressure.
+
+    Workers ``put`` synchronously; the writer wakes when ``flush_rows`` are waiting, on its interval, or
+    when the pool closes the sink. Workers wait (``room``) only if the writer falls far behind.
+    """
+
+    def __init__(self, flush_rows: int) -> None:
+        self.flush_rows = flush_rows
+        self.high_water = max(4 * flush_rows, 4096)
+        self.buffer: list[Outcome] = []
+        self.full = anyio.Event()
+        self.drained = anyio.Event()
+        self.closed = False
+
+    def put(self, outcome: Outcome) -> None:
+        self.buffer.append(outcome)
+        if len(self.buffer) >= self.flush_rows:
+            self.full.set()
+
+    async def room(self) -> None:
+        while len(self.buffer) >= self.high_water and not self.closed:
+            await self.drained.wait()
+
+    def take(self) -> list[Outcome]:
+        batch, self.buffer = self.buffer, []
+        if self.full.is_set():
+            self.full = anyio.Event()
+        self.drained.set()
+        self.drained = anyio.Event()
+        return batch
+
+    def close(self) -> None:
+        self.closed = True
+        self.full.set()
+        self.drained.set()
 
 
-async def _work(
-    run: _Run, jobs: ObjectReceiveStream[tuple[str, str]], out: ObjectSendStream[Outcome]
-) -> None:
-    async with jobs, out:
-        async for key, prompt in jobs:
-            outcome = await run.process(key, prompt)
-            if outcome is None:
-                return
-            await out.send(outcome)
+async def _work(run: _Run, jobs: Iterator[tuple[str, str]], sink: _Sink) -> None:
+    """One of ``concurrency`` workers; all share one iterator (safe: ``next`` never awaits)."""
+    for n, (key, prompt) in enumerate(jobs, 1):
+        outcome = await run.process(key, prompt)
+        if outcome is None:
+            return
+        sink.put(outcome)
+        if len(sink.buffer) >= sink.high_water:
+            await sink.room()
+        elif n % 16 == 0:
+            await anyio.lowlevel.checkpoint()  # a worker callable that never awaits still lets others run
 
 
-async def _write(store: Store, results: ObjectReceiveStream[Outcome], cfg: MapConfig) -> None:
+async def _write(store: Store, sink: _Sink, cfg: MapConfig) -> None:
     """The single writer: batches outcomes into one DuckDB transaction each, off the event loop."""
-    buffer: list[Outcome] = []
 
     async def flush() -> None:
-        nonlocal buffer
-        batch, buffer = buffer, []
+        batch = sink.take()
         if batch:
-            await anyio.to_thread.run_sync(store.write_outcomes, batch)
+            with anyio.CancelScope(shield=True):  # taken from the sink: it must be written
+                await anyio.to_thread.run_sync(store.write_outcomes, batch)
 
     try:
-        async with results:
-            closed = False
-            while not closed:
-                deadline = time.monotonic() + cfg.flush_interval
-                with anyio.move_on_after(cfg.flush_interval):
-                    while len(buffer) < cfg.flush_rows:
-                        try:
-                            buffer.append(await results.receive())
-                        except anyio.EndOfStream:
-                            closed = True
-                            break
-                        if time.monotonic() >= deadline:
-                            break
-                await flush()
+        while not sink.closed:
+            with anyio.move_on_after(cfg.flush_interval):
+                await sink.full.wait()
+            await flush()
     finally:
         with anyio.CancelScope(shield=True):
-            while True:
-                try:
-                    buffer.append(results.receive_nowait())
-                except (anyio.WouldBlock, anyio.EndOfStream, anyio.ClosedResourceError):
-                    break
             await flush()
 
 
-def _jobs_frame(cfg: MapConfig, keys: Sequence[str], prompts: Sequence[str], schema: Any) -> pl.DataFrame:
-    n = len(keys)
-    return pl.DataFrame(
-        {
-            "key": keys,
-            "prompt": prompts,
-            "base_url": [cfg.base_url if cfg.worker is None else _worker_name(cfg)] * n,
-            "model": [cfg.model] * n,
-            "system": pl.Series([cfg.system] * n, dtype=pl.String),
-            "params": [json.dumps(cfg.params(), sort_keys=True, default=str)] * n,
-            "schema_name": pl.Series(
-                [cfg.response_model.__name__ if cfg.response_model else None] * n, dtype=pl.String
-            ),
-            "schema": pl.Series(
-                [json.dumps(schema, sort_keys=True) if schema else None] * n, dtype=pl.String
-            ),
-        }
-    )
+def _jobs_frame(
+    cfg: MapConfig, keys: Sequence[str] | pl.Series, prompts: Sequence[str] | pl.Series, schema: Any
+) -> pl.DataFrame:
+    """The rows to register: ``key`` and ``prompt``, plus the request settings as constant columns.
+
+    Constants are Polars literals, not ``[value] * n`` Python lists (which cost ~0.5 GB at 1M rows).
+    """
+    constants = {
+        "base_url": cfg.base_url if cfg.worker is None else _worker_name(cfg),
+        "model": cfg.model,
+        "system": cfg.system,
+        "params": json.dumps(cfg.params(), sort_keys=True, default=str),
+        "schema_name": cfg.response_model.__name__ if cfg.response_model else None,
+        "schema": json.dumps(schema, sort_keys=True) if schema else None,
+    }
+    frame = pl.DataFrame({"key": keys, "prompt": prompts}, schema={"key": pl.String, "prompt": pl.String})
+    return frame.with_columns(pl.lit(value, dtype=pl.String).alias(name) for name, value in constants.items())
+
+
+def _iter_jobs(keys: pl.Series, prompts: pl.Series, chunk: int = 8192) -> Iterator[tuple[str, str]]:
+    """``(key, prompt)`` pairs, turned into Python strings one chunk at a time (not 2 × N up front).
+
+    Sliced with pyarrow, not Polars: after a SIGINT during a Polars query every Polars call raises
+    KeyboardInterrupt until the query ends, which must not happen inside a worker task.
+    """
+    key_arr, prompt_arr = keys.to_arrow(), prompts.to_arrow()
+    for lo in range(0, len(key_arr), chunk):
+        yield from zip(
+            key_arr.slice(lo, chunk).to_pylist(), prompt_arr.slice(lo, chunk).to_pylist(), strict=True
+        )
 
 
 def _worker_name(cfg: MapConfig) -> str:
@@ -300,8 +348,8 @@ def _worker_name(cfg: MapConfig) -> str:
 
 async def execute(
     cfg: MapConfig,
-    keys: Sequence[str],
-    prompts: Sequence[str],
+    keys: Sequence[str] | pl.Series,
+    prompts: Sequence[str] | pl.Series,
     *,
     stats: RunStats | None = None,
     on_start: Callable[[RunStats], None] | None = None,
@@ -322,7 +370,13 @@ async def execute(
             {"key": keys, "prompt": prompts}, schema={"key": pl.String, "prompt": pl.String}
         )
         known = await anyio.to_thread.run_sync(store.lookup, key_frame.select("key"))
-        done = known.filter(pl.col("status") == "done").select("key")
+        is_done = pl.col("status") == "done"
+        if known.height == len(keys) and known.select(is_done.all()).item():
+            stats.cached = len(keys)  # all answered already (a rerun): skip the anti-join below
+            if on_start is not None:
+                on_start(stats)
+            return known
+        done = known.filter(is_done).select("key")
         todo = key_frame.join(done, on="key", how="anti", maintain_order="left")
         stats.cached = len(keys) - todo.height
         if on_start is not None:
@@ -334,8 +388,8 @@ async def execute(
             from ._structured import schema_fingerprint
 
             schema = schema_fingerprint(cfg.response_model)
-        todo_keys = todo.get_column("key").to_list()
-        todo_prompts = todo.get_column("prompt").to_list()
+        todo_keys = todo.get_column("key")
+        todo_prompts = todo.get_column("prompt")
         jobs = _jobs_frame(cfg, todo_keys, todo_prompts, schema)
         await anyio.to_thread.run_sync(store.register, jobs)
         del jobs, todo, known
@@ -348,7 +402,7 @@ async def execute(
 
 
 async def _run_pool(
-    cfg: MapConfig, store: Store, keys: Sequence[str], prompts: Sequence[str], stats: RunStats
+    cfg: MapConfig, store: Store, keys: pl.Series, prompts: pl.Series, stats: RunStats
 ) -> None:
     response_format = None
     if cfg.response_model is not None and cfg.worker is None:
@@ -357,22 +411,30 @@ async def _run_pool(
         response_format = make_response_format(cfg.response_model)
     transport = make_transport(cfg, response_format)
     workers = min(cfg.concurrency, max(1, len(keys)))
+    sink = _Sink(cfg.flush_rows)
     try:
         async with anyio.create_task_group() as outer:
-            out_send, out_recv = anyio.create_memory_object_stream[Outcome](max(2 * cfg.flush_rows, 1024))
-            outer.start_soon(_write, store, out_recv, cfg)
-            async with anyio.create_task_group() as pool:
-                run = _Run(cfg, transport, stats, pool.cancel_scope.cancel)
-                job_send, job_recv = anyio.create_memory_object_stream[tuple[str, str]](workers)
-                pool.start_soon(_produce, job_send, keys, prompts)
-                async with job_recv, out_send:
+            outer.start_soon(_write, store, sink, cfg)
+            try:
+                async with anyio.create_task_group() as pool:
+                    run = _Run(cfg, transport, stats, pool.cancel_scope.cancel)
+                    jobs = _iter_jobs(keys, prompts)
                     for _ in range(workers):
-                        pool.start_soon(_work, run, job_recv.clone(), out_send.clone())
+                        pool.start_soon(_work, run, jobs, sink)
+            finally:
+                sink.close()
     finally:
         with anyio.CancelScope(shield=True):
+            # the writer has stopped; if it was cancelled before it ever ran, this keeps what finished
+            batch = sink.take()
+            if batch:
+                await anyio.to_thread.run_sync(store.write_outcomes, batch)
             await transport.aclose()
     if run.fatal is not None:
-        stats_note = f" ({stats.done} rows finished this run and are kept in the cache)"
+        if cfg.cache is not None:
+            stats_note = f" ({stats.done} rows finished this run and are kept in the cache)"
+        else:
+            stats_note = f" ({stats.done} rows finished this run; with cache=None they are not kept)"
         run.fatal.message += stats_note
         raise run.fatal
     if math.isfinite(stats.total) and stats.finished < len(keys):  # pragma: no cover - defensive

@@ -6,7 +6,7 @@ import random
 
 from . import exceptions as exc
 
-__all__ = ["backoff_delay", "is_retryable"]
+__all__ = ["VALIDATION_ATTEMPTS", "backoff_delay", "is_retryable", "next_delay"]
 
 BASE_DELAY = 0.5
 
@@ -40,3 +40,26 @@ def backoff_delay(
         floor = min(retry_after, max(max_backoff, retry_after))
         delay = max(delay, floor + r.uniform(0, 0.1 * max(floor, 0.1)))
     return delay
+
+
+# A model that answered with invalid JSON usually does so again: retry such output at once, and only
+# a few times, instead of paying up to max_attempts answers with backoff.
+VALIDATION_ATTEMPTS = 3
+
+
+def next_delay(error: BaseException, attempts: int, *, max_attempts: int, max_backoff: float) -> float | None:
+    """Seconds to wait before the next attempt, or ``None`` when ``error`` is final for this row.
+
+    >>> next_delay(exc.OutputValidationError("bad"), 1, max_attempts=8, max_backoff=60)
+    0.0
+    >>> next_delay(exc.OutputValidationError("bad"), 3, max_attempts=8, max_backoff=60) is None
+    True
+    >>> next_delay(exc.BadRequestError("no"), 1, max_attempts=8, max_backoff=60) is None
+    True
+    """
+    if isinstance(error, exc.OutputValidationError):
+        return 0.0 if attempts < min(max_attempts, VALIDATION_ATTEMPTS) else None
+    if not is_retryable(error) or attempts >= max_attempts:
+        return None
+    retry_after = error.retry_after if isinstance(error, exc.APIError) else None
+    return backoff_delay(attempts, retry_after=retry_after, max_backoff=max_backoff)

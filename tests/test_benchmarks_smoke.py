@@ -1,0 +1,51 @@
+"""The benchmark command runs end to end (tiny sizes), so it cannot rot. No timing is asserted."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SECTIONS = ["overhead", "latency", "rate_limits", "resume", "cached_rerun", "memory", "import_time"]
+
+
+@pytest.mark.timeout(280)
+def test_benchmark_smoke_run_writes_every_section(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--smoke", "--out", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=270,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads((tmp_path / "latest-smoke.json").read_text())
+    meta = results["meta"]
+    assert meta["mode"] == "smoke"
+    assert meta["machine"]["cpu_count"] >= 1 and meta["machine"]["python"]
+    assert {"polars", "duckdb", "polars-llm"} <= set(meta["versions"])
+    for name in SECTIONS:
+        section = results[name]
+        assert "error" not in section, f"{name}: {section.get('error')}\n{section.get('traceback', '')}"
+        assert section["targets"], name
+        for target in section["targets"]:
+            assert target["measured"] is not None, (name, target)
+    assert results["overhead"]["ratios"]["map_aiohttp/bare_aiohttp"] is not None
+    # correctness is checked even at smoke size: every arm answered every prompt right
+    for arm, runs in results["overhead"]["runs"].items():
+        for run in runs:
+            assert run["errors"] == 0 and run["wrong"] == 0, (arm, run)
+    assert results["resume"]["default"]["complete_and_correct"]
+    assert results["resume"]["tight_flush"]["complete_and_correct"]
+    for run in results["cached_rerun"]["runs"]:
+        assert run["requests_sent"] == 0 and run["done"] == run["n"] and run["wrong"] == 0
+    assert [s["section"] for s in results["summary"]] == [
+        name for name in SECTIONS for _ in results[name]["targets"]
+    ]
+    table = (tmp_path / "latest-smoke.md").read_text()
+    assert "| Section | Measure | Measured | Target |" in table
