@@ -88,8 +88,8 @@ class MapConfig:
     Build it with :func:`resolve_config`, which also reads ``MODEL`` / ``OPENROUTER_API_KEY`` from the
     environment or a ``.env`` file in the working directory.
 
-    >>> cfg = MapConfig(model="m", api_key=Secret("k"), concurrency=4)
-    >>> cfg.concurrency, "k" in repr(cfg)
+    >>> cfg = MapConfig(model="m", api_key=Secret("sk-or-xyz"), concurrency=4)
+    >>> cfg.concurrency, "sk-or-xyz" in repr(cfg)
     (4, False)
     """
 
