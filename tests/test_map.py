@@ -63,7 +63,9 @@ def test_collect_schema_sends_nothing(server: sim.SimServer) -> None:
         label: str
         n: int
 
-    lf = pl.LazyFrame({"prompt": ["a", "b"]}).llm.map("prompt", "m", response_model=Out, cache=None, **opts(server))
+    lf = pl.LazyFrame({"prompt": ["a", "b"]}).llm.map(
+        "prompt", "m", response_model=Out, cache=None, **opts(server)
+    )
     schema = lf.collect_schema()
     assert schema["result"] == pl.Struct({"label": pl.String, "n": pl.Int64})
     assert schema["status"] == pl.String
@@ -80,8 +82,9 @@ def test_lazyframe_every_engine(server: sim.SimServer, tmp_path: Path, engine: s
 
 
 def test_custom_result_names(server: sim.SimServer) -> None:
-    out = pl.DataFrame({"p": ["a"]}).llm.map("p", "m", result_name="answer", status_name="state", cache=None,
-                                             **opts(server))
+    out = pl.DataFrame({"p": ["a"]}).llm.map(
+        "p", "m", result_name="answer", status_name="state", cache=None, **opts(server)
+    )
     assert out.columns == ["p", "answer", "state"]
 
 
@@ -227,7 +230,9 @@ def test_missing_model_and_key(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) 
         pl.col("p").llm.map("m")
 
 
-def test_model_and_key_from_dotenv(server: sim.SimServer, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_model_and_key_from_dotenv(
+    server: sim.SimServer, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     monkeypatch.delenv("MODEL", raising=False)
     monkeypatch.delenv("OPENROUTER_API_KEY", raising=False)
     monkeypatch.chdir(tmp_path)
@@ -255,8 +260,9 @@ def test_custom_worker(tmp_path: Path) -> None:
         seen.append(prompt)
         return prompt.upper()
 
-    out = pl.DataFrame({"p": ["a", "b", "a"]}).llm.map("p", worker=worker, cache=tmp_path / "c.duckdb",
-                                                      progress=False)
+    out = pl.DataFrame({"p": ["a", "b", "a"]}).llm.map(
+        "p", worker=worker, cache=tmp_path / "c.duckdb", progress=False
+    )
     assert out["result"].to_list() == ["A", "B", "A"]
     assert sorted(seen) == ["a", "b"]
 
@@ -280,6 +286,7 @@ def test_interrupted_run_resumes_without_paying_twice(tmp_path: Path) -> None:
     n, concurrency, flush_rows = 600, 8, 50
     df = pl.DataFrame({"p": [f"row {i}" for i in range(n)]})
     with sim.serve(latency=0.01) as server:
+        run = opts(server, cache=cache, concurrency=concurrency, flush_rows=flush_rows)
         stop = threading.Event()
 
         def interrupt_when_half_done() -> None:
@@ -293,7 +300,7 @@ def test_interrupted_run_resumes_without_paying_twice(tmp_path: Path) -> None:
         watcher.start()
         try:
             with pytest.raises(KeyboardInterrupt):
-                df.llm.map("p", "m", cache=cache, concurrency=concurrency, flush_rows=flush_rows, **opts(server))
+                df.llm.map("p", "m", **run)
         finally:
             stop.set()
             watcher.join()
@@ -301,7 +308,7 @@ def test_interrupted_run_resumes_without_paying_twice(tmp_path: Path) -> None:
         with duckdb.connect(str(cache), read_only=True) as con:
             (kept,) = con.execute("select count(*) from requests where status = 'done'").fetchone()
         assert kept >= n // 2 - concurrency  # what finished before the interrupt was flushed
-        out = df.llm.map("p", "m", cache=cache, concurrency=concurrency, flush_rows=flush_rows, **opts(server))
+        out = df.llm.map("p", "m", **run)
         total = server.stats(per_prompt=False)["requests"]
     assert out["status"].unique().to_list() == ["done"]
     assert out["result"].to_list() == [sim.expected_text("m", f"row {i}") for i in range(n)]

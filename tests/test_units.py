@@ -81,7 +81,7 @@ def test_adaptive_concurrency_cuts_once_per_hold_and_grows_back() -> None:
 def test_backoff_full_jitter_and_retry_after_floor() -> None:
     rng = random.Random(1)
     delays = [backoff_delay(5, rng=rng) for _ in range(500)]
-    assert 0 <= min(delays) and max(delays) <= 8.0  # 0.5 * 2**4
+    assert min(delays) >= 0 and max(delays) <= 8.0  # 0.5 * 2**4
     assert max(delays) > 4.0 and min(delays) < 1.0  # jitter spans the range
     assert all(backoff_delay(1, retry_after=3, rng=rng) >= 3 for _ in range(100))
     assert all(backoff_delay(20, max_backoff=10, rng=rng) <= 10 for _ in range(100))
@@ -140,8 +140,10 @@ def test_error_inside_200_body_is_an_error() -> None:
     with pytest.raises(exc.MalformedResponseError):
         parse_completion({"choices": []})
     done = parse_completion(
-        {"choices": [{"message": {"content": "hi"}, "finish_reason": "stop"}],
-         "usage": {"prompt_tokens": 3, "completion_tokens": 1, "cost": 0.002}}
+        {
+            "choices": [{"message": {"content": "hi"}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 3, "completion_tokens": 1, "cost": 0.002},
+        }
     )
     assert (done.text, done.tokens_in, done.tokens_out, done.cost) == ("hi", 3, 1, 0.002)
 

@@ -76,8 +76,15 @@ def run_demo(
     df = demo_frame(rows)
     if real:
         t0 = time.perf_counter()
-        out = df.llm.map("review", system="Label the customer review.", response_model=ReviewLabel,
-                         concurrency=concurrency, rpm_limit=rpm_limit, cache=cache, progress=progress)
+        out = df.llm.map(
+            "review",
+            system="Label the customer review.",
+            response_model=ReviewLabel,
+            concurrency=concurrency,
+            rpm_limit=rpm_limit,
+            cache=cache,
+            progress=progress,
+        )
         return _summarise(df, out, time.perf_counter() - t0, None, output, cache)
 
     from . import sim
@@ -108,8 +115,14 @@ def run_demo(
     return _summarise(df, out, elapsed, stats, output, cache)
 
 
-def _summarise(df: pl.DataFrame, out: pl.DataFrame, elapsed: float, stats: dict[str, Any] | None,
-               output: Path, cache: Path) -> dict[str, object]:
+def _summarise(
+    df: pl.DataFrame,
+    out: pl.DataFrame,
+    elapsed: float,
+    stats: dict[str, Any] | None,
+    output: Path,
+    cache: Path,
+) -> dict[str, object]:
     out = out.unnest("result")
     out.write_parquet(output)
     unique = df["review"].n_unique()

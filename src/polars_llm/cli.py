@@ -93,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--real",
         action="store_true",
-        help="use the provider from MODEL / OPENROUTER_API_KEY (/ POLARS_LLM_BASE_URL) instead of the simulator",
+        help="use the provider from MODEL / OPENROUTER_API_KEY (and POLARS_LLM_BASE_URL), not the simulator",
     )
     demo.add_argument("--rpm-limit", type=float, default=None, help="client-side requests/min (with --real)")
     demo.set_defaults(func=_cmd_demo)
