@@ -183,6 +183,17 @@ def parse_completion(data: Any, raw: bytes | str | None = None) -> Completion:
     )
 
 
+def decode_completion(raw: bytes) -> Completion:
+    """Decode a 200 body (shared by both HTTP transports)."""
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise exc.MalformedResponseError(
+            "response body is not valid JSON", status=200, body=raw.decode("utf-8", "replace")
+        ) from None
+    return parse_completion(data, raw)
+
+
 class AiohttpTransport:
     """Lean OpenAI-compatible client: one aiohttp session, orjson, no per-request object churn."""
 
@@ -234,13 +245,7 @@ class AiohttpTransport:
             raise exc.APIConnectionError(f"connection error: {type(e).__name__}: {e}") from None
         if status != 200:
             raise error_for_status(status, dict(headers), raw.decode("utf-8", "replace"))
-        try:
-            data = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            raise exc.MalformedResponseError(
-                "response body is not valid JSON", status=200, body=raw.decode("utf-8", "replace")
-            ) from None
-        return parse_completion(data, raw)
+        return decode_completion(raw)
 
     async def aclose(self) -> None:
         if self._session is not None:
@@ -294,14 +299,7 @@ class OpenAITransport:
             err = exc.APIConnectionError(f"cannot connect to {self._cfg.base_url}: {cause or e}")
             err.refused = isinstance(cause, ConnectionRefusedError) or "refused" in str(cause).lower()  # type: ignore[attr-defined]
             raise err from None
-        content = raw.content
-        try:
-            data = orjson.loads(content)
-        except orjson.JSONDecodeError:
-            raise exc.MalformedResponseError(
-                "response body is not valid JSON", status=200, body=content.decode("utf-8", "replace")
-            ) from None
-        return parse_completion(data, content)
+        return decode_completion(raw.content)
 
     async def aclose(self) -> None:
         await self._client.close()
