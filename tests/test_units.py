@@ -61,7 +61,7 @@ def test_cooldown_extends_only_forward() -> None:
     assert cd.until == 105
 
 
-def test_adaptive_concurrency_cuts_once_per_hold_and_grows_back() -> None:
+def test_adaptive_concurrency_cuts_once_per_hold_and_grows_back_in_time() -> None:
     clock = FakeClock()
     ac = AdaptiveConcurrency(10, clock=clock)
     ac.on_rate_limited()
@@ -70,12 +70,17 @@ def test_adaptive_concurrency_cuts_once_per_hold_and_grows_back() -> None:
     clock.now += 2
     ac.on_rate_limited()
     assert ac.limit == 4
-    for _ in range(4):
+    for _ in range(1000):  # a flood of fast answers in the same second does not grow it
         ac.on_success()
-    assert ac.limit == 5
-    for _ in range(100):
+    assert ac.limit == 4
+    clock.now += 1
+    ac.on_success()
+    ac.on_success()
+    assert ac.limit == 5  # one slot per second of success
+    for _ in range(20):
+        clock.now += 1
         ac.on_success()
-    assert ac.limit == 10
+    assert ac.limit == 10  # never above the configured maximum
 
 
 def test_backoff_full_jitter_and_retry_after_floor() -> None:

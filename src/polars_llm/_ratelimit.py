@@ -73,11 +73,18 @@ class AdaptiveConcurrency:
     """AIMD on the number of requests in flight.
 
     A rate-limit answer multiplies the limit by ``decrease`` (at most once per ``hold`` seconds, so one
-    burst of 429s counts once); every ``limit`` successes add one, back up to the configured maximum.
+    burst of 429s counts once). Growing back is paced in time, not in answers: one more slot per ``hold``
+    seconds of success, up to the configured maximum. Providers count in windows of a second or more, so
+    growing per answer (≈ once per round trip) would overshoot the cap again long before it could say so.
     """
 
     def __init__(
-        self, maximum: int, *, decrease: float = 0.7, hold: float = 1.0, clock=time.monotonic
+        self,
+        maximum: int,
+        *,
+        decrease: float = 0.7,
+        hold: float = 1.0,
+        clock=time.monotonic,
     ) -> None:
         self.maximum = maximum
         self.limiter = anyio.CapacityLimiter(maximum)
@@ -85,7 +92,7 @@ class AdaptiveConcurrency:
         self._hold = hold
         self._clock = clock
         self._last_cut = -math.inf
-        self._successes = 0
+        self._last_change = -math.inf
 
     @property
     def limit(self) -> int:
@@ -95,14 +102,13 @@ class AdaptiveConcurrency:
         now = self._clock()
         if now - self._last_cut < self._hold:
             return
-        self._last_cut = now
-        self._successes = 0
+        self._last_cut = self._last_change = now
         self.limiter.total_tokens = max(1, math.floor(self.limit * self._decrease))
 
     def on_success(self) -> None:
         if self.limit >= self.maximum:
             return
-        self._successes += 1
-        if self._successes >= self.limit:
-            self._successes = 0
+        now = self._clock()
+        if now - self._last_change >= self._hold:
+            self._last_change = now
             self.limiter.total_tokens = self.limit + 1
