@@ -156,6 +156,14 @@ class MapConfig:
         if self.transport not in ("auto", "aiohttp", "openai"):
             raise ConfigError(f"transport must be 'auto', 'aiohttp' or 'openai', got {self.transport!r}")
 
+    @property
+    def endpoint(self) -> str:
+        """Where answers come from: ``base_url``, or ``worker:<module>.<name>`` for a custom worker."""
+        w = self.worker
+        if w is None:
+            return self.base_url
+        return f"worker:{getattr(w, '__module__', '?')}.{getattr(w, '__qualname__', type(w).__name__)}"
+
     def params(self) -> dict[str, Any]:
         """Generation parameters that change the answer (they enter the content key)."""
         out: dict[str, Any] = {}

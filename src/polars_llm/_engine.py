@@ -11,7 +11,6 @@ latency halved throughput (see ``benchmarks/``).
 from __future__ import annotations
 
 import json
-import math
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -317,7 +316,7 @@ def _jobs_frame(
     Constants are Polars literals, not ``[value] * n`` Python lists (which cost ~0.5 GB at 1M rows).
     """
     constants = {
-        "base_url": cfg.base_url if cfg.worker is None else _worker_name(cfg),
+        "base_url": cfg.endpoint,
         "model": cfg.model,
         "system": cfg.system,
         "params": json.dumps(cfg.params(), sort_keys=True, default=str),
@@ -339,11 +338,6 @@ def _iter_jobs(keys: pl.Series, prompts: pl.Series, chunk: int = 8192) -> Iterat
         yield from zip(
             key_arr.slice(lo, chunk).to_pylist(), prompt_arr.slice(lo, chunk).to_pylist(), strict=True
         )
-
-
-def _worker_name(cfg: MapConfig) -> str:
-    w = cfg.worker
-    return f"worker:{getattr(w, '__module__', '?')}.{getattr(w, '__qualname__', type(w).__name__)}"
 
 
 async def execute(
@@ -437,5 +431,5 @@ async def _run_pool(
             stats_note = f" ({stats.done} rows finished this run; with cache=None they are not kept)"
         run.fatal.message += stats_note
         raise run.fatal
-    if math.isfinite(stats.total) and stats.finished < len(keys):  # pragma: no cover - defensive
+    if stats.finished < len(keys):  # pragma: no cover - defensive
         raise RuntimeError(f"engine stopped early: {stats.finished} of {len(keys)} requests finished")

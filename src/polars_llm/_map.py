@@ -69,14 +69,9 @@ def _key_maker(cfg: MapConfig) -> KeyMaker:
         from ._structured import schema_fingerprint
 
         schema = schema_fingerprint(cfg.response_model)
-    if cfg.worker is not None:
-        w = cfg.worker
-        base = f"worker:{getattr(w, '__module__', '?')}.{getattr(w, '__qualname__', type(w).__name__)}"
-    else:
-        base = cfg.base_url
     return KeyMaker(
         request_fingerprint(
-            base_url=base, model=cfg.model, system=cfg.system, params=cfg.params(), schema=schema
+            base_url=cfg.endpoint, model=cfg.model, system=cfg.system, params=cfg.params(), schema=schema
         )
     )
 
