@@ -1,7 +1,7 @@
 """5. Cached rerun: every row is already ``done`` in the store → wall time and peak RSS of ``.llm.map``.
 
 The "already done" state is written straight into the store with the library's own pieces — the content
-keys of :func:`polars_llm._map._unique`, the job rows of :func:`polars_llm._engine._jobs_frame`,
+keys of :func:`polars_llm._pipeline.prepare`, the job rows of :func:`polars_llm._engine.jobs_frame`,
 :meth:`Store.register` and :meth:`Store.write_outcomes` — with the simulator's exact answers, which is
 what a finished run leaves behind (doing it through the network would take minutes for 1M rows). A fresh
 process then times ``df.llm.map`` on the same prompts against a live simulator, which must see zero
@@ -31,24 +31,34 @@ def _cfg(url: str, cache: str) -> Any:
 def populate(params: dict[str, Any]) -> dict[str, Any]:
     import polars as pl
 
-    from polars_llm._engine import _jobs_frame
-    from polars_llm._map import _unique
+    from polars_llm._engine import jobs_frame
+    from polars_llm._pipeline import prepare
     from polars_llm._store import Outcome, Store
     from polars_llm.sim import expected_text
 
     start = time.perf_counter()
     cfg = _cfg(params["url"], params["cache"])
     prompts = pl.Series("prompt", make_prompts(params["n"], params["prefix"]))
-    unique, keys = _unique(prompts, cfg)
+    prepared = prepare(prompts, cfg)
+    unique, keys = prepared.unique, prepared.keys
     now = time.time()
     with Store.open(cfg.cache) as store:
         step = 200_000
         for lo in range(0, len(keys), step):
             k, p = keys[lo : lo + step], unique[lo : lo + step]
-            store.register(_jobs_frame(cfg, k, p, None))
+            store.register(jobs_frame(cfg, k, p))
             store.write_outcomes(
                 [
-                    Outcome(key, "done", expected_text(MODEL, prompt), None, None, 1, 17, 22, 1e-5, now)
+                    Outcome(
+                        key=key,
+                        status="done",
+                        attempts=1,
+                        finished_at=now,
+                        result=expected_text(MODEL, prompt),
+                        tokens_in=17,
+                        tokens_out=22,
+                        cost=1e-5,
+                    )
                     for key, prompt in zip(k, p, strict=True)
                 ]
             )

@@ -3,7 +3,7 @@
 As a script (run by the tests with the project's interpreter)::
 
     python tests/reliability_utils.py map BASE_URL CACHE N [--concurrency C] [--flush-interval S]
-        [--api-key KEY] [--progress]
+        [--api-key KEY] [--progress] [--log-stored]
         maps the prompts ``prompts(N)`` with ``DataFrame.llm.map`` into CACHE, printing ``started`` first
         and ``finished <done>`` at the end (the tests kill it with SIGKILL somewhere in between);
     python tests/reliability_utils.py hold CACHE
@@ -105,8 +105,30 @@ def files_containing(secret: bytes, paths: Iterable[Path]) -> list[str]:
 # ------------------------------------------------------------------------------------- child process
 
 
+def stored_lines(proc: subprocess.Popen[str], until: Callable[[int], bool]) -> int:
+    """Read the child's ``stored N finished rows`` log lines until ``until(total stored)``; the total."""
+    assert proc.stdout is not None
+    total = 0
+    while not until(total):
+        line = proc.stdout.readline()
+        if not line:
+            raise AssertionError(f"child exited ({proc.poll()}) while {total} rows were stored")
+        if line.startswith("stored "):
+            total += int(line.split()[1])
+    return total
+
+
 def _child_map(args: argparse.Namespace) -> int:
+    import logging
+
     import polars_llm  # noqa: F401  (registers .llm)
+
+    if args.log_stored:  # the engine logs each committed batch: the tests synchronise on these lines
+        handler = logging.StreamHandler(sys.stdout)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger = logging.getLogger("polars_llm")
+        logger.addHandler(handler)
+        logger.setLevel(logging.DEBUG)
 
     frame = pl.DataFrame({"prompt": prompts(args.n)})
     print("started", flush=True)
@@ -147,6 +169,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     m.add_argument("--flush-interval", type=float, default=1.0)
     m.add_argument("--api-key", default=API_KEY)
     m.add_argument("--progress", action="store_true")
+    m.add_argument("--log-stored", action="store_true", help="print 'stored N finished rows' per commit")
     h = sub.add_parser("hold")
     h.add_argument("cache")
     args = parser.parse_args(argv)

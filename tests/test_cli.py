@@ -172,7 +172,7 @@ def test_api_key_env_and_dotenv(monkeypatch: pytest.MonkeyPatch, tmp_path: Path)
         (
             "csv",
             ["run", "in.csv", "--column", "prompt", "-o", "o.csv", "--concurrency", "0"],
-            "positive integer",
+            "concurrency must be an integer between 1",
         ),
         ("csv", ["run", "in.csv", "-o", "o.csv"], "--column"),
         (

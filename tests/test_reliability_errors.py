@@ -21,7 +21,6 @@ from pydantic import BaseModel
 import polars_llm  # noqa: F401  (registers .llm)
 from polars_llm import _migrations, sim
 from polars_llm._config import resolve_config
-from polars_llm._map import _key_maker
 from polars_llm.exceptions import (
     AuthenticationError,
     EndpointUnreachableError,
@@ -101,8 +100,8 @@ def test_fatal_answer_stops_the_run(
         # finished rows are kept, and the message says how many
         rows = store_rows(cache_path)
         done = rows.filter(pl.col("status") == "done")
-        match = re.search(r"\((\d+) rows finished this run", str(err))
-        assert match is not None and int(match[1]) == done.height
+        match = re.search(r"stopped after [\d,]+ of [\d,]+ requests \(([\d,]+) done", str(err))
+        assert match is not None and int(match[1].replace(",", "")) == done.height
         assert before["ok"] - CONCURRENCY <= done.height <= after["ok"]
         assert done["result"].to_list() == [sim.expected_text(MODEL, p) for p in done["prompt"]]
         assert set(rows["status"]) == {"done", "pending"} and rows.height == n
@@ -271,7 +270,7 @@ def test_foreign_file_at_the_cache_path(make: Any, sim_server: sim.SimServer, ca
 def test_older_schema_version_is_migrated(sim_server: sim.SimServer, cache_path: Path) -> None:
     options = map_options(sim_server, cache=cache_path)
     cfg = resolve_config(model=MODEL, **options)
-    old_prompt, old_key = "answered long ago", _key_maker(cfg).keys(["answered long ago"])[0]
+    old_prompt, old_key = "answered long ago", cfg.request.key_maker().keys(["answered long ago"])[0]
     con = duckdb.connect(str(cache_path))
     assert _migrations.migrate(con, path=cache_path, target=1) == 1
     con.execute(

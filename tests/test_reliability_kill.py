@@ -2,8 +2,9 @@
 
 A child process maps ``N`` prompts into a DuckDB file through a latency simulator that runs in this
 (test) process, so the test sees every request. At a random number of answered requests the test
-notes which prompts had been sent (``sent``), lets one flush window (plus slack) pass, and kills the
-child with SIGKILL. Then:
+notes which prompts had been sent (``sent``), waits on the child's log until the engine has stored at
+least that many rows and committed one more batch (the events the engine logs), then kills the child
+with SIGKILL at a random moment of the next flush window. Then:
 
 * the store opens cleanly (WAL replayed), holds one row per prompt, only ``pending``/``done``;
 * every prompt in ``sent`` (answered at least a flush window before the kill) is ``done`` in the file;
@@ -28,13 +29,21 @@ import polars_llm  # noqa: F401  (registers .llm)
 from polars_llm import sim
 from polars_llm._migrations import CURRENT_VERSION
 from polars_llm._store import Store
-from reliability_utils import MODEL, expect_line, map_options, prompts, spawn, store_rows, wait_for
+from reliability_utils import (
+    MODEL,
+    expect_line,
+    map_options,
+    prompts,
+    spawn,
+    store_rows,
+    stored_lines,
+    wait_for,
+)
 
 N = 600
 CONCURRENCY = 4
 LATENCY = 0.03  # → about 130 answers/s at concurrency 4: the child is mid-run for several seconds
 FLUSH = 0.2  # the child's flush window (flush_interval)
-SLACK = 1.0  # time for the last answers of `sent` to arrive and their batch to commit
 
 
 def _reference() -> pl.DataFrame:
@@ -66,6 +75,7 @@ def _kill_trial(trial: int, tmp_path: Path, reference: pl.DataFrame) -> None:
             str(CONCURRENCY),
             "--flush-interval",
             str(FLUSH),
+            "--log-stored",
         )
         try:
             expect_line(proc, "started")
@@ -75,7 +85,9 @@ def _kill_trial(trial: int, tmp_path: Path, reference: pl.DataFrame) -> None:
                 timeout=60,
             )
             sent = set(server.stats()["per_prompt"])  # all answered by now + LATENCY
-            time.sleep(LATENCY + FLUSH + SLACK + extra)  # the kill moment (not a synchronisation)
+            stored_lines(proc, lambda total: total >= len(sent))
+            stored_lines(proc, lambda total: total > 0)  # then one more commit
+            time.sleep(extra)  # the kill moment inside the next flush window (not a synchronisation)
             still_running = proc.poll() is None
             proc.send_signal(signal.SIGKILL)
             proc.communicate(timeout=60)

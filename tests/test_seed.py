@@ -206,12 +206,12 @@ def test_default_paths_teardown_and_results_store(server: sim.SimServer, tmp_pat
     pm(server, ["a", "a", "b"])
     cache_dir = tmp_path / ".llm_batch_cache"
     assert sorted(p.name for p in cache_dir.iterdir()) == ["runs-results.duckdb"]  # no store, no WAL
-    stored = _seed_db.read_results(cache_dir / "runs-results.duckdb", only_done=False)
+    stored = _seed_db.read_results(cache_dir / "runs-results.duckdb")
     assert stored["idx"].to_list() == [0, 1, 2]
     assert stored["prompt"].to_list() == ["a", "a", "b"]
     assert stored["key"][0] == stored["key"][1]
     pm(server, ["a", "a", "b"], output_shape="unique")
-    stored = _seed_db.read_results(cache_dir / "runs-results.duckdb", only_done=False)
+    stored = _seed_db.read_results(cache_dir / "runs-results.duckdb")
     assert stored.select("idx", "prompt").rows() == [(0, "a"), (2, "b")]
 
 

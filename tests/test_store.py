@@ -452,7 +452,9 @@ while True:
     keys = [f"b{{n}}-{{i}}" for i in range(batch)]
     frame = pl.DataFrame({{"key": keys, "prompt": keys, "base_url": "u", "model": "m", "params": "{{}}"}})
     store.register(frame)
-    store.write_outcomes([Outcome(k, "done", "r" * 50, None, None, 1, 1, 1, 0.0, time.time()) for k in keys])
+    store.write_outcomes(
+        [Outcome(key=k, status="done", attempts=1, finished_at=time.time(), result="r" * 50) for k in keys]
+    )
     print(f"committed {{n}}", flush=True)
     n += 1
 """

@@ -18,6 +18,9 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import copy
+import functools
+import inspect
 import signal
 import threading
 import time
@@ -26,7 +29,9 @@ from typing import Any, ParamSpec, TypeVar
 
 from anyio.from_thread import start_blocking_portal
 
-__all__ = ["run_async", "run_sync"]
+from .exceptions import PolarsLLMError
+
+__all__ = ["run_async", "run_sync", "surfaced"]
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -212,3 +217,43 @@ def _join_worker_threads(loops: list[asyncio.AbstractEventLoop]) -> None:
     for thread in threading.enumerate():
         if getattr(thread, "loop", None) is loop and thread is not threading.current_thread():
             thread.join(max(0.0, deadline - time.monotonic()))
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def surfaced(fn: F) -> F:
+    """Make errors of a public entry point surface there: same type and message, a short traceback.
+
+    A :class:`~polars_llm.PolarsLLMError` or ``KeyboardInterrupt`` escaping ``fn`` is raised again from
+    this frame as a copy, ``from None``: a notebook shows the user's line and one readable message instead
+    of ~30 lines through the namespace, pipeline and bridge, while the original (with its full traceback)
+    stays reachable as ``__context__`` for debugging.
+    """
+
+    def restate(error: BaseException) -> BaseException:
+        if isinstance(error, KeyboardInterrupt):
+            return KeyboardInterrupt(*error.args)
+        return copy.copy(error)
+
+    if inspect.iscoroutinefunction(fn):
+
+        @functools.wraps(fn)
+        async def awrapper(*args: Any, **kwargs: Any) -> Any:
+            __tracebackhide__ = True
+            try:
+                return await fn(*args, **kwargs)
+            except PolarsLLMError as error:
+                raise restate(error) from None
+
+        return awrapper  # type: ignore[return-value]
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        __tracebackhide__ = True
+        try:
+            return fn(*args, **kwargs)
+        except (PolarsLLMError, KeyboardInterrupt) as error:
+            raise restate(error) from None
+
+    return wrapper  # type: ignore[return-value]

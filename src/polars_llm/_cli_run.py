@@ -10,23 +10,34 @@ leaves a half-written file; run the same command again to resume.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
 import importlib.util
+import json
 import os
 import re
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Final, Literal
 
 import polars as pl
-from dotenv import dotenv_values
 from pydantic import BaseModel
 
-from ._config import DEFAULT_CACHE_PATH, MapConfig, resolve_config
-from ._map import llm_map_series
+from ._config import DEFAULT_CACHE_PATH, MapConfig, env_value, option_fields, resolve_config
+from ._pipeline import map_series
 from .exceptions import ConfigError
 
-__all__ = ["EXIT_FAILED", "EXIT_USAGE", "CLIError", "add_run_arguments", "cmd_run", "file_format"]
+__all__ = [
+    "EXIT_FAILED",
+    "EXIT_USAGE",
+    "NOT_ON_CLI",
+    "CLIError",
+    "add_option_flags",
+    "add_run_arguments",
+    "cmd_run",
+    "file_format",
+]
 
 EXIT_FAILED: Final = 1
 EXIT_USAGE: Final = 2
@@ -65,55 +76,77 @@ def file_format(path: Path, what: str) -> FileFormat:
     return fmt
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
+# Options of MapConfig without a `polars-llm run` flag, and why: a key on the command line lands in the shell
+# history (use --api-key-env), and a worker is a Python callable.
+NOT_ON_CLI: Final = frozenset(f.name for f in option_fields() if f.metadata["cli"] is False)
 
 
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
-    return value
+def _parser_for(f: dataclasses.Field[Any]) -> Callable[[str], Any]:
+    """Text → value for an option's flag, checked by the option's own check."""
+    kind = str(f.type)  # the annotation's text, e.g. "int", "float | None", "Mapping[str, Any] | None"
+    parse: Callable[[str], Any] = str
+    if kind.startswith("Mapping"):
+        parse = json.loads
+    elif kind.startswith("int"):
+        parse = int
+    elif kind.startswith("float"):
+        parse = float
+    check = f.metadata["check"]
+
+    def convert(text: str) -> Any:
+        try:
+            value = parse(text)
+            return check(f.name, value) if check is not None else value
+        except (ValueError, ConfigError) as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    convert.__name__ = parse.__name__
+    return convert
+
+
+def add_option_flags(p: argparse.ArgumentParser) -> None:
+    """One ``--flag`` per :class:`~polars_llm.MapConfig` option declared ``cli=True``, from its metadata."""
+    for f in option_fields():
+        if f.metadata["cli"] is not True:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        help_text = f"{f.metadata['doc']} (default: {f.default})"
+        if f.type == "bool":
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=help_text)
+        else:
+            p.add_argument(flag, dest=f.name, type=_parser_for(f), default=f.default, help=help_text)
 
 
 def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("input", metavar="INPUT", help="prompts file: .csv, .parquet, .jsonl or .ndjson")
     p.add_argument("--column", required=True, help="name of the prompt column")
     p.add_argument("--output", "-o", required=True, help="results file: .csv, .parquet, .jsonl or .ndjson")
-    p.add_argument("--model", help="model name (default: $MODEL or MODEL in ./.env)")
-    p.add_argument("--system", help="system prompt sent with every row")
-    p.add_argument("--schema", metavar="MODULE:MODEL", help="pydantic model for structured output")
+    add_option_flags(p)
+    # hand-written flags standing for options (their `cli` metadata names them)
+    p.add_argument("--schema", metavar="MODULE:MODEL", help="pydantic model for structured output "
+                   "(response_model): module:Model or file.py:Model")  # fmt: skip
     p.add_argument(
-        "--base-url", help="OpenAI-compatible endpoint (default: OpenRouter or $POLARS_LLM_BASE_URL)"
+        "--cache", default=str(DEFAULT_CACHE_PATH), help=f"cache file (default {DEFAULT_CACHE_PATH})"
     )
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar (progress=False)")
     p.add_argument(
         "--api-key-env",
         default="OPENROUTER_API_KEY",
         metavar="NAME",
         help="environment variable (or ./.env entry) holding the API key (default: OPENROUTER_API_KEY)",
     )
-    p.add_argument("--concurrency", type=_positive_int, default=32, help="requests in flight (default 32)")
-    p.add_argument("--rpm-limit", type=_positive_float, help="client-side requests per minute cap")
-    p.add_argument("--tpm-limit", type=_positive_float, help="client-side tokens per minute cap")
-    p.add_argument("--max-attempts", type=_positive_int, default=8, help="attempts per prompt (default 8)")
-    p.add_argument("--timeout", type=_positive_float, default=60.0, help="seconds per request (default 60)")
-    p.add_argument("--max-tokens", type=_positive_int, help="max tokens per answer")
-    p.add_argument("--temperature", type=float, default=0.0, help="sampling temperature (default 0)")
-    p.add_argument(
-        "--cache", default=str(DEFAULT_CACHE_PATH), help=f"cache file (default {DEFAULT_CACHE_PATH})"
-    )
     p.add_argument("--result-column", default="result", help="name of the added result column")
     p.add_argument("--status-column", default="status", help="name of the added status column")
-    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+
+
+def _options(args: argparse.Namespace) -> dict[str, Any]:
+    """The run's options from parsed arguments (the API key is read from the environment)."""
+    options = {f.name: getattr(args, f.name) for f in option_fields() if f.metadata["cli"] is True}
+    options["response_model"] = load_schema(args.schema) if args.schema else None
+    options["cache"] = Path(args.cache)
+    options["progress"] = not args.quiet
+    options["api_key"] = _api_key(args.api_key_env)
+    return options
 
 
 def load_schema(spec: str) -> type[BaseModel]:
@@ -155,10 +188,7 @@ def _api_key(name: str) -> str:
         raise CLIError(  # the value is not echoed: it may be a key typed by mistake
             "--api-key-env takes the name of an environment variable (letters, digits and _), not a key"
         )
-    value = os.environ.get(name)
-    if not value:
-        env_file = Path.cwd() / ".env"
-        value = (dotenv_values(env_file).get(name) if env_file.is_file() else None) or None
+    value = env_value(name)
     if not value:
         raise CLIError(
             f"no API key: set {name} in the environment or in ./.env "
@@ -215,7 +245,7 @@ def _mapped(
     """``lf`` with the result and status columns, in two passes over the input.
 
     1. The distinct prompts are collected (only that column is read) and mapped by
-       :func:`~polars_llm._map.llm_map_series`, the function behind ``.llm.map``, outside any Polars query.
+       :func:`~polars_llm._pipeline.map_series`, the pipeline behind ``.llm.map``, outside any Polars query.
     2. The input is streamed again and joined with those answers, keeping its row order.
 
     Running the engine outside a Polars query matters for Ctrl-C: while a query runs, Polars turns SIGINT
@@ -223,7 +253,7 @@ def _mapped(
     ends, which would include the final flush of finished rows to the cache.
     """
     prompts = lf.select(pl.col(column).unique(maintain_order=True)).collect().get_column(column)
-    answers = llm_map_series(prompts, cfg)
+    answers = map_series(prompts, cfg)
     table = pl.DataFrame(
         [
             prompts,
@@ -249,31 +279,15 @@ def cmd_run(args: argparse.Namespace) -> int:
             f"the input already has column(s) {', '.join(sorted(taken))}; choose others with "
             "--result-column / --status-column"
         )
-    schema = load_schema(args.schema) if args.schema else None
-    options: dict[str, Any] = {
-        "api_key": _api_key(args.api_key_env),
-        "base_url": args.base_url,
-        "cache": Path(args.cache),
-        "system": args.system,
-        "response_model": schema,
-        "temperature": args.temperature,
-        "max_tokens": args.max_tokens,
-        "concurrency": args.concurrency,
-        "rpm_limit": args.rpm_limit,
-        "tpm_limit": args.tpm_limit,
-        "max_attempts": args.max_attempts,
-        "timeout": args.timeout,
-        "progress": not args.quiet,
-    }
     try:
-        cfg = resolve_config(model=args.model, **options)
+        cfg = resolve_config(**_options(args))
     except ConfigError as exc:
         text = str(exc)
         if text.startswith("no model"):
             text = "no model: pass --model provider/name or set MODEL in the environment or ./.env"
         raise CLIError(text) from None
     out = _mapped(lf, args.column, cfg, args.result_column, args.status_column)
-    if schema is not None and fmt_out == "csv":  # CSV has no nested columns: keep the JSON text
+    if cfg.response_model is not None and fmt_out == "csv":  # CSV has no nested columns: keep the JSON text
         out = out.with_columns(pl.col(args.result_column).struct.json_encode())
     target = target.expanduser().absolute()
     target.parent.mkdir(parents=True, exist_ok=True)

@@ -8,11 +8,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Final, Literal
 
-import polars as pl
-
 from ._cli_run import CLIError
 from ._config import DEFAULT_CACHE_PATH
-from ._seed_db import is_results_store, read_results
+from ._seed_db import export_rows, is_results_store, read_results
 from ._store import Store
 
 __all__ = ["add_export_arguments", "add_status_arguments", "cmd_export", "cmd_status", "format_summary"]
@@ -89,7 +87,7 @@ def format_summary(s: dict[str, Any]) -> str:
 def cmd_status(args: argparse.Namespace) -> int:
     path = _existing(args.cache)
     if is_results_store(path):
-        rows = read_results(path, only_done=False)
+        rows = read_results(path)
         counts = dict(rows.group_by("status").len().sort("status").iter_rows())
         summary: dict[str, Any] = {
             "path": str(path),
@@ -118,15 +116,6 @@ def cmd_export(args: argparse.Namespace) -> int:
     fmt = args.format or _EXPORT_EXT.get(out.suffix.lower())
     if fmt is None:
         raise CLIError(f"cannot tell the export format of {args.output!r}; pass --format jsonl|parquet")
-    if is_results_store(path):
-        rows = read_results(path, only_done=False)
-        if args.status:
-            rows = rows.filter(pl.col("status") == args.status)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        rows.write_ndjson(out) if fmt == "jsonl" else rows.write_parquet(out)
-        n = rows.height
-    else:
-        with Store.open(path) as store:
-            n = store.export(out, format=fmt, where=f"status = '{args.status}'" if args.status else None)
+    n = export_rows(path, out, format=fmt, status=args.status)
     print(f"exported {n:,} rows to {out}")
     return 0

@@ -29,7 +29,6 @@ from ._config import MapConfig, Worker
 __all__ = [
     "Completion",
     "Transport",
-    "build_body",
     "error_for_status",
     "make_transport",
     "parse_completion",
@@ -50,24 +49,6 @@ class Transport(Protocol):
     async def complete(self, prompt: str) -> Completion: ...
 
     async def aclose(self) -> None: ...
-
-
-def build_body(cfg: MapConfig, prompt: str, response_format: Mapping[str, Any] | None) -> dict[str, Any]:
-    """The JSON body of one request. A fresh conversation per row: never shared between rows."""
-    messages = []
-    if cfg.system is not None:
-        messages.append({"role": "system", "content": cfg.system})
-    messages.append({"role": "user", "content": prompt})
-    body: dict[str, Any] = {"model": cfg.model, "messages": messages}
-    if cfg.temperature is not None:
-        body["temperature"] = cfg.temperature
-    if cfg.max_tokens is not None:
-        body["max_tokens"] = cfg.max_tokens
-    if response_format is not None:
-        body["response_format"] = response_format
-    if cfg.extra_body:
-        body.update(cfg.extra_body)
-    return body
 
 
 def parse_retry_after(headers: Mapping[str, str]) -> float | None:
@@ -197,13 +178,12 @@ def decode_completion(raw: bytes) -> Completion:
 class AiohttpTransport:
     """Lean OpenAI-compatible client: one aiohttp session, orjson, no per-request object churn."""
 
-    def __init__(self, cfg: MapConfig, response_format: Mapping[str, Any] | None) -> None:
+    def __init__(self, cfg: MapConfig) -> None:
         self._cfg = cfg
-        self._response_format = response_format
-        self._url = cfg.base_url.rstrip("/") + "/chat/completions"
-        assert cfg.api_key is not None
+        self._body = cfg.request.body
+        self._url = cfg.url + "/chat/completions"
         self._headers = {
-            "Authorization": f"Bearer {cfg.api_key.get()}",
+            "Authorization": f"Bearer {cfg.key}",
             "Content-Type": "application/json",
             "User-Agent": "polars-llm",
         }
@@ -225,7 +205,7 @@ class AiohttpTransport:
         return self._session
 
     async def complete(self, prompt: str) -> Completion:
-        body = orjson.dumps(build_body(self._cfg, prompt, self._response_format))
+        body = orjson.dumps(self._body(prompt))
         session = self._get_session()
         aiohttp = self._aiohttp
         try:
@@ -236,9 +216,9 @@ class AiohttpTransport:
         except TimeoutError:
             raise exc.APITimeoutError(f"no response within {self._cfg.timeout:g} s") from None
         except aiohttp.ClientConnectorError as e:
-            err = exc.APIConnectionError(f"cannot connect to {self._cfg.base_url}: {e.os_error}")
-            err.refused = True  # type: ignore[attr-defined]
-            raise err from None
+            raise exc.APIConnectionError(
+                f"cannot connect to {self._cfg.url}: {e.os_error}", refused=True
+            ) from None
         except aiohttp.ClientPayloadError as e:
             raise exc.MalformedResponseError(f"truncated response body: {e}") from None
         except (aiohttp.ClientError, OSError) as e:
@@ -256,20 +236,19 @@ class AiohttpTransport:
 class OpenAITransport:
     """The official ``openai`` SDK (aiohttp transport when available), with its retries turned off."""
 
-    def __init__(self, cfg: MapConfig, response_format: Mapping[str, Any] | None) -> None:
+    def __init__(self, cfg: MapConfig) -> None:
         import openai
 
         self._openai = openai
         self._cfg = cfg
-        self._response_format = response_format
-        assert cfg.api_key is not None
+        self._body = cfg.request.body
         try:
             http_client = openai.DefaultAioHttpClient()
         except Exception:  # aiohttp extra missing: fall back to the SDK's default httpx2 client
             http_client = None
         self._client = openai.AsyncOpenAI(
-            base_url=cfg.base_url,
-            api_key=cfg.api_key.get(),
+            base_url=cfg.url,
+            api_key=cfg.key,
             max_retries=0,
             timeout=cfg.timeout,
             http_client=http_client,
@@ -277,7 +256,7 @@ class OpenAITransport:
 
     async def complete(self, prompt: str) -> Completion:
         openai = self._openai
-        body = build_body(self._cfg, prompt, self._response_format)
+        body = self._body(prompt)
         known = {
             k: body.pop(k)
             for k in ("model", "messages", "temperature", "max_tokens", "response_format")
@@ -296,9 +275,10 @@ class OpenAITransport:
             raise exc.APITimeoutError(f"no response within {self._cfg.timeout:g} s") from None
         except openai.APIConnectionError as e:
             cause = e.__cause__
-            err = exc.APIConnectionError(f"cannot connect to {self._cfg.base_url}: {cause or e}")
-            err.refused = isinstance(cause, ConnectionRefusedError) or "refused" in str(cause).lower()  # type: ignore[attr-defined]
-            raise err from None
+            refused = isinstance(cause, ConnectionRefusedError) or "refused" in str(cause).lower()
+            raise exc.APIConnectionError(
+                f"cannot connect to {self._cfg.url}: {cause or e}", refused=refused
+            ) from None
         return decode_completion(raw.content)
 
     async def aclose(self) -> None:
@@ -337,9 +317,9 @@ class WorkerTransport:
         return None
 
 
-def make_transport(cfg: MapConfig, response_format: Mapping[str, Any] | None) -> Transport:
+def make_transport(cfg: MapConfig) -> Transport:
     if cfg.worker is not None:
         return WorkerTransport(cfg.worker, cfg.timeout)
     if cfg.transport == "openai":
-        return OpenAITransport(cfg, response_format)
-    return AiohttpTransport(cfg, response_format)
+        return OpenAITransport(cfg)
+    return AiohttpTransport(cfg)

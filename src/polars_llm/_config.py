@@ -1,18 +1,32 @@
-"""Run settings: one frozen, validated dataclass built from arguments, the environment and ``.env``."""
+"""Run settings: :class:`MapConfig`, the one place every option is declared.
+
+Each option is a field of :class:`MapConfig` declared with :func:`option`: its name, type, default, check
+and a one-line description. Everything else is derived from these fields: the keyword signatures of the
+entry points (:func:`with_options`), the ``polars-llm run`` flags (:mod:`polars_llm._cli_options`) and the
+README's option listing (:func:`options_listing`). Adding an option is one field here (plus its
+``MapOptions`` line for type checkers, which a test keeps in step).
+"""
 
 from __future__ import annotations
 
-import math
+import dataclasses
+import functools
+import inspect
 import os
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal, TypeVar
 
 from dotenv import dotenv_values
 from pydantic import BaseModel
 
+from . import _checks as ck
+from ._structured import check_model
 from .exceptions import ConfigError
+
+if TYPE_CHECKING:
+    from ._request import RequestSpec
 
 __all__ = [
     "DEFAULT_BASE_URL",
@@ -21,14 +35,19 @@ __all__ = [
     "MapConfig",
     "Secret",
     "Worker",
+    "env_value",
+    "option_fields",
+    "options_listing",
+    "resolve_cache",
     "resolve_config",
+    "with_options",
 ]
 
 DEFAULT_BASE_URL: Final = "https://openrouter.ai/api/v1"
 DEFAULT_CACHE_PATH: Final = Path(".polars_llm") / "cache.duckdb"
 
 Worker = Callable[[str], Awaitable[str]]
-Transport = Literal["auto", "aiohttp", "openai"]
+Transport = Literal["aiohttp", "openai"]
 
 
 class _DefaultCache:
@@ -81,87 +100,193 @@ class Secret:
         return self
 
 
+def resolve_cache(cache: CacheArg) -> Path | None:
+    """Turn the ``cache=`` argument into an absolute path (or ``None`` for no file).
+
+    >>> resolve_cache(None) is None, resolve_cache("duckdb:///x.duckdb").name
+    (True, 'x.duckdb')
+    """
+    if cache is None:
+        return None
+    if isinstance(cache, _DefaultCache):
+        return Path.cwd() / DEFAULT_CACHE_PATH
+    if isinstance(cache, str | os.PathLike):
+        path_text = os.fspath(cache)
+        if not path_text:
+            raise ConfigError("cache path is empty; pass cache=None to keep nothing on disk")
+        if path_text.startswith("duckdb:///"):
+            path_text = path_text[len("duckdb:///") :]
+        return Path(path_text).expanduser().resolve()
+    raise ConfigError(f"cache must be a path, DEFAULT_CACHE or None, got {type(cache).__name__}")
+
+
+# --- checks that normalise ------------------------------------------------------------------------------
+
+
+def _check_cache(name: str, value: Any) -> Path | None:
+    return value if isinstance(value, Path) and value.is_absolute() else resolve_cache(value)
+
+
+def _check_key(name: str, value: Any) -> Secret | None:
+    if value is None or isinstance(value, Secret):
+        return value
+    if isinstance(value, str):
+        return Secret(value)
+    raise ConfigError(f"api_key must be a string, got {type(value).__name__}")
+
+
+def _check_base_url(name: str, value: Any) -> str:
+    if value is None:
+        return DEFAULT_BASE_URL
+    if not isinstance(value, str) or not value.startswith(("http://", "https://")):
+        raise ConfigError(f"base_url must start with http:// or https://, got {value!r}")
+    return value.rstrip("/")
+
+
+def _check_model_name(name: str, value: Any) -> str | None:
+    if value is None or value == "":
+        return None
+    return ck.text()(name, value)
+
+
+def _check_worker(name: str, value: Any) -> Any:
+    if not callable(value):
+        raise ConfigError("worker must be an async callable taking the prompt and returning a str")
+    return value
+
+
+# --- the schema -----------------------------------------------------------------------------------------
+
+T = TypeVar("T")
+
+
+def option(default: T, doc: str, check: ck.Check | None = None, *, cli: bool | str = True) -> T:
+    """Declare one option: default, one-line description, check (may normalise) and its CLI form.
+
+    ``cli``: ``True`` for a generated ``--flag``, ``False`` for no flag (with the reason in ``doc``), or
+    the name of a hand-written flag that stands for it (e.g. ``"--schema"``).
+    """
+    return field(default=default, metadata={"doc": doc, "check": check, "cli": cli})
+
+
 @dataclass(frozen=True, kw_only=True)
 class MapConfig:
-    """Everything a run needs, validated on construction.
+    """Every option of a run, validated (and normalised) on construction; see the README's listing.
 
-    Build it with :func:`resolve_config`, which also reads ``MODEL`` / ``OPENROUTER_API_KEY`` from the
-    environment or a ``.env`` file in the working directory.
+    Build it with :func:`resolve_config`, which also reads ``MODEL`` / ``OPENROUTER_API_KEY`` /
+    ``POLARS_LLM_BASE_URL`` from the environment or a ``.env`` file in the working directory.
 
-    >>> cfg = MapConfig(model="m", api_key=Secret("sk-or-xyz"), concurrency=4)
-    >>> cfg.concurrency, "sk-or-xyz" in repr(cfg)
-    (4, False)
+    >>> cfg = MapConfig(model="m", api_key="sk-or-xyz", concurrency=4, transport="auto")
+    >>> cfg.concurrency, cfg.transport, "sk-or-xyz" in repr(cfg)
+    (4, 'aiohttp', False)
     """
 
-    model: str
-    api_key: Secret | None = field(default=None, repr=False)
-    base_url: str = DEFAULT_BASE_URL
-    system: str | None = None
-    response_model: type[BaseModel] | None = None
-    temperature: float | None = 0.0
-    max_tokens: int | None = None
-    extra_body: Mapping[str, Any] | None = None
-    concurrency: int = 32
-    rpm_limit: float | None = None
-    tpm_limit: float | None = None
-    max_attempts: int = 8
-    timeout: float = 60.0
-    cache: Path | None = None
-    progress: bool = True
-    worker: Worker | None = None
-    transport: Transport = "auto"
-    flush_interval: float = 1.0
-    flush_rows: int = 5000
-    max_backoff: float = 60.0
+    model: str | None = option(
+        None, "model name, e.g. 'openai/gpt-4o-mini' (else $MODEL or .env)", _check_model_name
+    )
+    system: str | None = option(None, "system prompt, the same for every row", ck.optional(ck.text()))
+    response_model: type[BaseModel] | None = option(
+        None,
+        "a pydantic BaseModel: `result` becomes a Struct shaped like it",
+        ck.optional(lambda name, value: check_model(value)),
+        cli="--schema",
+    )
+    base_url: str | None = option(
+        None, "OpenAI-compatible endpoint (else $POLARS_LLM_BASE_URL, else OpenRouter)", _check_base_url
+    )
+    api_key: str | Secret | None = field(
+        default=None,
+        repr=False,
+        metadata={
+            "doc": "else $OPENROUTER_API_KEY (or .env); never stored, never printed",
+            "check": _check_key,
+            "cli": False,
+        },
+    )
+    temperature: float | None = option(
+        0.0,
+        "sampling temperature; None leaves it to the provider",
+        ck.optional(ck.number(allow_low=True, high=2, what="between 0 and 2")),
+    )
+    max_tokens: int | None = option(None, "cap on tokens per answer", ck.optional(ck.integer(1, 10_000_000)))
+    extra_body: Mapping[str, Any] | None = option(
+        None, "extra request fields (provider routing etc.); part of the content key", ck.optional(ck.mapping)
+    )
+    concurrency: int = option(32, "requests in flight at most", ck.integer(1, 100_000))
+    rpm_limit: float | None = option(None, "client-side requests per minute", ck.optional(ck.number()))
+    tpm_limit: float | None = option(None, "client-side tokens per minute", ck.optional(ck.number()))
+    max_attempts: int = option(8, "attempts per request before its row is failed", ck.integer(1, 1000))
+    timeout: float = option(60.0, "seconds to wait for one answer", ck.seconds())
+    max_backoff: float = option(60.0, "cap in seconds on our own backoff between attempts", ck.seconds())
+    cache: CacheArg = option(
+        DEFAULT_CACHE,
+        "DuckDB file of jobs and results; None keeps nothing on disk",
+        _check_cache,
+        cli="--cache",
+    )
+    flush_interval: float = option(1.0, "seconds between writes of finished rows to the cache", ck.seconds())
+    flush_rows: int = option(
+        5000, "finished rows that trigger a write before flush_interval", ck.integer(1, 10_000_000)
+    )
+    progress: bool = option(True, "show a progress bar", ck.boolean, cli="--quiet")
+    transport: Transport = option(
+        "aiohttp",
+        "'aiohttp' (lean, default) or 'openai' (the official SDK)",
+        ck.choice("aiohttp", "openai", aliases={"auto": "aiohttp"}),
+    )
+    worker: Worker | None = option(
+        None,
+        "any `async def worker(prompt: str) -> str` instead of HTTP",
+        ck.optional(_check_worker),
+        cli=False,
+    )
 
     def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            check = f.metadata.get("check")
+            if check is not None:
+                value = getattr(self, f.name)
+                checked = check(f.name, value)
+                if checked is not value:
+                    object.__setattr__(self, f.name, checked)
         if self.worker is None:
-            if not self.model or not isinstance(self.model, str):
+            if not self.model:
                 raise ConfigError(
                     "no model given: pass model='provider/name' or set MODEL in the environment or .env"
                 )
-            if self.api_key is None or not self.api_key.get():
+            if self.api_key is None or not self.key:
                 raise ConfigError(
                     "no API key: pass api_key=..., or set OPENROUTER_API_KEY in the environment or .env"
                 )
-            if not self.base_url.startswith(("http://", "https://")):
-                raise ConfigError(f"base_url must start with http:// or https://, got {self.base_url!r}")
-        elif not callable(self.worker):
-            raise ConfigError("worker must be an async callable taking the prompt and returning a str")
-        _check_int("concurrency", self.concurrency, low=1, high=100_000)
-        _check_int("max_attempts", self.max_attempts, low=1, high=1000)
-        _check_int("flush_rows", self.flush_rows, low=1, high=10_000_000)
-        if self.max_tokens is not None:
-            _check_int("max_tokens", self.max_tokens, low=1, high=10_000_000)
-        for name in ("rpm_limit", "tpm_limit"):
-            value = getattr(self, name)
-            if value is not None and not (_is_number(value) and value > 0 and math.isfinite(value)):
-                raise ConfigError(f"{name} must be a positive number or None, got {value!r}")
-        for name in ("timeout", "flush_interval", "max_backoff"):
-            value = getattr(self, name)
-            if not (_is_number(value) and value > 0 and math.isfinite(value)):
-                raise ConfigError(f"{name} must be a positive number of seconds, got {value!r}")
-        if self.temperature is not None and not (_is_number(self.temperature) and 0 <= self.temperature <= 2):
-            raise ConfigError(f"temperature must be between 0 and 2, got {self.temperature!r}")
-        if self.system is not None and not isinstance(self.system, str):
-            raise ConfigError(f"system must be a string, got {type(self.system).__name__}")
-        if self.extra_body is not None and not isinstance(self.extra_body, Mapping):
-            raise ConfigError(f"extra_body must be a mapping, got {type(self.extra_body).__name__}")
-        if self.response_model is not None and not (
-            isinstance(self.response_model, type) and issubclass(self.response_model, BaseModel)
-        ):
-            raise ConfigError(
-                f"response_model must be a pydantic BaseModel subclass, got {self.response_model!r}"
-            )
-        if self.transport not in ("auto", "aiohttp", "openai"):
-            raise ConfigError(f"transport must be 'auto', 'aiohttp' or 'openai', got {self.transport!r}")
+
+    @functools.cached_property
+    def request(self) -> RequestSpec:
+        """What every request of this call shares (fingerprint, body, validation, result dtype)."""
+        from ._request import RequestSpec  # imports pydantic-schema and Polars machinery: on first use
+
+        return RequestSpec.of(self)
+
+    @property
+    def key(self) -> str:
+        """The API key's value ("" when none)."""
+        return self.api_key.get() if isinstance(self.api_key, Secret) else ""
+
+    @property
+    def cache_path(self) -> Path | None:
+        """The cache file (absolute), or ``None`` for no file."""
+        return self.cache  # type: ignore[return-value]  (normalised by its check)
+
+    @property
+    def url(self) -> str:
+        """The base URL in use (``base_url`` normalised)."""
+        return self.base_url  # type: ignore[return-value]  (normalised by its check)
 
     @property
     def endpoint(self) -> str:
         """Where answers come from: ``base_url``, or ``worker:<module>.<name>`` for a custom worker."""
         w = self.worker
         if w is None:
-            return self.base_url
+            return self.url
         return f"worker:{getattr(w, '__module__', '?')}.{getattr(w, '__qualname__', type(w).__name__)}"
 
     def params(self) -> dict[str, Any]:
@@ -175,94 +300,89 @@ class MapConfig:
             out["extra_body"] = dict(self.extra_body)
         return out
 
-
-def _is_number(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
-def _check_int(name: str, value: object, *, low: int, high: int) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
-        raise ConfigError(f"{name} must be an integer between {low} and {high}, got {value!r}")
+    def replace(self, **changes: Any) -> MapConfig:
+        """A copy with ``changes`` applied and validated."""
+        return dataclasses.replace(self, **changes)
 
 
-def _env(name: str, dotenv: Mapping[str, str | None]) -> str | None:
-    value = os.environ.get(name)
-    if value:
-        return value
-    return dotenv.get(name) or None
+def option_fields() -> Iterator[dataclasses.Field[Any]]:
+    """The declared options, in declaration order."""
+    return iter(dataclasses.fields(MapConfig))
 
 
-def resolve_cache(cache: CacheArg) -> Path | None:
-    """Turn the ``cache=`` argument into a path (or ``None`` for no file)."""
-    if cache is None:
-        return None
-    if isinstance(cache, _DefaultCache):
-        return Path.cwd() / DEFAULT_CACHE_PATH
-    if isinstance(cache, str | os.PathLike):
-        text = os.fspath(cache)
-        if not text:
-            raise ConfigError("cache path is empty; pass cache=None to keep nothing on disk")
-        if text.startswith("duckdb:///"):
-            text = text[len("duckdb:///") :]
-        return Path(text).expanduser().resolve()
-    raise ConfigError(f"cache must be a path, DEFAULT_CACHE or None, got {type(cache).__name__}")
+OPTION_NAMES: Final = frozenset(f.name for f in dataclasses.fields(MapConfig))
 
 
-def resolve_config(
-    *,
-    model: str | None = None,
-    api_key: str | Secret | None = None,
-    base_url: str | None = None,
-    cache: CacheArg = DEFAULT_CACHE,
-    api_key_env: str = "OPENROUTER_API_KEY",
-    **options: Any,
-) -> MapConfig:
-    """Build a :class:`MapConfig` from arguments, then the environment, then ``./.env``.
+# --- resolving from arguments, the environment and .env -------------------------------------------------
+
+
+def _dotenv() -> Mapping[str, str | None]:
+    path = Path.cwd() / ".env"
+    return dotenv_values(path) if path.is_file() else {}
+
+
+def env_value(name: str) -> str | None:
+    """``name`` from the environment, else from ``./.env``; ``None`` when unset or empty."""
+    return os.environ.get(name) or _dotenv().get(name) or None
+
+
+def resolve_config(*, api_key_env: str = "OPENROUTER_API_KEY", **options: Any) -> MapConfig:
+    """Build a :class:`MapConfig` from options, then the environment, then ``./.env``.
+
+    ``model``, ``api_key`` and ``base_url`` left out (or ``None``) come from ``MODEL``, ``api_key_env``
+    and ``POLARS_LLM_BASE_URL``. Unknown options raise :class:`ConfigError` naming them.
 
     >>> cfg = resolve_config(model="m", api_key="k", cache=None, concurrency=8)
     >>> (cfg.model, cfg.concurrency, cfg.cache)
     ('m', 8, None)
     """
-    dotenv_path = Path.cwd() / ".env"
-    dotenv = dotenv_values(dotenv_path) if dotenv_path.is_file() else {}
-    if model is None:
-        model = _env("MODEL", dotenv)
-    if api_key is None:
-        api_key = _env(api_key_env, dotenv)
-    if isinstance(api_key, str):
-        api_key = Secret(api_key)
-    if base_url is None:
-        base_url = _env("POLARS_LLM_BASE_URL", dotenv)
-    unknown = set(options) - _OPTION_NAMES
+    unknown = set(options) - OPTION_NAMES
     if unknown:
         raise ConfigError(f"unknown option(s): {', '.join(sorted(unknown))}")
+    for name, env in (("model", "MODEL"), ("api_key", api_key_env), ("base_url", "POLARS_LLM_BASE_URL")):
+        if options.get(name) is None:
+            options[name] = env_value(env)
     try:
-        return MapConfig(
-            model=model or "",
-            api_key=api_key,
-            base_url=(base_url or DEFAULT_BASE_URL).rstrip("/"),
-            cache=resolve_cache(cache),
-            **options,
-        )
+        return MapConfig(**options)
     except TypeError as exc:  # wrong option types that dataclass itself rejects
         raise ConfigError(str(exc)) from None
 
 
-_OPTION_NAMES = {
-    "system",
-    "response_model",
-    "temperature",
-    "max_tokens",
-    "extra_body",
-    "concurrency",
-    "rpm_limit",
-    "tpm_limit",
-    "max_attempts",
-    "timeout",
-    "progress",
-    "worker",
-    "transport",
-    "flush_interval",
-    "flush_rows",
-    "max_backoff",
-}
+# --- signatures and docs derived from the fields --------------------------------------------------------
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def with_options(fn: F) -> F:
+    """Give ``fn(..., **options)`` a signature listing every option as keyword-only, with its default.
+
+    ``help()``, Jupyter's Shift-Tab and ``inspect.signature`` then show the options of :class:`MapConfig`;
+    type checkers read the ``Unpack[MapOptions]`` annotation of ``**options``.
+    """
+    sig = inspect.signature(fn)
+    params = [p for p in sig.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
+    taken = {p.name for p in params}
+    extra = [
+        inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=f.default, annotation=f.type)
+        for f in option_fields()
+        if f.name not in taken
+    ]
+    positional = [p for p in params if p.kind is not inspect.Parameter.KEYWORD_ONLY]
+    keyword = [p for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY]
+    fn.__signature__ = sig.replace(parameters=[*positional, *keyword, *extra])  # type: ignore[attr-defined]
+    return fn
+
+
+def _shown(value: Any) -> str:
+    return "DEFAULT_CACHE" if isinstance(value, _DefaultCache) else repr(value)
+
+
+def options_listing() -> str:
+    """The README's option listing: every option with its default and description."""
+    lines = ['pl.col("prompt").llm.map(']
+    for f in option_fields():
+        lines.append(f"    {f.name}={_shown(f.default)},".ljust(30) + f"  # {f.metadata['doc']}")
+        if f.name == "model":
+            lines.append("    *,")
+    lines.append(")")
+    return "\n".join(lines)

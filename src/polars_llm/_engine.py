@@ -10,9 +10,9 @@ latency halved throughput (see ``benchmarks/``).
 
 from __future__ import annotations
 
-import json
+import logging
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,7 +27,9 @@ from ._ratelimit import AdaptiveConcurrency, Cooldown, TokenBucket
 from ._retry import backoff_delay, next_delay
 from ._store import Outcome, Store
 
-__all__ = ["RunStats", "execute"]
+__all__ = ["RunStats", "execute", "jobs_frame"]
+
+log = logging.getLogger("polars_llm")
 
 # Continuous connection refusal for this long (after at least one answer) is fatal.
 _REFUSED_FATAL_AFTER = 10.0
@@ -67,6 +69,33 @@ class _NoLimit:
 _NO_LIMIT = _NoLimit()
 
 
+class _Usage:
+    """Tokens and cost of one row, summed over its attempts."""
+
+    __slots__ = ("cost", "tokens_in", "tokens_out")
+
+    def __init__(self) -> None:
+        self.tokens_in = self.tokens_out = 0
+        self.cost = 0.0
+
+    def add(self, completion: Completion) -> None:
+        self.tokens_in += completion.tokens_in or 0
+        self.tokens_out += completion.tokens_out or 0
+        self.cost += completion.cost or 0.0
+
+    def outcome(self, key: str, status: str, attempts: int, **fields: Any) -> Outcome:
+        return Outcome(
+            key=key,
+            status=status,
+            attempts=attempts,
+            tokens_in=self.tokens_in or None,
+            tokens_out=self.tokens_out or None,
+            cost=self.cost or None,
+            finished_at=time.time(),
+            **fields,
+        )
+
+
 class _Run:
     """State shared by the workers of one run."""
 
@@ -91,13 +120,7 @@ class _Run:
         self.refused_count = 0
         self.out_estimate = float(cfg.max_tokens or 64)
         self.system_chars = len(cfg.system or "")
-        if cfg.response_model is not None:
-            from ._structured import validate_text
-
-            model = cfg.response_model
-            self.validate: Callable[[str | None], str] | None = lambda text: validate_text(model, text)
-        else:
-            self.validate = None
+        self.validate = cfg.request.validator
 
     def set_fatal(self, error: exc.FatalError) -> None:
         if self.fatal is None:
@@ -130,7 +153,7 @@ class _Run:
         ):
             self.set_fatal(
                 exc.EndpointUnreachableError(
-                    f"{self.cfg.base_url} refused {self.refused_count} connections in a row "
+                    f"{self.cfg.url} refused {self.refused_count} connections in a row "
                     f"({error.message}); is the server running and base_url right?",
                     attempts=self.refused_count,
                 )
@@ -140,8 +163,7 @@ class _Run:
         """Send one request, retrying what is worth retrying. ``None`` means the run is stopping."""
         cfg, stats = self.cfg, self.stats
         estimate = (len(prompt) + self.system_chars) / 4 + self.out_estimate
-        tokens_in = tokens_out = 0
-        cost = 0.0
+        usage = _Usage()
         attempts = 0
         while True:
             attempts += 1
@@ -160,9 +182,7 @@ class _Run:
                 try:
                     completion = await self.transport.complete(prompt)
                     self.answered, self.refused_since, self.refused_count = True, None, 0
-                    tokens_in += completion.tokens_in or 0
-                    tokens_out += completion.tokens_out or 0
-                    cost += completion.cost or 0.0
+                    usage.add(completion)
                     self._account(completion, estimate)
                     result = self.interpret(completion)
                 except exc.APIError as e:
@@ -170,25 +190,14 @@ class _Run:
                 else:
                     self.adaptive.on_success()
                     stats.done += 1
-                    return Outcome(
-                        key,
-                        "done",
-                        result,
-                        None,
-                        None,
-                        attempts,
-                        tokens_in or None,
-                        tokens_out or None,
-                        cost or None,
-                        time.time(),
-                    )
+                    return usage.outcome(key, "done", attempts, result=result)
                 finally:
                     stats.in_flight -= 1
             error.attempts = attempts
             if isinstance(error, exc.FatalError):
                 self.set_fatal(error)
                 return None
-            if isinstance(error, exc.APIConnectionError) and getattr(error, "refused", False):
+            if isinstance(error, exc.APIConnectionError) and error.refused:
                 self._note_refused(error)
                 if self.fatal is not None:
                     return None
@@ -214,18 +223,7 @@ class _Run:
             message = str(error)
             if error.body and isinstance(error, exc.OutputValidationError | exc.OutputTruncatedError):
                 message = f"{message}\nraw output: {error.body}"
-            return Outcome(
-                key,
-                "failed",
-                None,
-                message,
-                error.kind,
-                attempts,
-                tokens_in or None,
-                tokens_out or None,
-                cost or None,
-                time.time(),
-            )
+            return usage.outcome(key, "failed", attempts, error=message, error_kind=error.kind)
 
     def _account(self, completion: Completion, estimate: float) -> None:
         stats = self.stats
@@ -297,6 +295,7 @@ async def _write(store: Store, sink: _Sink, cfg: MapConfig) -> None:
         if batch:
             with anyio.CancelScope(shield=True):  # taken from the sink: it must be written
                 await anyio.to_thread.run_sync(store.write_outcomes, batch)
+            log.debug("stored %d finished rows", len(batch))
 
     try:
         while not sink.closed:
@@ -308,23 +307,15 @@ async def _write(store: Store, sink: _Sink, cfg: MapConfig) -> None:
             await flush()
 
 
-def _jobs_frame(
-    cfg: MapConfig, keys: Sequence[str] | pl.Series, prompts: Sequence[str] | pl.Series, schema: Any
-) -> pl.DataFrame:
+def jobs_frame(cfg: MapConfig, keys: pl.Series, prompts: pl.Series) -> pl.DataFrame:
     """The rows to register: ``key`` and ``prompt``, plus the request settings as constant columns.
 
     Constants are Polars literals, not ``[value] * n`` Python lists (which cost ~0.5 GB at 1M rows).
     """
-    constants = {
-        "base_url": cfg.endpoint,
-        "model": cfg.model,
-        "system": cfg.system,
-        "params": json.dumps(cfg.params(), sort_keys=True, default=str),
-        "schema_name": cfg.response_model.__name__ if cfg.response_model else None,
-        "schema": json.dumps(schema, sort_keys=True) if schema else None,
-    }
     frame = pl.DataFrame({"key": keys, "prompt": prompts}, schema={"key": pl.String, "prompt": pl.String})
-    return frame.with_columns(pl.lit(value, dtype=pl.String).alias(name) for name, value in constants.items())
+    return frame.with_columns(
+        pl.lit(value, dtype=pl.String).alias(name) for name, value in cfg.request.job_columns().items()
+    )
 
 
 def _iter_jobs(keys: pl.Series, prompts: pl.Series, chunk: int = 8192) -> Iterator[tuple[str, str]]:
@@ -342,12 +333,11 @@ def _iter_jobs(keys: pl.Series, prompts: pl.Series, chunk: int = 8192) -> Iterat
 
 async def execute(
     cfg: MapConfig,
-    keys: Sequence[str] | pl.Series,
-    prompts: Sequence[str] | pl.Series,
+    keys: pl.Series,
+    prompts: pl.Series,
     *,
     stats: RunStats | None = None,
     on_start: Callable[[RunStats], None] | None = None,
-    store: Store | None = None,
 ) -> pl.DataFrame:
     """Make sure every (key, prompt) is answered or failed; return ``key, status, result, error``.
 
@@ -356,9 +346,7 @@ async def execute(
     """
     stats = stats if stats is not None else RunStats()
     stats.total = len(keys)
-    own_store = store is None
-    if store is None:
-        store = await anyio.to_thread.run_sync(Store.open, cfg.cache)
+    store = await anyio.to_thread.run_sync(Store.open, cfg.cache_path)
     try:
         key_frame = pl.DataFrame(
             {"key": keys, "prompt": prompts}, schema={"key": pl.String, "prompt": pl.String}
@@ -377,33 +365,21 @@ async def execute(
             on_start(stats)
         if todo.height == 0:
             return known
-        schema = None
-        if cfg.response_model is not None and cfg.worker is None:
-            from ._structured import schema_fingerprint
-
-            schema = schema_fingerprint(cfg.response_model)
         todo_keys = todo.get_column("key")
         todo_prompts = todo.get_column("prompt")
-        jobs = _jobs_frame(cfg, todo_keys, todo_prompts, schema)
-        await anyio.to_thread.run_sync(store.register, jobs)
-        del jobs, todo, known
+        await anyio.to_thread.run_sync(store.register, jobs_frame(cfg, todo_keys, todo_prompts))
+        del todo, known
         await _run_pool(cfg, store, todo_keys, todo_prompts, stats)
         return await anyio.to_thread.run_sync(store.lookup, key_frame.select("key"))
     finally:
-        if own_store:
-            with anyio.CancelScope(shield=True):
-                await anyio.to_thread.run_sync(store.close)
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(store.close)
 
 
 async def _run_pool(
     cfg: MapConfig, store: Store, keys: pl.Series, prompts: pl.Series, stats: RunStats
 ) -> None:
-    response_format = None
-    if cfg.response_model is not None and cfg.worker is None:
-        from ._structured import response_format as make_response_format
-
-        response_format = make_response_format(cfg.response_model)
-    transport = make_transport(cfg, response_format)
+    transport = make_transport(cfg)
     workers = min(cfg.concurrency, max(1, len(keys)))
     sink = _Sink(cfg.flush_rows)
     try:
@@ -423,13 +399,9 @@ async def _run_pool(
             batch = sink.take()
             if batch:
                 await anyio.to_thread.run_sync(store.write_outcomes, batch)
+                log.debug("stored %d finished rows", len(batch))
             await transport.aclose()
     if run.fatal is not None:
-        if cfg.cache is not None:
-            stats_note = f" ({stats.done} rows finished this run and are kept in the cache)"
-        else:
-            stats_note = f" ({stats.done} rows finished this run; with cache=None they are not kept)"
-        run.fatal.message += stats_note
         raise run.fatal
     if stats.finished < len(keys):  # pragma: no cover - defensive
         raise RuntimeError(f"engine stopped early: {stats.finished} of {len(keys)} requests finished")

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any, Generic, TypeVar, Unpack
+from typing import Generic, TypeVar, Unpack
 
 import polars as pl
 
-from ._config import resolve_config
+from ._bridge import surfaced
+from ._config import with_options
 from ._map import MapOptions, llm_map, llm_map_async, llm_map_frame, llm_map_series
 
-__all__ = ["ExprLLM", "FrameLLM", "SeriesLLM"]
+__all__ = ["ExprLLM", "FrameLLM", "LazyFrameLLM", "SeriesLLM"]
 
 FrameT = TypeVar("FrameT", pl.DataFrame, pl.LazyFrame)
 
@@ -21,6 +22,8 @@ class ExprLLM:
     def __init__(self, expr: pl.Expr) -> None:
         self._expr = expr
 
+    @surfaced
+    @with_options
     def map(self, model: str | None = None, **options: Unpack[MapOptions]) -> pl.Expr:
         return llm_map(self._expr, model, **options)
 
@@ -32,9 +35,13 @@ class SeriesLLM:
     def __init__(self, series: pl.Series) -> None:
         self._series = series
 
+    @surfaced
+    @with_options
     def map(self, model: str | None = None, **options: Unpack[MapOptions]) -> pl.Series:
-        return llm_map_series(self._series, resolve_config(model=model, **options))
+        return llm_map_series(self._series, model, **options)
 
+    @surfaced
+    @with_options
     async def amap(self, model: str | None = None, **options: Unpack[MapOptions]) -> pl.Series:
         return await llm_map_async(self._series, model=model, **options)  # type: ignore[return-value]
 
@@ -43,6 +50,8 @@ class _FrameLLM(Generic[FrameT]):
     def __init__(self, frame: FrameT) -> None:
         self._frame = frame
 
+    @surfaced
+    @with_options
     def map(
         self,
         column: str | pl.Expr,
@@ -61,8 +70,20 @@ class _FrameLLM(Generic[FrameT]):
 class FrameLLM(_FrameLLM[pl.DataFrame]):
     """``df.llm.map("prompt", model=...)`` → ``df`` with ``result`` and ``status`` columns."""
 
-    async def amap(self, column: str, model: str | None = None, **options: Any) -> pl.DataFrame:
-        return await llm_map_async(self._frame, column, model, **options)  # type: ignore[return-value]
+    @surfaced
+    @with_options
+    async def amap(
+        self,
+        column: str,
+        model: str | None = None,
+        *,
+        result_name: str = "result",
+        status_name: str = "status",
+        **options: Unpack[MapOptions],
+    ) -> pl.DataFrame:
+        return await llm_map_async(  # type: ignore[return-value]
+            self._frame, column, model, result_name=result_name, status_name=status_name, **options
+        )
 
 
 @pl.api.register_lazyframe_namespace("llm")

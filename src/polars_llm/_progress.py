@@ -6,23 +6,25 @@ loop, so no per-row cost. It is always closed, also after an interrupt or an err
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import sys
 import time
 from collections import deque
-from typing import Any
+from collections.abc import Iterator
+from typing import Any, Protocol
 
 import anyio
 
 from ._engine import RunStats
 
-__all__ = ["Progress"]
+__all__ = ["Progress", "RateMeter", "Reporter", "in_notebook", "reporting"]
 
 _TICK = 0.25
 _WINDOW = 60.0
 
 
-def _in_notebook() -> bool:
+def in_notebook() -> bool:
     shell = sys.modules.get("IPython")
     if shell is None:
         return False
@@ -49,7 +51,7 @@ def _tqdm_class() -> Any:
     Unlike ``tqdm.auto`` this never warns ``IProgress not found``: without ipywidgets the text bar is
     chosen up front.
     """
-    if _in_notebook():
+    if in_notebook():
         try:
             import ipywidgets  # noqa: F401
         except ImportError:
@@ -66,6 +68,54 @@ def _widget_tqdm() -> Any:
         monitor_interval = 0
 
     return _WidgetBar
+
+
+class Reporter(Protocol):
+    """What a run needs from a progress display (:class:`Progress`, the seed API's reporter)."""
+
+    stats: RunStats
+
+    def open(self) -> None: ...
+
+    def started(self, stats: RunStats) -> None: ...
+
+    async def run(self) -> None: ...
+
+    def close(self, *, error: bool = False) -> None: ...
+
+
+@contextlib.contextmanager
+def reporting(reporter: Reporter) -> Iterator[Reporter]:
+    """Open ``reporter`` for the block; close it, marked as failed when the block raises."""
+    reporter.open()
+    try:
+        yield reporter
+    except BaseException:
+        reporter.close(error=True)
+        raise
+    reporter.close()
+
+
+class RateMeter:
+    """Requests per minute over a rolling window, from samples of a running count.
+
+    >>> m = RateMeter(clock=iter([0.0, 30.0]).__next__)
+    >>> m.rate(0), m.rate(50)
+    (0.0, 100.0)
+    """
+
+    def __init__(self, window: float = _WINDOW, clock: Any = time.monotonic) -> None:
+        self._window = window
+        self._clock = clock
+        self._samples: deque[tuple[float, int]] = deque()
+
+    def rate(self, count: int) -> float:
+        now = self._clock()
+        self._samples.append((now, count))
+        while len(self._samples) > 1 and now - self._samples[0][0] > self._window:
+            self._samples.popleft()
+        t0, n0 = self._samples[0]
+        return (count - n0) / (now - t0) * 60.0 if now > t0 else 0.0
 
 
 def format_postfix(stats: RunStats, rpm: float) -> str:
@@ -91,7 +141,7 @@ class Progress:
         self.enabled = enabled
         self.desc = desc
         self._bar: Any = None
-        self._samples: deque[tuple[float, int]] = deque()
+        self._meter = RateMeter()
 
     def open(self) -> None:
         if not self.enabled or self._bar is not None:
@@ -124,13 +174,7 @@ class Progress:
             self._bar.refresh()
 
     def _rpm(self) -> float:
-        now = time.monotonic()
-        finished = self.stats.requests
-        self._samples.append((now, finished))
-        while self._samples and now - self._samples[0][0] > _WINDOW:
-            self._samples.popleft()
-        t0, n0 = self._samples[0]
-        return (finished - n0) / (now - t0) * 60.0 if now > t0 else 0.0
+        return self._meter.rate(self.stats.requests)
 
     def update(self) -> None:
         bar = self._bar

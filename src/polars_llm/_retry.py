@@ -37,8 +37,7 @@ def backoff_delay(
     ceiling = min(max_backoff, BASE_DELAY * 2 ** max(0, attempt - 1))
     delay = r.uniform(0, ceiling)
     if retry_after is not None:
-        floor = min(retry_after, max(max_backoff, retry_after))
-        delay = max(delay, floor + r.uniform(0, 0.1 * max(floor, 0.1)))
+        delay = max(delay, retry_after + r.uniform(0, 0.1 * max(retry_after, 0.1)))
     return delay
 
 

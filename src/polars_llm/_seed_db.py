@@ -25,14 +25,14 @@ from typing import Final, Literal
 import duckdb
 import polars as pl
 
-from ._store import Store
+from ._store import Store, connect
 from .exceptions import ConfigError, StoreError
 
 __all__ = [
     "DB_URL_DEFAULT",
-    "RESULTS_COLUMNS",
     "db_path",
     "export_file",
+    "export_rows",
     "is_results_store",
     "read_results",
     "remove_db_files",
@@ -42,7 +42,6 @@ __all__ = [
 ]
 
 DB_URL_DEFAULT: Final = "duckdb:///.llm_batch_cache/runs.duckdb"
-RESULTS_COLUMNS: Final = ("idx", "key", "prompt", "status", "result")
 _RESULTS_SCHEMA: Final = {
     "idx": pl.Int64,
     "key": pl.String,
@@ -160,23 +159,11 @@ def remove_db_files(path: Path) -> list[Path]:
     return removed
 
 
-def _connect(path: Path, *, read_only: bool) -> duckdb.DuckDBPyConnection:
-    try:
-        return duckdb.connect(str(path), read_only=read_only)
-    except duckdb.Error as exc:
-        text = str(exc)
-        if "lock" in text.lower():
-            raise StoreError(
-                f"the results store {path} is locked by another process: {text}", path=str(path)
-            ) from None
-        raise StoreError(f"cannot open the results store {path}: {text}", path=str(path)) from None
-
-
 def write_results(path: Path, frame: pl.DataFrame) -> int:
     """Replace the ``results`` table of the store at ``path`` with ``frame`` (one transaction)."""
     data = frame.select(pl.col(c).cast(t) for c, t in _RESULTS_SCHEMA.items())
     path.parent.mkdir(parents=True, exist_ok=True)
-    con = _connect(path, read_only=False)
+    con = connect(path, read_only=False, what="the results store")
     try:
         con.register("_pl_results", data)
         con.execute("BEGIN TRANSACTION")
@@ -207,16 +194,36 @@ def is_results_store(path: Path) -> bool:
     return "results" in names and "requests" not in names
 
 
-def read_results(path: Path, *, only_done: bool = True) -> pl.DataFrame:
-    """The rows of a results store ordered by ``idx`` (only ``done`` rows unless ``only_done=False``)."""
-    con = _connect(path, read_only=True)
+def read_results(path: Path, *, status: str | None = None) -> pl.DataFrame:
+    """The rows of a results store ordered by ``idx`` (only those with ``status`` when given)."""
+    con = connect(path, read_only=True, what="the results store")
     try:
-        query = "SELECT idx, key, prompt, status, result FROM results"
-        if only_done:
-            query += " WHERE status = 'done'"
-        return con.sql(query + " ORDER BY idx").pl().cast(_RESULTS_SCHEMA)  # type: ignore[arg-type]
+        rows = con.sql("SELECT idx, key, prompt, status, result FROM results ORDER BY idx").pl()
+        if status is not None:
+            rows = rows.filter(pl.col("status") == status)
+        return rows.cast(_RESULTS_SCHEMA)  # type: ignore[arg-type]
     finally:
         con.close()
+
+
+def _check_format(format: str) -> None:
+    if format not in ("jsonl", "parquet"):
+        raise ConfigError(f"export format must be 'jsonl' or 'parquet', got {format!r}")
+
+
+def export_rows(
+    source: Path, out: str | os.PathLike[str], *, format: Literal["jsonl", "parquet"], status: str | None
+) -> int:
+    """Write the rows of the results store or progress store at ``source`` to ``out``; returns the count."""
+    _check_format(format)
+    target = Path(out).expanduser().absolute()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if is_results_store(source):
+        frame = read_results(source, status=status)
+        frame.write_ndjson(target) if format == "jsonl" else frame.write_parquet(target)
+        return frame.height
+    with Store.open(source) as store:
+        return store.export(target, format=format, where=f"status = '{status}'" if status else None)
 
 
 def export_file(
@@ -231,26 +238,14 @@ def export_file(
     ``db`` may name a results store, or a progress store (the default): then the results store beside
     it is exported when it exists (it survives ``teardown=True``), else the progress store's rows.
     """
-    if format not in ("jsonl", "parquet"):
-        raise ConfigError(f"export format must be 'jsonl' or 'parquet', got {format!r}")
+    _check_format(format)
     path = db_path(db)
     if path is None:
         raise ConfigError("an in-memory database has nothing to export; pass the file a run used")
     candidates = [path] if is_results_store(path) else [results_path_for(path, None), path]
-    target = Path(out).expanduser().absolute()
     for source in candidates:
-        if source.is_file() and is_results_store(source):
-            frame = read_results(source, only_done=only_done)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            if format == "jsonl":
-                frame.write_ndjson(target)
-            else:
-                frame.write_parquet(target)
-            return frame.height, source
-        if source == path and source.is_file():
-            with Store.open(source) as store:
-                where = "status = 'done'" if only_done else None
-                return store.export(target, format=format, where=where), source
+        if source.is_file() and (source == path or is_results_store(source)):
+            return export_rows(source, out, format=format, status="done" if only_done else None), source
     raise StoreError(
         f"nothing to export: {' or '.join(str(c) for c in candidates)} does not exist (run prompt_map "
         "first, or pass the database it used)",

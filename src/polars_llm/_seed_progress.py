@@ -9,23 +9,21 @@ from __future__ import annotations
 
 import sys
 import time
-from collections import deque
 from typing import TextIO
 
 import anyio
 
 from ._engine import RunStats
-from ._progress import Progress, _in_notebook, format_postfix
+from ._progress import Progress, RateMeter, format_postfix, in_notebook
 
 __all__ = ["SeedReporter", "bar_supported"]
 
 _TICK = 0.25
-_WINDOW = 60.0
 
 
 def bar_supported() -> bool:
     """A live bar makes sense in a notebook or when stderr is a terminal."""
-    if _in_notebook():
+    if in_notebook():
         return True
     try:
         return sys.stderr.isatty()
@@ -63,7 +61,7 @@ class SeedReporter:
         self.bar = Progress(stats, enabled=use_bar, desc="prompt_map")
         self._next = every
         self._printed_at = -1
-        self._samples: deque[tuple[float, int]] = deque()
+        self._meter = RateMeter()
 
     def _print(self, text: str) -> None:
         if self.verbose:
@@ -78,17 +76,12 @@ class SeedReporter:
             f"Total: {self.n_prompts} prompts ({stats.total} unique) | already done: {stats.cached} "
             f"| remaining: {stats.total - stats.cached}"
         )
-        self._samples.append((time.monotonic(), stats.requests))  # the rate is measured from here
+        self._meter.rate(stats.requests)  # the rate is measured from here
         self.bar.started(stats)
 
     def rpm(self) -> float:
         """Requests per minute over the last minute."""
-        now = time.monotonic()
-        self._samples.append((now, self.stats.requests))
-        while len(self._samples) > 1 and now - self._samples[0][0] > _WINDOW:
-            self._samples.popleft()
-        t0, n0 = self._samples[0]
-        return (self.stats.requests - n0) / (now - t0) * 60.0 if now > t0 else 0.0
+        return self._meter.rate(self.stats.requests)
 
     def line(self) -> str:
         s = self.stats

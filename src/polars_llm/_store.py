@@ -39,7 +39,7 @@ import pyarrow as pa
 from . import _migrations
 from .exceptions import ConfigError, StoreError
 
-__all__ = ["TABLES_DOC", "Outcome", "Store"]
+__all__ = ["TABLES_DOC", "Outcome", "Store", "connect"]
 
 TABLES_DOC: Final = """\
 The cache is one DuckDB file (default `.polars_llm/cache.duckdb`); open it with any DuckDB client
@@ -105,6 +105,7 @@ _BATCH_SCHEMA: Final = pa.schema(
 )
 _LOCK_RE: Final = re.compile(r"Conflicting lock is held in (?P<exe>.*?) \(PID (?P<pid>\d+)\)")
 _DUCKDB_MAGIC: Final = b"DUCK"
+_OTHER_PATH: Final = {"the cache": "cache=<other path>"}
 
 _REGISTRY_LOCK = threading.Lock()
 _PATH_LOCKS: dict[str, threading.RLock] = {}
@@ -116,14 +117,14 @@ class Outcome:
 
     key: str
     status: str
-    result: str | None
-    error: str | None
-    error_kind: str | None
     attempts: int
-    tokens_in: int | None
-    tokens_out: int | None
-    cost: float | None
     finished_at: float
+    result: str | None = None
+    error: str | None = None
+    error_kind: str | None = None
+    tokens_in: int | None = None
+    tokens_out: int | None = None
+    cost: float | None = None
 
 
 def _now_us() -> int:
@@ -137,24 +138,32 @@ def _path_lock(path: Path | None) -> threading.RLock:
         return _PATH_LOCKS.setdefault(os.path.realpath(path), threading.RLock())
 
 
-def _lock_error(path: Path, exc: BaseException) -> StoreError:
+def _lock_error(path: Path, exc: BaseException, what: str) -> StoreError:
     match = _LOCK_RE.search(str(exc))
     holder = f"{match['exe']} (PID {match['pid']})" if match else "another process"
     return StoreError(
-        f"the cache {path} is locked by {holder}: another notebook or process is using this cache; "
-        "finish or close it (restart that kernel), or pass cache=<other path>.",
+        f"{what} {path} is locked by {holder}: another notebook or process is using it; "
+        f"finish or close it (restart that kernel), or pass {_OTHER_PATH.get(what, 'another path')}.",
         path=str(path),
         holder=holder,
     )
 
 
-def _open_error(path: Path, exc: BaseException) -> StoreError:
+def _open_error(path: Path, exc: BaseException, what: str = "the cache") -> StoreError:
     text = str(exc)
     if "Conflicting lock" in text or "Could not set lock" in text:
-        return _lock_error(path, exc)
+        return _lock_error(path, exc, what)
     if "not a valid DuckDB database" in text:
         return _migrations.not_ours(path)
-    return StoreError(f"cannot open the cache {path}: {text}. Pass cache=<other path>.", path=str(path))
+    if "different configuration" in text:
+        return StoreError(
+            f"{what} {path} is already open in this process with other settings (e.g. "
+            "duckdb.connect(..., read_only=True) in this notebook): close that connection first "
+            "(con.close(), or open it with `with duckdb.connect(...) as con:`)",
+            path=str(path),
+        )
+    other = _OTHER_PATH.get(what, "another path")
+    return StoreError(f"cannot open {what} {path}: {text}. Pass {other}.", path=str(path))
 
 
 def _prepare_file(path: Path) -> None:
@@ -186,11 +195,13 @@ def _prepare_file(path: Path) -> None:
         raise _migrations.not_ours(path)
 
 
-def _connect(path: Path, *, read_only: bool) -> duckdb.DuckDBPyConnection:
+def connect(path: Path, *, read_only: bool, what: str = "the cache") -> duckdb.DuckDBPyConnection:
+    """A DuckDB connection to ``path``; a lock held by another process (or any failure) is a StoreError
+    naming the file and the holder."""
     try:
         return duckdb.connect(str(path), read_only=read_only)
     except duckdb.Error as exc:
-        raise _open_error(path, exc) from None
+        raise _open_error(path, exc, what) from None
 
 
 def _probe(path: Path) -> None:
@@ -246,7 +257,7 @@ class Store:
             _prepare_file(path)
             if path.exists():
                 _probe(path)
-            con = _connect(path, read_only=False)
+            con = connect(path, read_only=False)
             try:
                 version = _migrations.migrate(con, path=path)
             except BaseException:

@@ -44,7 +44,14 @@ from pydantic import AwareDatetime, BaseModel, RootModel, TypeAdapter, Validatio
 
 from .exceptions import ConfigError, OutputValidationError
 
-__all__ = ["response_format", "schema_fingerprint", "struct_dtype", "to_series", "validate_text"]
+__all__ = [
+    "check_model",
+    "response_format",
+    "schema_fingerprint",
+    "struct_dtype",
+    "to_series",
+    "validate_text",
+]
 
 # --- response_format ---------------------------------------------------------------------------------
 
@@ -124,7 +131,7 @@ class _Strictifier:
         return dict(sorted(out.items()))
 
 
-def _check_model(model: Any) -> type[BaseModel]:
+def check_model(model: Any) -> type[BaseModel]:
     if not (isinstance(model, type) and issubclass(model, BaseModel)):
         raise ConfigError(f"response_model must be a pydantic BaseModel subclass, got {model!r}")
     if issubclass(model, RootModel):
@@ -168,7 +175,7 @@ def response_format(model: type[BaseModel]) -> dict[str, Any]:
     >>> schema["required"], schema["additionalProperties"], schema["properties"]["population"]["anyOf"]
     (['name', 'population'], False, [{'type': 'integer'}, {'type': 'null'}])
     """
-    return orjson.loads(_response_format_bytes(_check_model(model)))
+    return orjson.loads(_response_format_bytes(check_model(model)))
 
 
 def schema_fingerprint(model: type[BaseModel]) -> dict[str, Any]:
@@ -227,7 +234,7 @@ def validate_text(model: type[BaseModel], text: str | None) -> str:
     ...     print(err.message, "|", err.body)
     output does not match Event (1 validation error): day: Field required | {"name": "launch"}
     """
-    model = _check_model(model)
+    model = check_model(model)
     if text is None or not text.strip():
         raise OutputValidationError(f"output for {model.__name__} is empty", body=text)
     first: ValidationError | None = None
@@ -381,7 +388,7 @@ def struct_dtype(model: type[BaseModel]) -> pl.Struct:
     >>> struct_dtype(Review)
     Struct({'stars': Int64, 'label': String, 'tags': List(String), 'seen': Date})
     """
-    return typing.cast(pl.Struct, _plan(_check_model(model)).dtype)
+    return typing.cast(pl.Struct, _plan(check_model(model)).dtype)
 
 
 # --- to_series ---------------------------------------------------------------------------------------
@@ -476,7 +483,7 @@ def to_series(
     >>> s.dtype, s.to_list()
     (Struct({'name': String, 'day': Date}), [{'name': 'launch', 'day': datetime.date(2024, 5, 1)}, None])
     """
-    plan = _plan(_check_model(model))
+    plan = _plan(check_model(model))
     raw = texts.cast(pl.String) if isinstance(texts, pl.Series) else pl.Series(name, texts, dtype=pl.String)
     s, bad = raw, []
     if plan.fix is not None:

@@ -33,7 +33,7 @@ _KEY_FLAG = re.compile(r"^--(openrouter[-_])?(api[-_])?key(=|$)|^--api[-_]key(=|
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from ._demo import run_demo
+    from .demo import run_demo
 
     summary = run_demo(
         rows=args.rows,

@@ -4,24 +4,26 @@ Every API error carries the facts needed to act on it: HTTP status, response hea
 server's retry hint, how many attempts were made and the raw body. API keys never appear in
 any message or repr.
 
-Hierarchy::
+Hierarchy (statuses are what :func:`polars_llm._client.error_for_status` maps; a test keeps this drawing
+true to it and to what is retried)::
 
     PolarsLLMError
     ├── ConfigError                 invalid or missing option; raised before any request
-│   └── ColumnTypeError         the prompt column is not a string column (also a TypeError)
+    │   └── ColumnTypeError         the prompt column is not a string column (also a TypeError)
     ├── StoreError                  cache file locked by another process, unwritable, foreign
     └── APIError                    a request to the provider failed
         ├── TransientError          retried with backoff (the row fails only when attempts run out)
-        │   ├── RateLimitError          429, or 402/503 carrying Retry-After
-        │   ├── ServerError             5xx
-        │   ├── APITimeoutError         no answer within ``timeout``
-        │   ├── APIConnectionError      refused / reset / DNS
+        │   ├── RateLimitError          429, or 402 carrying Retry-After
+        │   ├── ServerError             409, 425, 500, 502, 503, 504 (a Retry-After is honoured)
+        │   ├── APITimeoutError         408, or no answer within ``timeout``
+        │   ├── APIConnectionError      refused / reset / DNS (``refused`` says which)
         │   └── MalformedResponseError  bad JSON, truncated body, empty ``choices``
         ├── RowError                this row is ``failed``; the rest of the batch goes on
-        │   ├── BadRequestError         400, 404, 413, 422
-        │   ├── ContentFilterError      ``finish_reason == "content_filter"``
+        │   ├── BadRequestError         400, 413, 422
+        │   ├── ContentFilterError      ``finish_reason == "content_filter"``, or a 403 flagged by moderation
         │   ├── OutputTruncatedError    ``finish_reason == "length"`` with a response model
-        │   └── OutputValidationError   output does not match the response model (raw text kept)
+        │   └── OutputValidationError   output does not match the response model: retried at once
+        │                               (3 attempts at most), then the row is failed with the raw text
         └── FatalError              stops the whole run within ~1 s; finished rows are kept
             ├── AuthenticationError     401
             ├── PermissionDeniedError   403
@@ -166,7 +168,17 @@ class APITimeoutError(TransientError):
 
 
 class APIConnectionError(TransientError):
+    """No answer: the connection was refused, reset or could not be made.
+
+    ``refused`` is true when the endpoint refused the connection outright (nothing listening there);
+    refusals that go on stop the run with :class:`EndpointUnreachableError`.
+    """
+
     kind = "connection"
+
+    def __init__(self, message: str, *, refused: bool = False, **facts: Any) -> None:
+        super().__init__(message, **facts)
+        self.refused = refused
 
 
 class MalformedResponseError(TransientError):

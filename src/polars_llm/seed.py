@@ -21,10 +21,10 @@ import anyio
 import polars as pl
 from pydantic import BaseModel
 
-from ._bridge import run_async
-from ._config import Worker, resolve_config
+from ._bridge import surfaced
+from ._config import MapConfig, Worker, resolve_config
 from ._engine import RunStats
-from ._map import _key_maker, _run_with_progress
+from ._pipeline import arun, per_row, prepare
 from ._seed_db import (
     DB_URL_DEFAULT,
     db_path,
@@ -38,17 +38,22 @@ from ._seed_db import (
 from ._seed_progress import SeedReporter
 from .exceptions import ConfigError
 
-__all__ = ["DB_URL_DEFAULT", "export_jsonl", "export_parquet", "export_results", "prompt_map"]
+__all__ = ["DB_URL_DEFAULT", "SEED_ALIASES", "export_jsonl", "export_parquet", "export_results", "prompt_map"]
 
 OutputShape = Literal["original", "unique"]
 ReturnDtype = Literal["list[dict]", "list[str]", "list[tuple[str,str]]", "polars"]
 _SHAPES: Final = get_args(OutputShape)
 _DTYPES: Final = get_args(ReturnDtype)
-_REJECTED: Final = {
-    "cache": "cache_db_url",
-    "progress": "verbose",
-    "model": "model_name",
-    "prompts": "the first argument",
+SEED_ALIASES: Final = {
+    "model_name": "model",
+    "openrouter_api_key": "api_key",
+    "cache_db_url": "cache",
+    "verbose": "progress",
+}
+"""``prompt_map``'s seed names for options of :class:`~polars_llm.MapConfig`."""
+# options prompt_map takes only under their seed name (``api_key`` is accepted under both)
+_REJECTED: Final = {option: seed for seed, option in SEED_ALIASES.items() if option != "api_key"} | {
+    "prompts": "the first argument"
 }
 
 
@@ -83,28 +88,11 @@ def _as_prompts(prompts: Iterable[str]) -> list[str]:
     return items
 
 
-def _frames(prompts: list[str]) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """``(original, unique)`` frames of ``idx, prompt``; unique keeps each prompt's first index."""
-    original = pl.DataFrame({"prompt": prompts}, schema={"prompt": pl.String}).with_row_index("idx")
-    original = original.with_columns(pl.col("idx").cast(pl.Int64))
-    unique = original.unique(subset="prompt", keep="first", maintain_order=True)
-    return original, unique
-
-
-def _shape(
-    original: pl.DataFrame, unique: pl.DataFrame, state: pl.DataFrame, output_shape: OutputShape
-) -> pl.DataFrame:
-    """One row per input (or per unique prompt): ``idx, key, prompt, status, result``."""
-    per_prompt = unique.join(state.select("key", "status", "result"), on="key", how="left")
-    if output_shape == "original":
-        rows = original.join(
-            per_prompt.select("prompt", "key", "status", "result"),
-            on="prompt",
-            how="left",
-            maintain_order="left",
-        )
-    else:
-        rows = per_prompt
+def _shape(rows: pl.DataFrame, output_shape: OutputShape) -> pl.DataFrame:
+    """One row per input (or per unique prompt, at its first index): ``idx, key, prompt, status, result``."""
+    rows = rows.with_row_index("idx").with_columns(pl.col("idx").cast(pl.Int64))
+    if output_shape == "unique":
+        rows = rows.unique(subset="key", keep="first", maintain_order=True)
     done = pl.col("status") == "done"
     return rows.select(
         "idx",
@@ -115,20 +103,17 @@ def _shape(
     )
 
 
-def _returned(rows: pl.DataFrame, return_dtype: ReturnDtype, response_model: type[BaseModel] | None) -> Any:
+def _returned(rows: pl.DataFrame, return_dtype: ReturnDtype, cfg: MapConfig) -> Any:
     if return_dtype == "list[dict]":
         return rows.to_dicts()
     if return_dtype == "list[str]":
         return rows.get_column("result").to_list()
     if return_dtype == "list[tuple[str,str]]":
         return list(rows.select("prompt", "result").iter_rows())
-    if response_model is not None:
-        from ._structured import to_series
-
-        return rows.with_columns(to_series(response_model, "result", rows.get_column("result")))
-    return rows
+    return rows.with_columns(cfg.request.results(rows.get_column("result")))
 
 
+@surfaced
 async def prompt_map(
     prompts: Iterable[str],
     worker: Worker | None = None,
@@ -201,31 +186,19 @@ async def prompt_map(
         progress=verbose,
         **options,
     )
-    original, unique = _frames(items)
-    unique_prompts = unique.get_column("prompt").to_list()
-    keys = _key_maker(cfg).keys(unique_prompts)
-    unique = unique.with_columns(pl.Series("key", keys, dtype=pl.String))
+    prepared = prepare(pl.Series("prompt", items, dtype=pl.String), cfg)
     reporter = SeedReporter(
-        RunStats(total=len(keys)), every=progress_update_every, verbose=verbose, n_prompts=len(items)
+        RunStats(total=len(prepared)), every=progress_update_every, verbose=verbose, n_prompts=len(items)
     )
     with track_active(cache_path):
-        if keys:
-            reporter.open()
-            try:
-                state = await run_async(_run_with_progress, cfg, keys, unique_prompts, reporter)
-            except BaseException:
-                reporter.close(error=True)
-                raise
-            reporter.close()
-        else:
-            state = pl.DataFrame(schema={"key": pl.String, "status": pl.String, "result": pl.String})
+        state = await arun(prepared, cfg, reporter)
     if teardown and cache_path is not None and not in_use(cache_path):
         removed = await anyio.to_thread.run_sync(remove_db_files, cache_path)
         if removed and verbose:
             print(f"Tore down the progress store at: {cache_path}")
-    rows = _shape(original, unique, state, output_shape)
+    rows = _shape(per_row(prepared, state), output_shape)
     await _save_results(rows, results_path, teardown_results=teardown_results, verbose=verbose)
-    return _returned(rows, return_dtype, cfg.response_model)
+    return _returned(rows, return_dtype, cfg)
 
 
 async def _save_results(rows: pl.DataFrame, path: Path, *, teardown_results: bool, verbose: bool) -> None:

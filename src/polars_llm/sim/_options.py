@@ -16,6 +16,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from .. import _checks as ck
 from ..exceptions import ConfigError
 
 __all__ = ["FAULT_RATES", "LIVE_FIXED", "SimConfig"]
@@ -93,7 +94,7 @@ class SimConfig:
         total = 0.0
         for name in FAULT_RATES:
             value = getattr(self, name)
-            if not (_is_number(value) and 0.0 <= value <= 1.0):
+            if not (ck.is_number(value) and 0.0 <= value <= 1.0):
                 raise ConfigError(f"{name} must be a probability between 0 and 1, got {value!r}")
             total += value
         if total > 1.0 + 1e-9:
@@ -109,7 +110,7 @@ class SimConfig:
             raise ConfigError("api_key must be a non-empty string or None")
         for name in ("prompt_price", "completion_price"):
             value = getattr(self, name)
-            if not (_is_number(value) and value >= 0 and math.isfinite(value)):
+            if not (ck.is_number(value) and value >= 0 and math.isfinite(value)):
                 raise ConfigError(f"{name} must be a non-negative number (USD per token), got {value!r}")
         for name in ("truncate_close", "burst_429", "honor_max_tokens"):
             if not isinstance(getattr(self, name), bool):
@@ -138,17 +139,9 @@ class SimConfig:
 _FIELD_NAMES: Final = frozenset(f.name for f in dataclasses.fields(SimConfig))
 
 
-def _is_number(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
 def _check_int(name: str, value: object, low: int, high: int) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
-        raise ConfigError(f"{name} must be an integer between {low} and {high}, got {value!r}")
+    ck.integer(low, high)(name, value)
 
 
 def _check_seconds(name: str, value: object, *, allow_zero: bool) -> None:
-    ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-    if not ok or value < 0 or (value == 0 and not allow_zero):  # type: ignore[operator]
-        kind = "a non-negative" if allow_zero else "a positive"
-        raise ConfigError(f"{name} must be {kind} number of seconds, got {value!r}")
+    ck.seconds(allow_zero=allow_zero)(name, value)

@@ -151,8 +151,6 @@ class SimServer(str):
         if threading.current_thread() is not self._thread:
             self._thread.join(timeout)
 
-    close = stop
-
     def __enter__(self) -> SimServer:
         return self
 

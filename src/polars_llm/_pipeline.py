@@ -1,0 +1,201 @@
+"""The one pipeline behind ``.llm.map``, ``prompt_map`` and ``polars-llm run``: prepare → execute → assemble.
+
+1. :func:`prepare` checks the column and takes the unique non-null prompts in first-seen order, with
+   their content keys (from ``cfg.request``);
+2. :func:`run` (or :func:`arun` on the caller's event loop) has the engine make sure every key is
+   answered, sending only what the store does not hold as ``done``, beside a progress display;
+3. :func:`per_row` joins the answers back onto the rows in their original order, and :func:`assemble`
+   turns them into the ``Struct{result, status}`` column.
+
+The seed API and the CLI are adapters over these steps (their shapes and file formats). A run that stops
+(interrupt, fatal error) is re-raised with one readable line saying how far it got and where the finished
+rows are (:func:`stopped`); the original error stays reachable as ``__context__``.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import anyio
+import polars as pl
+
+from ._bridge import run_async, run_sync
+from ._config import MapConfig
+from ._engine import RunStats, execute
+from ._progress import Progress, Reporter, reporting
+from .exceptions import ColumnTypeError, PolarsLLMError
+
+__all__ = [
+    "EMPTY_STATE",
+    "Prepared",
+    "amap_series",
+    "arun",
+    "assemble",
+    "map_series",
+    "per_row",
+    "prepare",
+    "run",
+    "stopped",
+]
+
+EMPTY_STATE = pl.DataFrame(schema={"key": pl.String, "status": pl.String, "result": pl.String})
+
+
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """One call's input: the prompt of every row, and the unique prompts to answer with their keys."""
+
+    rows: pl.Series  # String, one per input row, nulls kept, named like the input column
+    unique: pl.Series  # "prompt": unique non-null prompts in first-seen order
+    keys: pl.Series  # "key": their content keys
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+
+def _prompts(series: pl.Series) -> pl.Series:
+    dtype = series.dtype
+    if dtype == pl.String:
+        return series
+    if dtype in (pl.Null, pl.Categorical) or isinstance(dtype, pl.Enum):
+        return series.cast(pl.String)
+    raise ColumnTypeError(
+        f"the prompt column {series.name!r} has dtype {dtype}; llm.map needs a String column "
+        f"(cast it first, e.g. pl.col({series.name!r}).cast(pl.String))"
+    )
+
+
+def prepare(series: pl.Series, cfg: MapConfig) -> Prepared:
+    """Check the column; unique non-null prompts in first-seen order and their content keys.
+
+    Kept as Series (not Python lists) so 1M cached rows cost one temporary list for hashing, not two
+    lists held for the whole call plus their copies back into Polars.
+
+    >>> p = prepare(pl.Series("q", ["b", None, "a", "b"]), MapConfig(model="m", api_key="k", cache=None))
+    >>> p.unique.to_list(), len(p)
+    (['b', 'a'], 2)
+    """
+    rows = _prompts(series)
+    unique = rows.drop_nulls().unique(maintain_order=True).rename("prompt")
+    keys = pl.Series("key", cfg.request.key_maker().keys(unique.to_list()), dtype=pl.String)
+    return Prepared(rows, unique, keys)
+
+
+def per_row(prepared: Prepared, state: pl.DataFrame) -> pl.DataFrame:
+    """``prompt, key, status, result`` for every input row, in order (``key`` null for a null prompt)."""
+    rows = prepared.rows
+    per_prompt = pl.DataFrame({"prompt": prepared.unique, "key": prepared.keys})
+    answers = state.select("key", "status", "result")
+    if rows.null_count() == 0 and len(prepared.unique) == len(rows):
+        # every row is its own unique prompt, in the same order: no join on the prompt text needed
+        return per_prompt.join(answers, on="key", how="left", maintain_order="left")
+    per_prompt = per_prompt.join(answers, on="key", how="left")
+    return rows.rename("prompt").to_frame().join(per_prompt, on="prompt", how="left", maintain_order="left")
+
+
+def assemble(prepared: Prepared, state: pl.DataFrame, cfg: MapConfig) -> pl.Series:
+    """The ``Struct{result, status}`` column: ``done`` / ``failed``, ``null`` where the prompt is null."""
+    rows = per_row(prepared, state)
+    done = pl.col("status") == "done"
+    frame = rows.select(
+        pl.when(done).then(pl.col("result")).alias("result"),
+        pl.when(pl.col("prompt").is_null())
+        .then(pl.lit("null"))
+        .when(done)
+        .then(pl.lit("done"))
+        .otherwise(pl.lit("failed"))
+        .alias("status"),
+    )
+    result = cfg.request.results(frame.get_column("result"))
+    return pl.DataFrame([result, frame.get_column("status")]).to_struct(prepared.rows.name)
+
+
+def progress_for(prepared: Prepared, cfg: MapConfig) -> Progress:
+    return Progress(RunStats(total=len(prepared)), enabled=cfg.progress and len(prepared) > 0)
+
+
+async def _execute(prepared: Prepared, cfg: MapConfig, reporter: Reporter) -> pl.DataFrame:
+    """The engine with the progress display refreshing beside it."""
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(reporter.run)
+        try:
+            return await execute(
+                cfg, prepared.keys, prepared.unique, stats=reporter.stats, on_start=reporter.started
+            )
+        finally:
+            tg.cancel_scope.cancel()
+
+
+def stopped(error: BaseException, stats: RunStats, cfg: MapConfig) -> BaseException:
+    """``error`` restated with how far the run got and where its finished rows are (same type).
+
+    The original is raised ``from None`` over this one, so it stays reachable as ``__context__``.
+
+    >>> err = stopped(KeyboardInterrupt(), RunStats(total=20_000, done=792, failed=1), MapConfig(
+    ...     model="m", api_key="k", cache="/tmp/lab.duckdb"))
+    >>> print(err)  # doctest: +NORMALIZE_WHITESPACE
+    stopped after 793 of 20,000 requests (792 done, 1 failed); finished rows are kept in the cache
+    /tmp/lab.duckdb;
+    run it again to continue
+    """
+    to_send = stats.total - stats.cached
+    where = (
+        f"finished rows are kept in the cache {cfg.cache_path}; run it again to continue"
+        if cfg.cache_path is not None
+        else "with cache=None they were not kept"
+    )
+    note = (
+        f"stopped after {stats.finished:,} of {to_send:,} requests "
+        f"({stats.done:,} done, {stats.failed:,} failed); {where}"
+    )
+    if isinstance(error, KeyboardInterrupt):
+        return KeyboardInterrupt(note)
+    if isinstance(error, PolarsLLMError):
+        restated = copy.copy(error)
+        message = f"{getattr(error, 'message', str(error))} — {note}"
+        if hasattr(restated, "message"):
+            restated.message = message
+        restated.args = (message,)
+        return restated
+    return error
+
+
+def run(prepared: Prepared, cfg: MapConfig, reporter: Reporter | None = None) -> pl.DataFrame:
+    """Execute synchronously (its own event loop thread, so also from a Jupyter cell); the state frame."""
+    if len(prepared) == 0:
+        return EMPTY_STATE
+    reporter = reporter if reporter is not None else progress_for(prepared, cfg)
+    with reporting(reporter):
+        try:
+            return run_sync(_execute, prepared, cfg, reporter)
+        except (KeyboardInterrupt, PolarsLLMError) as exc:
+            if reporter.stats.requests == 0 and not isinstance(exc, KeyboardInterrupt):
+                raise  # stopped before sending anything (a locked cache…): the error says it all
+            raise stopped(exc, reporter.stats, cfg) from None
+
+
+async def arun(prepared: Prepared, cfg: MapConfig, reporter: Reporter | None = None) -> pl.DataFrame:
+    """:func:`run` on the caller's event loop (top-level ``await`` in a notebook cell)."""
+    if len(prepared) == 0:
+        return EMPTY_STATE
+    reporter = reporter if reporter is not None else progress_for(prepared, cfg)
+    with reporting(reporter):
+        try:
+            return await run_async(_execute, prepared, cfg, reporter)
+        except PolarsLLMError as exc:
+            if reporter.stats.requests == 0:
+                raise
+            raise stopped(exc, reporter.stats, cfg) from None
+
+
+def map_series(series: pl.Series, cfg: MapConfig) -> pl.Series:
+    """Map a prompt Series synchronously: the ``Struct{result, status}`` Series."""
+    prepared = prepare(series, cfg)
+    return assemble(prepared, run(prepared, cfg), cfg)
+
+
+async def amap_series(series: pl.Series, cfg: MapConfig) -> pl.Series:
+    """Map a prompt Series on the caller's event loop."""
+    prepared = prepare(series, cfg)
+    return assemble(prepared, await arun(prepared, cfg), cfg)
