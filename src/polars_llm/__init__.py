@@ -17,7 +17,6 @@ from __future__ import annotations
 from . import _namespace  # noqa: F401  (registers the namespaces)
 from ._config import DEFAULT_BASE_URL, DEFAULT_CACHE, DEFAULT_CACHE_PATH, MapConfig, Secret, resolve_config
 from ._map import MapOptions, llm_map, llm_map_async, llm_map_frame, llm_map_series, output_dtype
-from . import exceptions
 from .exceptions import (
     APIConnectionError,
     APIError,
@@ -51,9 +50,31 @@ __all__ = [
     "DEFAULT_BASE_URL",
     "DEFAULT_CACHE",
     "DEFAULT_CACHE_PATH",
+    "APIConnectionError",
+    "APIError",
+    "APITimeoutError",
+    "AuthenticationError",
+    "BadRequestError",
+    "ColumnTypeError",
+    "ConfigError",
+    "ContentFilterError",
+    "EndpointUnreachableError",
+    "FatalError",
+    "InsufficientCreditsError",
+    "MalformedResponseError",
     "MapConfig",
     "MapOptions",
+    "NotFoundError",
+    "OutputTruncatedError",
+    "OutputValidationError",
+    "PermissionDeniedError",
+    "PolarsLLMError",
+    "RateLimitError",
+    "RowError",
     "Secret",
+    "ServerError",
+    "StoreError",
+    "TransientError",
     "__version__",
     "export_jsonl",
     "export_parquet",
@@ -64,5 +85,4 @@ __all__ = [
     "output_dtype",
     "prompt_map",
     "resolve_config",
-    *exceptions.__all__,
 ]
