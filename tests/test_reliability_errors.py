@@ -125,12 +125,18 @@ def test_fatal_answer_does_not_wait_for_slow_requests_or_backoff(cache_path: Pat
         # the stalled requests were dropped by the client (the server saw the disconnects), not waited out
         wait_for(lambda: server.stats(per_prompt=False)["in_flight"] == 0, timeout=15, what="disconnects")
         stats = server.stats()
-    print(f"fatal with 6 stalled requests and one retrying: stopped after {elapsed:.3f} s")
-    # the 8 workers' first requests (6 stalled, the flaky one, the 401), at most one retry, nothing else
+    slow_sent = sum(n for prompt, n in stats["per_prompt"].items() if prompt.startswith("slow"))
+    print(f"fatal with {slow_sent} stalled requests and one retrying: stopped after {elapsed:.3f} s")
+    # at most the 8 workers' first requests (stalled ones, the flaky one, the 401) and one retry; the
+    # run starts gently, so fewer stalled ones may have gone before the 401 came back
     assert stats["requests"] <= 8 + 1
-    assert stats["cancelled"] == 6 and stats["ok"] == 0
+    assert stats["cancelled"] == slow_sent and stats["ok"] == 0
     assert stats["per_prompt"]["flaky [[status:500]]"] <= 2
-    assert set(store_rows(cache_path)["status"]) == {"pending"}
+    rows = store_rows(cache_path)
+    assert set(rows["status"]) == {"pending"}
+    # rows cut off mid-request (and the 401's row) keep the attempts they used
+    attempts = dict(zip(rows["prompt"], rows["attempts"], strict=True))
+    assert {p: attempts[p] for p in stats["per_prompt"]} == stats["per_prompt"]
 
 
 # --------------------------------------------------------------------------------------- per row

@@ -218,6 +218,9 @@ class MapConfig:
     max_attempts: int = option(8, "attempts per request before its row is failed", ck.integer(1, 1000))
     timeout: float = option(60.0, "seconds to wait for one answer", ck.seconds())
     max_backoff: float = option(60.0, "cap in seconds on our own backoff between attempts", ck.seconds())
+    max_wait: float = option(
+        900.0, "longest provider-asked wait (Retry-After) honoured; longer stops the run", ck.seconds()
+    )
     cache: CacheArg = option(
         DEFAULT_CACHE,
         "DuckDB file of jobs and results; None keeps nothing on disk",

@@ -23,7 +23,9 @@ import polars as pl
 from . import exceptions as exc
 from ._client import Completion, Transport, make_transport
 from ._config import MapConfig
-from ._ratelimit import AdaptiveConcurrency, Cooldown, TokenBucket
+from ._limits import Limits, describe_hint, hint_header, parse_limits
+from ._pacer import Pacer, Ticket
+from ._ratelimit import TokenBucket
 from ._retry import backoff_delay, next_delay
 from ._store import Outcome, Store
 
@@ -52,6 +54,10 @@ class RunStats:
     tokens_out: int = 0
     cost: float = 0.0
     started: float = field(default_factory=time.monotonic)
+    pacing: Callable[[], tuple[float | None, str, float, str]] | None = field(
+        default=None, repr=False, compare=False
+    )
+    """``(requests/min allowed or None, source, seconds paused, why)``, read by the progress bar."""
 
     @property
     def finished(self) -> int:
@@ -91,9 +97,28 @@ class _Usage:
             tokens_in=self.tokens_in or None,
             tokens_out=self.tokens_out or None,
             cost=self.cost or None,
-            finished_at=time.time(),
+            finished_at=time.time() if status != "pending" else None,
             **fields,
         )
+
+
+def _limits_of(error: exc.APIError) -> Limits | None:
+    return parse_limits(error.headers) if error.headers else None
+
+
+def _hint(error: exc.APIError, limits: Limits | None) -> float | None:
+    """How long the provider asked to wait: Retry-After, else the reset of a limit it says is spent."""
+    if error.retry_after is not None:
+        return error.retry_after
+    if limits is not None and error.status in (429, 402):
+        resets = [
+            b.reset
+            for b in (limits.requests, limits.tokens)
+            if b is not None and b.remaining is not None and b.remaining < 1 and b.reset is not None
+        ]
+        if resets:
+            return max(resets)
+    return None
 
 
 class _Run:
@@ -107,8 +132,9 @@ class _Run:
         self.stats = stats
         self.cancel = cancel
         self.fatal: exc.FatalError | None = None
-        self.cooldown = Cooldown()
-        self.adaptive = AdaptiveConcurrency(cfg.concurrency)
+        self.pacer = Pacer(learn=not (cfg.rpm_limit or cfg.tpm_limit))
+        stats.pacing = self.pacer.describe
+        self.unfinished: list[Outcome] = []  # rows interrupted mid-request: their attempts still count
         self.rpm = TokenBucket(cfg.rpm_limit) if cfg.rpm_limit else None
         self.tpm = TokenBucket(cfg.tpm_limit, burst=1.0) if cfg.tpm_limit else None
         if self.tpm is not None:
@@ -116,6 +142,7 @@ class _Run:
             # provider's sliding token window shorter than ~20 s answers with 429s (see benchmarks/)
             self.tpm.adjust(self.tpm.capacity)
         self.answered = False
+        self._sent_for: dict[str, int] = {}  # attempts sent so far, per row in progress
         self.refused_since: float | None = None
         self.refused_count = 0
         self.out_estimate = float(cfg.max_tokens or 64)
@@ -128,16 +155,23 @@ class _Run:
             self.cancel()
 
     def interpret(self, completion: Completion) -> str:
+        if completion.refusal is not None:
+            raise exc.RefusalError(f"the model refused: {completion.refusal[:1000]}", body=completion.refusal)
         if completion.finish_reason == "content_filter":
             raise exc.ContentFilterError(
                 "the provider's content filter stopped this answer", body=completion.text
             )
+        if completion.unusable is not None:
+            raise exc.UnusableAnswerError(completion.unusable)
         if self.validate is not None:
-            if completion.finish_reason == "length":
-                raise exc.OutputTruncatedError(
-                    "output cut at max_tokens before the JSON was complete; raise max_tokens",
-                    body=completion.text,
-                )
+            if completion.finish_reason == "length":  # cut at max_tokens, but the JSON may be whole
+                try:
+                    return self.validate(completion.text)
+                except exc.OutputValidationError:
+                    raise exc.OutputTruncatedError(
+                        "output cut at max_tokens before the JSON was complete; raise max_tokens",
+                        body=completion.text,
+                    ) from None
             return self.validate(completion.text)
         if completion.text is None:
             raise exc.MalformedResponseError("the answer has no text content")
@@ -159,38 +193,84 @@ class _Run:
                 )
             )
 
-    async def pace(self, tokens: float) -> None:
-        """Wait until one more request (of ``tokens`` estimated tokens) may be sent."""
-        await self.cooldown.wait()
+    async def pace(self, tokens: float) -> Ticket:
+        """Wait until one more request (of ``tokens`` estimated tokens) may be sent; record its send.
+
+        Client limits (``rpm_limit``/``tpm_limit``) are hard caps; then the shared pause, the budgets a
+        provider announced and the learned rate (:class:`~polars_llm._pacer.Pacer`).
+        """
         if self.rpm is not None:
             await self.rpm.acquire(1)
         if self.tpm is not None:
             await self.tpm.acquire(tokens)
+        return await self.pacer.acquire(tokens)
 
     def slot(self) -> Any:
-        """The in-flight limit below ``concurrency`` once AIMD has cut it (an async context manager).
+        """The in-flight limit below ``concurrency`` (an async context manager); the pool already caps
+        requests at ``concurrency`` and rate control paces them, so there is none beyond it today.
 
-        The pool already caps requests at ``concurrency``: the limiter only matters once AIMD has cut it,
-        and acquiring it per request cost ~10 % of throughput at zero latency.
+        Concurrency AIMD used to be cut here on 429s; rate control replaced it, because cutting the
+        number in flight on every 429 burst starves latency-bound runs (a 500 req/s cap at 50 ms needs
+        25 in flight).
         """
-        adaptive = self.adaptive
-        return adaptive.limiter if adaptive.limit < adaptive.maximum else _NO_LIMIT
+        return _NO_LIMIT
+
+    def _too_long(self, error: exc.APIError, hint: float) -> exc.ProviderWaitError:
+        cfg = self.cfg
+        said = hint_header(error.headers) or "a rate-limit reset header"
+        return exc.ProviderWaitError(
+            f"the provider asked to wait {describe_hint(hint)} ({said}), longer than "
+            f"max_wait={cfg.max_wait:g} s; everything finished so far is saved — run the same code "
+            "again later to resume, or raise max_wait",
+            status=error.status,
+            headers=error.headers,
+            body=error.body,
+            retry_after=hint,
+            attempts=error.attempts,
+            request_id=error.request_id,
+            hint=said,
+            max_wait=cfg.max_wait,
+        )
 
     async def process(self, key: str, prompt: str) -> Outcome | None:
         """Send one request, retrying what is worth retrying. ``None`` means the run is stopping."""
-        cfg, stats = self.cfg, self.stats
-        estimate = (len(prompt) + self.system_chars) / 4 + self.out_estimate
         usage = _Usage()
+        try:
+            return await self._attempts(key, prompt, usage)
+        except BaseException:
+            sent = self._sent_for.pop(key, 0)
+            if sent:
+                self.unfinished.append(
+                    usage.outcome(
+                        key,
+                        "pending",
+                        sent,
+                        error=f"interrupted after {sent} attempt(s): the run stopped while this request was "
+                        "in flight or waiting to retry",
+                    )
+                )
+            raise
+
+    def _stopped(self, key: str, usage: _Usage, error: exc.APIError) -> None:
+        """This row's request got the answer that stops the run: it stays pending, its attempts count."""
+        sent = self._sent_for.pop(key, 0)
+        self.unfinished.append(usage.outcome(key, "pending", sent, error=str(error), error_kind=error.kind))
+
+    async def _attempts(self, key: str, prompt: str, usage: _Usage) -> Outcome | None:
+        cfg, stats, pacer = self.cfg, self.stats, self.pacer
+        estimate = (len(prompt) + self.system_chars) / 4 + self.out_estimate
         attempts = 0
         while True:
+            ticket = await self.pace(estimate)
             attempts += 1
-            await self.pace(estimate)
+            self._sent_for[key] = attempts
             error: exc.APIError
             async with self.slot():
                 stats.in_flight += 1
                 stats.requests += 1
                 try:
                     completion = await self.transport.complete(prompt)
+                    pacer.answered(ticket, limited=False, limits=completion.limits)
                     self.answered, self.refused_since, self.refused_count = True, None, 0
                     usage.add(completion)
                     self._account(completion, estimate)
@@ -198,37 +278,49 @@ class _Run:
                 except exc.APIError as e:
                     error = e
                 else:
-                    self.adaptive.on_success()
                     stats.done += 1
+                    del self._sent_for[key]
                     return usage.outcome(key, "done", attempts, result=result)
                 finally:
                     stats.in_flight -= 1
             error.attempts = attempts
             if isinstance(error, exc.FatalError):
+                self._stopped(key, usage, error)
                 self.set_fatal(error)
                 return None
             if isinstance(error, exc.APIConnectionError) and error.refused:
                 self._note_refused(error)
                 if self.fatal is not None:
+                    self._stopped(key, usage, error)
                     return None
-            elif error.status is not None:
+            elif error.status is not None and error.status != 200:
                 self.answered, self.refused_since, self.refused_count = True, None, 0
+                limits = _limits_of(error)
+                limited = isinstance(error, exc.RateLimitError)
+                pacer.answered(ticket, limited=limited, limits=limits)
+                hint = _hint(error, limits) if isinstance(error, exc.TransientError) else None
+                if hint is not None:
+                    if hint > cfg.max_wait:
+                        self._stopped(key, usage, error)
+                        self.set_fatal(self._too_long(error, hint))
+                        return None
+                    error.retry_after = hint
+                    if pacer.learner.crowded:  # many refused in a row: everybody waits, not just this row
+                        pacer.hold(hint, f"provider asked to wait {describe_hint(hint)}")
+                elif limited and pacer.learner.crowded:
+                    pause = backoff_delay(min(attempts, 3), max_backoff=cfg.max_backoff)
+                    pacer.hold(pause, f"rate limited: backing off {describe_hint(pause)}")
             delay = next_delay(error, attempts, max_attempts=cfg.max_attempts, max_backoff=cfg.max_backoff)
             if delay is not None:
                 if isinstance(error, exc.RateLimitError) or error.retry_after is not None:
                     stats.rate_limited += 1
-                    self.adaptive.on_rate_limited()
-                    self.cooldown.extend(
-                        error.retry_after
-                        if error.retry_after is not None
-                        else backoff_delay(attempts, max_backoff=cfg.max_backoff)
-                    )
                 stats.retrying += 1
                 try:
                     await anyio.sleep(delay)
                 finally:
                     stats.retrying -= 1
                 continue
+            del self._sent_for[key]
             stats.failed += 1
             message = str(error)
             if error.body and isinstance(error, exc.OutputValidationError | exc.OutputTruncatedError):
@@ -392,6 +484,7 @@ async def _run_pool(
     transport = make_transport(cfg)
     workers = min(cfg.concurrency, max(1, len(keys)))
     sink = _Sink(cfg.flush_rows)
+    run: _Run | None = None
     try:
         async with anyio.create_task_group() as outer:
             outer.start_soon(_write, store, sink, cfg)
@@ -405,13 +498,14 @@ async def _run_pool(
                 sink.close()
     finally:
         with anyio.CancelScope(shield=True):
-            # the writer has stopped; if it was cancelled before it ever ran, this keeps what finished
-            batch = sink.take()
+            # the writer has stopped; if it was cancelled before it ever ran, this keeps what finished,
+            # and rows cut off mid-request keep their attempts (they stay pending)
+            batch = sink.take() + (run.unfinished if run is not None else [])
             if batch:
                 await anyio.to_thread.run_sync(store.write_outcomes, batch)
                 log.debug("stored %d finished rows", len(batch))
             await transport.aclose()
-    if run.fatal is not None:
+    if run is not None and run.fatal is not None:
         raise run.fatal
     if stats.finished < len(keys):  # pragma: no cover - defensive
         raise RuntimeError(f"engine stopped early: {stats.finished} of {len(keys)} requests finished")

@@ -43,6 +43,7 @@ class MapOptions(TypedDict, total=False):
     max_attempts: int
     timeout: float
     max_backoff: float
+    max_wait: float
     cache: CacheArg | Path
     flush_interval: float
     flush_rows: int

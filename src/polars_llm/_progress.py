@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import math
 import sys
 import time
 from collections import deque
@@ -119,10 +120,18 @@ class RateMeter:
 
 
 def format_postfix(stats: RunStats, rpm: float) -> str:
-    """The text after the bar.
+    """The text after the bar: counts, requests/min, tokens, cost, then the pace the run keeps —
+    learned from 429s, announced by the provider's headers, or the client limit — or, while
+    everybody waits, for how long and why.
 
     >>> format_postfix(RunStats(done=5, failed=1, retrying=2, tokens_in=10, tokens_out=20, cost=0.5), 120.0)
     'done=5 failed=1 retrying=2 rpm=120 tok=30 $0.5000'
+    >>> paced = RunStats(done=5, pacing=lambda: (2940.0, "learned", 0.0, ""))
+    >>> format_postfix(paced, 2900.0)
+    'done=5 failed=0 retrying=0 rpm=2,900 pace≤2,940/min (learned)'
+    >>> paused = RunStats(pacing=lambda: (600.0, "learned", 28.4, "provider asked to wait 30 s"))
+    >>> format_postfix(paused, 0.0)
+    'done=0 failed=0 retrying=0 rpm=0 | paused 29 s: provider asked to wait 30 s'
     """
     text = f"done={stats.done} failed={stats.failed} retrying={stats.retrying} rpm={rpm:,.0f}"
     tokens = stats.tokens_in + stats.tokens_out
@@ -130,6 +139,12 @@ def format_postfix(stats: RunStats, rpm: float) -> str:
         text += f" tok={tokens:,}"
     if stats.cost:
         text += f" ${stats.cost:.4f}"
+    if stats.pacing is not None:
+        allowed, source, paused, why = stats.pacing()
+        if paused > 0:
+            text += f" | paused {math.ceil(paused):,} s: {why}"
+        elif allowed is not None:
+            text += f" pace≤{allowed:,.0f}/min ({source})"
     return text
 
 

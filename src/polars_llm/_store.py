@@ -21,6 +21,8 @@ Every write is one transaction; DuckDB's write-ahead log makes a committed batch
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import re
 import threading
@@ -118,13 +120,43 @@ class Outcome:
     key: str
     status: str
     attempts: int
-    finished_at: float
+    finished_at: float | None
     result: str | None = None
     error: str | None = None
     error_kind: str | None = None
     tokens_in: int | None = None
     tokens_out: int | None = None
     cost: float | None = None
+
+
+_TEXT_FIELDS: Final = frozenset({"key", "status", "result", "error", "error_kind"})
+_INT_LIMITS: Final = {"attempts": 2**31 - 1, "tokens_in": 2**63 - 1, "tokens_out": 2**63 - 1}
+
+
+def _coerce(name: str, value: Any) -> Any:
+    """``value`` made storable in column ``name`` (text as text, counts as non-negative ints, or NULL).
+
+    >>> _coerce("result", [{"type": "text", "text": "hi"}]), _coerce("tokens_in", "12"), _coerce("cost", -1)
+    ('[{"type": "text", "text": "hi"}]', 12, None)
+    """
+    if value is None:
+        return None
+    if name in _TEXT_FIELDS:
+        if isinstance(value, str):
+            return value
+        try:
+            return json.dumps(value, ensure_ascii=False, default=str)
+        except (TypeError, ValueError):
+            return str(value)
+    try:
+        number = float(value)
+    except (TypeError, ValueError, OverflowError):
+        return None
+    if not math.isfinite(number) or number < 0:
+        return None
+    if name in _INT_LIMITS:
+        return min(int(number), _INT_LIMITS[name])
+    return number
 
 
 def _now_us() -> int:
@@ -347,9 +379,18 @@ class Store:
         if not outcomes:
             return
         unique = list({o.key: o for o in outcomes}.values())  # the last outcome wins for a repeated key
-        batch = pa.table(
-            {name: [getattr(o, name) for o in unique] for name in _BATCH_SCHEMA.names}, schema=_BATCH_SCHEMA
-        )
+        try:
+            batch = pa.table(
+                {name: [getattr(o, name) for o in unique] for name in _BATCH_SCHEMA.names},
+                schema=_BATCH_SCHEMA,
+            )
+        except (pa.ArrowException, TypeError, ValueError, OverflowError):
+            # one outcome holds a value of the wrong type (a provider's odd answer that got this far):
+            # store every row, that one with its values coerced, so no batch-mate is lost
+            batch = pa.table(
+                {name: [_coerce(name, getattr(o, name)) for o in unique] for name in _BATCH_SCHEMA.names},
+                schema=_BATCH_SCHEMA,
+            )
         now = _now_us()
         with self._transaction() as con, self._registered(con, "_pl_batch", batch):
             updated = con.execute(

@@ -17,18 +17,23 @@ true to it and to what is retried)::
         │   ├── ServerError             409, 425, 500, 502, 503, 504 (a Retry-After is honoured)
         │   ├── APITimeoutError         408, or no answer within ``timeout``
         │   ├── APIConnectionError      refused / reset / DNS (``refused`` says which)
-        │   └── MalformedResponseError  bad JSON, truncated body, empty ``choices``
+        │   └── MalformedResponseError  bad or empty JSON, HTML, truncated body, no ``choices``
         ├── RowError                this row is ``failed``; the rest of the batch goes on
         │   ├── BadRequestError         400, 413, 422
         │   ├── ContentFilterError      ``finish_reason == "content_filter"``, or a 403 flagged by moderation
-        │   ├── OutputTruncatedError    ``finish_reason == "length"`` with a response model
+        │   ├── RefusalError            the model refused (``message.refusal``); its text is the error
+        │   ├── UnusableAnswerError     content that is not text (a number, an object), or a body
+        │   │                           above the response-size limit
+        │   ├── OutputTruncatedError    ``finish_reason == "length"`` and the output does not validate
         │   └── OutputValidationError   output does not match the response model: retried at once
         │                               (3 attempts at most), then the row is failed with the raw text
         └── FatalError              stops the whole run within ~1 s; finished rows are kept
             ├── AuthenticationError     401
             ├── PermissionDeniedError   403
-            ├── InsufficientCreditsError 402 without Retry-After
-            ├── NotFoundError           404: wrong base_url or unknown model
+            ├── InsufficientCreditsError 402 without Retry-After (quotes the provider's reason)
+            ├── NotFoundError           404: wrong base_url or unknown model; a redirect (301, 302,
+            │                           303, 307, 308) is never followed: it would turn the POST into a GET
+            ├── ProviderWaitError       the provider asked to wait longer than ``max_wait``; rerun later
             └── EndpointUnreachableError the endpoint refused connections repeatedly
 
 Example:
@@ -61,11 +66,14 @@ __all__ = [
     "OutputValidationError",
     "PermissionDeniedError",
     "PolarsLLMError",
+    "ProviderWaitError",
     "RateLimitError",
+    "RefusalError",
     "RowError",
     "ServerError",
     "StoreError",
     "TransientError",
+    "UnusableAnswerError",
 ]
 
 _BODY_LIMIT = 2000
@@ -199,6 +207,18 @@ class ContentFilterError(RowError):
     kind = "content_filter"
 
 
+class RefusalError(RowError):
+    """The model declined to answer (OpenAI's ``message.refusal``); the refusal text is the message."""
+
+    kind = "refusal"
+
+
+class UnusableAnswerError(RowError):
+    """The answer cannot be used as text: non-text content, or a body above the response-size limit."""
+
+    kind = "unusable_answer"
+
+
 class OutputTruncatedError(RowError):
     kind = "output_truncated"
 
@@ -229,6 +249,21 @@ class InsufficientCreditsError(FatalError):
 
 class NotFoundError(FatalError):
     kind = "not_found"
+
+
+class ProviderWaitError(FatalError):
+    """The provider asked to wait (``Retry-After`` or a limit's reset) longer than ``max_wait`` allows.
+
+    ``retry_after`` holds the wait asked for (``inf`` when unbounded) and ``hint`` the header as sent.
+    Everything finished is saved before this is raised; run the same code again later to resume.
+    """
+
+    kind = "provider_wait"
+
+    def __init__(self, message: str, *, hint: str | None = None, max_wait: float | None = None, **facts: Any):
+        super().__init__(message, **facts)
+        self.hint = hint
+        self.max_wait = max_wait
 
 
 class EndpointUnreachableError(FatalError):

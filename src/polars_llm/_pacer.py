@@ -1,0 +1,414 @@
+"""Rate control: learn the rate a provider admits, or take it from its limit headers, and pace to it.
+
+Three parts, all driven by an injectable clock (unit tests use a fake one, no sleeps):
+
+* :class:`RateLearner` — with no limit known, requests are paced at a rate that starts gently, doubles
+  while answers succeed (slow start), and on rate-limit answers settles just under the rate the server
+  *admitted* in the second before them (counted from our own sends, so it is right however bursty we
+  were), then probes upwards again in small, then growing, steps. A density guard keeps scattered 429s
+  of a busy shared provider from collapsing the rate: a cut needs a 429 share clearly above the share
+  seen in recent periods (the background), and 429s of requests sent before the last cut never count.
+* :class:`Announced` — a budget a provider announced in headers (``remaining`` now, back in ``reset``
+  seconds): never send more than what remains before the reset, spread it evenly (remaining ÷ time to
+  reset), and bound the pace by ``limit`` ÷ the longest reset seen (the provider's own long-run rate).
+* :class:`Pause` — a moment before which nobody sends, with the reason shown on the progress bar.
+
+:class:`Pacer` combines them for the engine; ``acquire`` costs a few float operations when no wait is
+needed (no lock, no task switch), and waiters wake early when the rate changes.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import anyio
+
+from ._limits import Budget, Limits, describe_hint
+
+__all__ = ["Announced", "Pacer", "Pause", "RateLearner", "Ticket"]
+
+Clock = Callable[[], float]
+
+START_RATE = 8.0  # requests/s before anything is known: gentle
+MIN_RATE = 0.05
+BETA = 0.95  # settle this far under the admitted rate
+STEP0 = 0.02  # first probing step after a cut; doubles each clean period
+MAX_STEP = 1.0
+SLOT = 0.1  # seconds per ring slot
+HORIZON = 1.0  # seconds of sends the admitted rate is measured over
+_RING = 64  # slots kept (6.4 s)
+
+
+class _Ring:
+    """Counts per ``SLOT`` seconds over the last few seconds (sends and rejections, by send time)."""
+
+    __slots__ = ("_last", "rejected", "sent")
+
+    def __init__(self) -> None:
+        self.sent = [0.0] * _RING
+        self.rejected = [0.0] * _RING
+        self._last = 0
+
+    def _advance(self, slot: int) -> None:
+        if slot <= self._last:
+            return
+        for s in range(max(self._last + 1, slot - _RING + 1), slot + 1):
+            i = s % _RING
+            self.sent[i] = self.rejected[i] = 0.0
+        self._last = slot
+
+    def add_sent(self, t: float, n: float = 1.0) -> None:
+        slot = int(t / SLOT)
+        self._advance(slot)
+        self.sent[slot % _RING] += n
+
+    def add_rejected(self, t: float) -> None:
+        slot = int(t / SLOT)
+        if self._last - slot < _RING - 1 and slot <= self._last:
+            self.rejected[slot % _RING] += 1
+
+    def admitted(self, at: float, horizon: float = HORIZON) -> float:
+        """Requests sent in ``(at - horizon, at]`` and not rejected, per second."""
+        hi = int(at / SLOT)
+        lo = hi - round(horizon / SLOT) + 1
+        total = 0.0
+        for s in range(max(lo, self._last - _RING + 1), min(hi, self._last) + 1):
+            i = s % _RING
+            total += self.sent[i] - self.rejected[i]
+        return max(0.0, total) / horizon
+
+
+@dataclass(frozen=True, slots=True)
+class Ticket:
+    """One send: when, its place in the send order, and the tokens sent before it (for headers)."""
+
+    sent_at: float
+    seq: int
+    tokens_before: float
+    tokens: float
+
+
+class RateLearner:
+    """The rate to send at when the provider's limit is unknown (see the module docstring).
+
+    ``engaged=False`` starts unlimited (a client limit or announced budget is in charge) and engages
+    at the first rate-limit answer.
+    """
+
+    def __init__(self, *, clock: Clock = time.monotonic, engaged: bool = True, start: float = START_RATE):
+        now = clock()
+        self._clock = clock
+        self.rate = start if engaged else math.inf
+        self.slow_start = engaged
+        self.ring = _Ring()
+        self.srtt = 0.0
+        self.last_cut = -math.inf
+        self.cuts = 0
+        self.limited_seen = 0
+        self._step = STEP0
+        self._period_start = now
+        self._period_sent = 0
+        self._ok = 0
+        self._limited = 0
+        self._shares: deque[float] = deque(maxlen=15)
+        self._recent: deque[bool] = deque(maxlen=3)
+        self.version = 0  # bumped on every change of rate
+
+    @property
+    def crowded(self) -> bool:
+        """At least two of the last three answers (sent since the last cut) were refused for rate."""
+        return sum(self._recent) >= 2
+
+    # ---------------------------------------------------------------------------------------- feedback
+
+    def on_send(self, now: float) -> None:
+        self.ring.add_sent(now)
+        self._period_sent += 1
+
+    def _set(self, rate: float) -> None:
+        if rate != self.rate:
+            self.rate = rate
+            self.version += 1
+
+    def on_answer(self, ticket: Ticket, limited: bool) -> bool:
+        """An answer to ``ticket``: ``limited`` if the provider refused it for rate. True if it cut."""
+        now = self._clock()
+        if limited:
+            self.ring.add_rejected(ticket.sent_at)
+            self.limited_seen += 1
+        else:
+            rtt = now - ticket.sent_at
+            self.srtt = rtt if self.srtt == 0 else 0.875 * self.srtt + 0.125 * rtt
+        if ticket.sent_at < self.last_cut:
+            return False  # sent at the old rate: says nothing about the new one
+        self._recent.append(limited)
+        if limited:
+            self._limited += 1
+            dense = len(self._recent) == self._recent.maxlen and all(self._recent)
+            if self.slow_start or dense:
+                self._cut(now, ticket.sent_at)
+                return True
+        else:
+            self._ok += 1
+        if now - self._period_start >= self._period():
+            return self._evaluate(now, ticket.sent_at)
+        return False
+
+    def _period(self) -> float:
+        if math.isinf(self.rate):
+            return 1.0
+        if self.slow_start:
+            return min(2.0, max(0.05, 1.5 * self.srtt, 4.0 / self.rate))
+        return min(10.0, max(0.5, 2.0 * self.srtt, 30.0 / self.rate))
+
+    def _evaluate(self, now: float, at: float) -> bool:
+        n = self._ok + self._limited
+        if n == 0:
+            return False
+        share = self._limited / n
+        background = statistics.median(self._shares) if len(self._shares) >= 3 else 0.0
+        noise = 2.0 * math.sqrt(max(background, 0.005) * (1.0 - background) / n)
+        binding = self._period_sent >= 0.6 * self.rate * (now - self._period_start)
+        self._shares.append(share)
+        cut = False
+        if self._limited and share > background + noise:
+            self._cut(now, at)
+            cut = True
+        elif binding and not math.isinf(self.rate):
+            if self.slow_start:
+                self._set(self.rate * 2.0)
+            else:
+                self._set(self.rate * (1.0 + self._step))
+                self._step = min(MAX_STEP, self._step * 2.0)
+        self._new_period(now)
+        return cut
+
+    def _new_period(self, now: float) -> None:
+        self._period_start = now
+        self._period_sent = self._ok = self._limited = 0
+
+    def _cut(self, now: float, at: float) -> None:
+        admitted = self.ring.admitted(at)
+        target = max(MIN_RATE, BETA * admitted)
+        if math.isinf(self.rate) or target < self.rate:
+            self._set(max(target, 0.25 * self.rate) if not math.isinf(self.rate) else target)
+        self.slow_start = False
+        self._step = STEP0
+        self.last_cut = now
+        self.cuts += 1
+        self._recent.clear()
+        self._new_period(now)
+
+    def release(self) -> None:
+        """Stop pacing on our own (a budget announced by the provider is in charge), unless 429s
+        already taught us a rate."""
+        if self.cuts == 0:
+            self.slow_start = False
+            self._set(math.inf)
+
+    def follow(self, rate: float) -> None:
+        """Take ``rate`` announced by the provider (not above it after a recent cut of our own)."""
+        if self._clock() - self.last_cut < 10.0:
+            rate = min(rate, self.rate)
+        self.slow_start = False
+        self._set(max(MIN_RATE, rate))
+
+
+class Announced:
+    """A budget announced in headers: ``allow`` more before ``reset_at``, at most ``limit`` per window.
+
+    >>> a = Announced(clock=lambda: 0.0)
+    >>> a.observe(Budget(limit=60, remaining=30, reset=10.0), used_since=0)
+    3.0
+    """
+
+    def __init__(self, *, clock: Clock = time.monotonic) -> None:
+        self._clock = clock
+        self.allow = math.inf
+        self.reset_at = -math.inf
+        self.limit: float | None = None
+        self.longest_reset = 0.0
+        self.rate = math.inf
+
+    def observe(self, budget: Budget, used_since: float) -> float:
+        """Take a fresh announcement (``used_since``: what we sent after the request it answers).
+
+        Returns the pace it implies (per second): what remains ÷ time to reset, bounded by
+        ``limit`` ÷ the longest reset seen.
+        """
+        now = self._clock()
+        remaining = budget.remaining if budget.remaining is not None else 0.0
+        reset = budget.reset if budget.reset is not None else 0.0
+        self.allow = max(0.0, remaining - used_since)
+        self.reset_at = now + reset
+        self.limit = budget.limit
+        self.longest_reset = max(self.longest_reset, reset)
+        rate = max(self.allow, 1.0) / reset if reset > 0 else math.inf
+        if self.limit and self.longest_reset > 0:
+            rate = min(rate, max(self.limit, 1.0) / self.longest_reset)
+        self.rate = rate
+        return rate
+
+    def take(self, amount: float) -> None:
+        self.allow -= amount
+
+    def wait(self, now: float, amount: float) -> float:
+        """Seconds until ``amount`` may be sent under this budget (0 if it may now)."""
+        if now >= self.reset_at or self.allow >= min(amount, self.limit or amount):
+            return 0.0
+        return self.reset_at - now
+
+
+class Pause:
+    """A moment before which no worker sends, and why (for the progress bar)."""
+
+    def __init__(self, *, clock: Clock = time.monotonic) -> None:
+        self._clock = clock
+        self.until = 0.0
+        self.reason = ""
+
+    def extend(self, seconds: float, reason: str) -> None:
+        until = self._clock() + seconds
+        if until > self.until:
+            self.until, self.reason = until, reason
+
+    def left(self) -> float:
+        return max(0.0, self.until - self._clock())
+
+
+class Pacer:
+    """Everything that decides *when* the next request may go, shared by a run's workers.
+
+    ``learn=False`` (the user set ``rpm_limit``/``tpm_limit``) starts the learner disengaged: it takes
+    over only if the provider still answers 429.
+    """
+
+    def __init__(self, *, learn: bool = True, clock: Clock = time.monotonic) -> None:
+        self._clock = clock
+        self.learner = RateLearner(clock=clock, engaged=learn)
+        self.requests = Announced(clock=clock)
+        self.tokens = Announced(clock=clock)
+        self.pause = Pause(clock=clock)
+        self.source = "learning" if learn else "limit"
+        self._next = clock()
+        self._seq = 0
+        self._tokens_sent = 0.0
+        self._token_cost = 0.0  # mean tokens per request (for pacing an announced token budget)
+        self._token_rate = math.inf
+        self._lock: anyio.Lock | None = None  # created on first use, inside the event loop
+        self._changed: anyio.Event | None = None
+
+    # ------------------------------------------------------------------------------------------ pacing
+
+    @property
+    def rate(self) -> float:
+        """Requests per second the pace allows now (``inf``: no pacing)."""
+        rate = self.learner.rate
+        if self._token_cost > 0 and self._token_rate < math.inf:
+            rate = min(rate, self._token_rate / self._token_cost)
+        return rate
+
+    def try_take(self, tokens: float = 0.0) -> float:
+        """Take the next slot for a request of ``tokens`` if it is due (returns 0), else the seconds
+        until it may be due (nothing taken)."""
+        now = self._clock()
+        wait = max(self.pause.until - now, self.requests.wait(now, 1.0), self.tokens.wait(now, tokens))
+        if wait > 0:
+            return wait
+        rate = self.rate
+        if not math.isinf(rate):
+            interval = 1.0 / rate
+            slot = max(self._next, now - 0.05) if interval < 0.05 else max(self._next, now)
+            if slot > now:
+                return slot - now
+            self._next = slot + interval
+        self.requests.take(1.0)
+        self.tokens.take(tokens)
+        return 0.0
+
+    async def acquire(self, tokens: float = 0.0) -> Ticket:
+        """Wait for this request's turn, then record its send.
+
+        No task switch when the slot is due and nobody waits; otherwise waiters queue (FIFO) and only
+        the first sleeps, woken early when the rate or a pause changes.
+        """
+        lock = self._lock
+        if (lock is not None and lock.locked()) or self.try_take(tokens) > 0:
+            if lock is None:
+                lock = self._lock = anyio.Lock()
+            async with lock:
+                while (wait := self.try_take(tokens)) > 0:
+                    if self._changed is None:
+                        self._changed = anyio.Event()
+                    with anyio.move_on_after(wait):
+                        await self._changed.wait()
+        return self._sent(tokens)
+
+    def _sent(self, tokens: float) -> Ticket:
+        now = self._clock()
+        self._seq += 1
+        ticket = Ticket(now, self._seq, self._tokens_sent, tokens)
+        self._tokens_sent += tokens
+        if tokens > 0:
+            self._token_cost = tokens if self._token_cost == 0 else 0.95 * self._token_cost + 0.05 * tokens
+        self.learner.on_send(now)
+        return ticket
+
+    def _notify(self) -> None:
+        if self._changed is not None:
+            self._changed.set()
+            self._changed = None
+
+    # ---------------------------------------------------------------------------------------- feedback
+
+    def answered(self, ticket: Ticket, *, limited: bool, limits: Limits | None = None) -> bool:
+        """Feed one answer back (``limited``: refused for rate). True if the learner cut its rate."""
+        before = self.learner.version
+        if limits is not None:
+            self._observe(ticket, limits)
+        cut = self.learner.on_answer(ticket, limited)
+        if cut:
+            self.source = "learned"
+        if self.learner.version != before:
+            if self.learner.rate < math.inf:  # a lower rate applies from now, not after old slots
+                self._next = min(self._next, self._clock() + 1.0 / self.learner.rate)
+            self._notify()
+        elif limits is not None:
+            self._notify()
+        return cut
+
+    def _observe(self, ticket: Ticket, limits: Limits) -> None:
+        if limits.requests is not None and limits.requests.usable:
+            self.learner.follow(self.requests.observe(limits.requests, self._seq - ticket.seq))
+            self.source = "announced"
+        if limits.tokens is not None and limits.tokens.usable:
+            used = self._tokens_sent - ticket.tokens_before - ticket.tokens
+            self._token_rate = self.tokens.observe(limits.tokens, used)
+            if limits.requests is None:
+                self.learner.release()
+                self.source = "announced"
+
+    def hold(self, seconds: float, reason: str) -> None:
+        """Nobody sends for ``seconds`` (a provider's wait, or our own backoff after a burst of 429s)."""
+        self.pause.extend(seconds, reason)
+        self._notify()
+
+    # ------------------------------------------------------------------------------------------ display
+
+    def describe(self) -> tuple[float | None, str, float, str]:
+        """``(requests per minute or None, source, seconds paused, why)`` for the progress bar."""
+        now = self._clock()
+        left = self.pause.left()
+        reason = self.pause.reason if left > 0 else ""
+        if left <= 0:
+            for name, budget in (("requests", self.requests), ("tokens", self.tokens)):
+                if budget.allow <= 0 and budget.reset_at > now:
+                    left = budget.reset_at - now
+                    reason = f"provider's {name} limit resets in {describe_hint(left)}"
+        rate = self.rate
+        return (None if math.isinf(rate) else rate * 60.0), self.source, left, reason
