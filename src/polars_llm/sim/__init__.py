@@ -129,6 +129,10 @@ _HELP: dict[str, str] = {
     "jitter": "uniform ± seconds added to latency",
     "rate_limit": "requests per --window (sliding window; 429 beyond)",
     "window": "seconds of the request window",
+    "limit_shape": "shape of the request cap: sliding (log), fixed (windows) or bucket (token bucket)",
+    "bucket_burst": "size of the token bucket (default: --rate-limit)",
+    "limit_headers": "send rate-limit headers on: none, 429 (refusals only) or all (successes too)",
+    "limit_header_style": "rate-limit header convention: openai, openrouter, anthropic or ietf",
     "tpm_limit": "tokens per --tpm-window (429 beyond)",
     "tpm_window": "seconds of the token window",
     "error_rate": "fraction answered with one of --error-statuses",
@@ -178,7 +182,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
             parser.add_argument(flag, nargs="+", default=list(default), help=text)
         elif f.name == "fail_mode":
             parser.add_argument(flag, type=int, choices=(401, 402, 403), default=None, help=text)
-        elif f.name in ("rate_limit", "tpm_limit"):
+        elif f.name in ("rate_limit", "tpm_limit", "bucket_burst"):
             parser.add_argument(flag, type=_optional(int), default=default, help=text)
         elif f.name == "error_retry_after":
             parser.add_argument(flag, type=_optional(float), default=default, help=text)

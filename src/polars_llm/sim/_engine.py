@@ -14,13 +14,14 @@ import socket
 import struct
 import threading
 import time
-from collections import deque
 from typing import Any, Final
 
 import orjson
 from aiohttp import web
 
 from ..exceptions import ConfigError
+from ._hostile import HOSTILE, hostile_response
+from ._limiter import Limiter
 from ._options import FAULT_RATES, LIVE_FIXED, SimConfig
 from ._outputs import count_tokens
 from ._wire import (
@@ -66,9 +67,7 @@ class Engine:
         self._tokens_out = 0
         self._cost = 0.0
         self._next_id = 0
-        self._req_window: deque[float] = deque()
-        self._tok_window: deque[tuple[float, int]] = deque()
-        self._tok_sum = 0
+        self._limiter = Limiter()
 
     # ----------------------------------------------------------------- control (any thread)
 
@@ -199,14 +198,14 @@ class Engine:
         now = time.monotonic()
         with self._lock:
             self._per_prompt[prompt] = self._per_prompt.get(prompt, 0) + 1
-            rejected = self._admit(cfg, parsed.prompt_tokens, now)
+            rejected, limit_headers = self._admit(cfg, parsed.prompt_tokens, now)
             if rejected is None:
                 attempt = 0
                 if markers:
                     key = (parsed.model, prompt, parsed.schema is not None)
                     attempt = self._attempts.get(key, 0) + 1
                     self._attempts[key] = attempt
-                fault, code, delay = self._choose_fault(cfg, markers, attempt)
+                fault, code, delay, value = self._choose_fault(cfg, markers, attempt)
                 if cfg.jitter:
                     delay += self._rng.uniform(-cfg.jitter, cfg.jitter)
         if rejected is not None:
@@ -217,10 +216,14 @@ class Engine:
         if delay > 0:
             await asyncio.sleep(delay)
         if fault is None or (fault == "status" and code == 200):
-            return self._answer(parsed, cfg, "ok"), 200
+            return self._answer(parsed, cfg, "ok", limit_headers), 200
         name = fault if fault != "status" else f"status_{code}"
         with self._lock:
             self._count_fault(name)
+        if fault in HOSTILE:
+            body = self._completion(parsed, cfg, fault)
+            response = await hostile_response(request, fault, code, value, body, cfg)
+            return response, response.status
         if fault == "stall":
             return self._answer(parsed, cfg, fault), 200
         if fault == "status" or fault == "error":
@@ -248,76 +251,31 @@ class Engine:
             return await self._truncated(request, parsed, cfg), 200
         return self._answer(parsed, cfg, fault), 200
 
-    def _admit(self, cfg: SimConfig, tokens: int, now: float) -> web.Response | None:
-        """Burst mode, then the sliding request window, then the token window (lock held)."""
+    def _admit(self, cfg: SimConfig, tokens: int, now: float) -> tuple[web.Response | None, dict[str, str]]:
+        """Burst mode, then the request cap, then the token cap (lock held); see :mod:`._limiter`."""
         if self._burst_until and now < self._burst_until:
             self._count_fault("burst_429")
-            return error_response(429, headers=retry_headers(cfg.burst_retry_after))
-        dq = self._req_window
-        if cfg.rate_limit is not None:
-            cutoff = now - cfg.window
-            while dq and dq[0] <= cutoff:
-                dq.popleft()
-            if len(dq) >= cfg.rate_limit:
-                wait = dq[len(dq) - cfg.rate_limit] + cfg.window - now
-                self._count_fault("rate_limit")
-                headers = retry_headers(wait)
-                headers["x-ratelimit-limit-requests"] = str(cfg.rate_limit)
-                headers["x-ratelimit-remaining-requests"] = "0"
-                headers["x-ratelimit-reset-requests"] = f"{wait:.3f}s"
-                return error_response(
-                    429, f"Rate limit exceeded: {cfg.rate_limit} requests per {cfg.window:g}s", headers
-                )
-        tq = self._tok_window
-        if cfg.tpm_limit is not None:
-            if tokens > cfg.tpm_limit:
-                return error_response(413, f"Request too large: {tokens} tokens > tpm_limit {cfg.tpm_limit}")
-            cutoff = now - cfg.tpm_window
-            while tq and tq[0][0] <= cutoff:
-                self._tok_sum -= tq.popleft()[1]
-            if self._tok_sum + tokens > cfg.tpm_limit:
-                excess = self._tok_sum + tokens - cfg.tpm_limit
-                freed = 0
-                wait = cfg.tpm_window
-                for stamp, used in tq:
-                    freed += used
-                    if freed >= excess:
-                        wait = stamp + cfg.tpm_window - now
-                        break
-                self._count_fault("tpm_limit")
-                headers = retry_headers(wait)
-                headers["x-ratelimit-limit-tokens"] = str(cfg.tpm_limit)
-                headers["x-ratelimit-remaining-tokens"] = str(max(cfg.tpm_limit - self._tok_sum, 0))
-                headers["x-ratelimit-reset-tokens"] = f"{wait:.3f}s"
-                return error_response(
-                    429, f"Rate limit exceeded: {cfg.tpm_limit} tokens per {cfg.tpm_window:g}s", headers
-                )
-        if cfg.rate_limit is not None:
-            dq.append(now)
-        elif dq:
-            dq.clear()
-        if cfg.tpm_limit is not None:
-            tq.append((now, tokens))
-            self._tok_sum += tokens
-        elif tq:
-            tq.clear()
-            self._tok_sum = 0
-        return None
+            return error_response(429, headers=retry_headers(cfg.burst_retry_after)), {}
+        rejected, headers, fault = self._limiter.admit(cfg, tokens, now)
+        if fault:
+            self._count_fault(fault)
+        return rejected, headers
 
     def _choose_fault(
         self, cfg: SimConfig, markers: tuple[Marker, ...], attempt: int
-    ) -> tuple[str | None, int, float]:
+    ) -> tuple[str | None, int, float, str]:
         """Markers first (first active one wins), then one draw for the global fault rates (lock held)."""
         fault: str | None = None
         code = 0
         delay = 0.0
-        for kind, status, first_n, extra in markers:
+        value = ""
+        for kind, status, first_n, extra, text in markers:
             if kind == "delay":
                 delay += extra
             elif fault is None and (first_n is None or attempt <= first_n):
-                fault, code = kind, status
+                fault, code, value = kind, status, text
         if fault is not None:
-            return fault, code, delay
+            return fault, code, delay, value
         u = -1.0
         for name in FAULT_RATES:
             rate = getattr(cfg, name)
@@ -328,9 +286,9 @@ class Engine:
                     kind = _RATE_FAULTS[name]
                     if kind == "error":
                         code = self._rng.choice(cfg.error_statuses)
-                    return kind, code, delay
+                    return kind, code, delay, ""
                 u -= rate
-        return None, 0, delay
+        return None, 0, delay, ""
 
     def _count_fault(self, name: str) -> None:
         self._faults[name] = self._faults.get(name, 0) + 1
@@ -380,9 +338,11 @@ class Engine:
             },
         }
 
-    def _answer(self, parsed: ParsedRequest, cfg: SimConfig, fault: str) -> web.Response:
+    def _answer(
+        self, parsed: ParsedRequest, cfg: SimConfig, fault: str, extra: dict[str, str] | None = None
+    ) -> web.Response:
         body = self._completion(parsed, cfg, fault)
-        headers = JSON_HEADERS
+        headers = {**JSON_HEADERS, **extra} if extra else JSON_HEADERS
         if fault == "empty":
             body["choices"] = []
             headers = {**JSON_HEADERS, "X-Sim-Fault": fault}
@@ -393,9 +353,8 @@ class Engine:
                 self._tokens_in += usage["prompt_tokens"]
                 self._tokens_out += usage["completion_tokens"]
                 self._cost += usage["cost"]
-                if cfg.tpm_limit is not None:  # the answer's tokens count toward the token window too
-                    self._tok_window.append((time.monotonic(), usage["completion_tokens"]))
-                    self._tok_sum += usage["completion_tokens"]
+                # the answer's tokens count toward the token window too
+                self._limiter.add_tokens(cfg, usage["completion_tokens"], time.monotonic())
             if fault != "ok":
                 headers = {**JSON_HEADERS, "X-Sim-Fault": fault}
         return web.Response(body=orjson.dumps(body), headers=headers)

@@ -51,6 +51,10 @@ class SimConfig:
     jitter: float = 0.0
     rate_limit: int | None = None
     window: float = 1.0
+    limit_shape: str = "sliding"
+    bucket_burst: int | None = None
+    limit_headers: str = "429"
+    limit_header_style: str = "openai"
     tpm_limit: int | None = None
     tpm_window: float = 60.0
     error_rate: float = 0.0
@@ -89,6 +93,11 @@ class SimConfig:
             _check_seconds("error_retry_after", self.error_retry_after, allow_zero=False)
         if self.rate_limit is not None:
             _check_int("rate_limit", self.rate_limit, 1, 10**12)
+        if self.bucket_burst is not None:
+            _check_int("bucket_burst", self.bucket_burst, 1, 10**12)
+        for name, allowed in _CHOICES.items():
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
         if self.tpm_limit is not None:
             _check_int("tpm_limit", self.tpm_limit, 1, 10**15)
         total = 0.0
@@ -136,6 +145,11 @@ class SimConfig:
         return out
 
 
+_CHOICES: Final = {
+    "limit_shape": ("sliding", "fixed", "bucket"),
+    "limit_headers": ("none", "429", "all"),
+    "limit_header_style": ("openai", "openrouter", "anthropic", "ietf"),
+}
 _FIELD_NAMES: Final = frozenset(f.name for f in dataclasses.fields(SimConfig))
 
 

@@ -36,8 +36,34 @@ _SIMPLE_MARKERS: Final = frozenset(
         "empty",
         "stall",
         "reset",
+        # hostile answers (see the package docstring)
+        "content_parts",
+        "content_number",
+        "content_object",
+        "content_image",
+        "usage_string",
+        "usage_negative",
+        "refusal",
+        "length_valid",
+        "html",
+        "empty_body",
+        "choices_null",
+        "message_null",
+        "short_body",
+        "stall_body",
+        "huge",
+        "huge_chunked",
+        "credits_wait",
     }
 )
+# markers whose first argument is a value (a header's text, a status, a limit source), then ``:N``
+_VALUE_MARKERS: Final = {
+    "retry_after": 429,
+    "retry_after_ms": 429,
+    "credits": 402,
+    "redirect": 0,
+    "html_error": 0,
+}
 JSON_HEADERS: Final = {"Content-Type": "application/json"}
 _ERROR_TYPES: Final = {
     400: "invalid_request_error",
@@ -60,32 +86,43 @@ _ERROR_MESSAGES: Final = {
     503: "Service unavailable: overloaded (simulated)",
 }
 
-# A marker, normalised: (kind, status code or 0, first-N-attempts or None, extra delay seconds).
-Marker = tuple[str, int, int | None, float]
+# A marker, normalised: (kind, status code or 0, first-N-attempts or None, extra delay seconds, value).
+Marker = tuple[str, int, int | None, float, str]
 
 
 @lru_cache(maxsize=4096)
 def parse_markers(prompt: str) -> tuple[Marker, ...]:
     """The fault markers in ``prompt`` (unknown or malformed markers are ignored).
 
-    >>> parse_markers("x [[flaky:500:2]] [[length]] [[flaky429]] [[delay:0.5]] [[nope]]")
-    (('status', 500, 2, 0.0), ('length', 0, None, 0.0), ('status', 429, 1, 0.0), ('delay', 0, None, 0.5))
+    >>> for marker in parse_markers("x [[flaky:500:2]] [[length]] [[flaky429]] [[delay:0.5]] [[nope]]"):
+    ...     print(marker)
+    ('status', 500, 2, 0.0, '')
+    ('length', 0, None, 0.0, '')
+    ('status', 429, 1, 0.0, '')
+    ('delay', 0, None, 0.5, '')
+    >>> parse_markers("[[retry_after:soon]] [[redirect:301:2]]")
+    (('retry_after', 429, 1, 0.0, 'soon'), ('redirect', 301, 2, 0.0, '301'))
     """
     out: list[Marker] = []
     for name, arg_text in _MARKER_RE.findall(prompt):
         args = arg_text.split(":") if arg_text else []
         try:
             if name == "status" and args:
-                out.append(("status", _status(args[0]), int(args[1]) if len(args) > 1 else None, 0.0))
+                out.append(("status", _status(args[0]), int(args[1]) if len(args) > 1 else None, 0.0, ""))
             elif name == "flaky":
                 code = _status(args[0]) if args else 500
-                out.append(("status", code, int(args[1]) if len(args) > 1 else 1, 0.0))
+                out.append(("status", code, int(args[1]) if len(args) > 1 else 1, 0.0, ""))
             elif name == "flaky429":
-                out.append(("status", 429, int(args[0]) if args else 1, 0.0))
+                out.append(("status", 429, int(args[0]) if args else 1, 0.0, ""))
             elif name == "delay" and args:
-                out.append(("delay", 0, None, max(float(args[0]), 0.0)))
+                out.append(("delay", 0, None, max(float(args[0]), 0.0), ""))
+            elif name in _VALUE_MARKERS:
+                value = args[0] if args else ""
+                code = _VALUE_MARKERS[name] or _status(value or ("302" if name == "redirect" else "502"))
+                first_n = int(args[1]) if len(args) > 1 else (1 if name.startswith("retry") else None)
+                out.append((name, code, first_n, 0.0, value))
             elif name in _SIMPLE_MARKERS:
-                out.append((name, 0, int(args[0]) if args else None, 0.0))
+                out.append((name, 0, int(args[0]) if args else None, 0.0, ""))
         except ValueError:
             continue
     return tuple(out)
