@@ -19,6 +19,7 @@ needed (no lock, no task switch), and waiters wake early when the rate changes.
 
 from __future__ import annotations
 
+import logging
 import math
 import statistics
 import time
@@ -32,13 +33,17 @@ from ._limits import Budget, Limits, describe_hint
 
 __all__ = ["Announced", "Pacer", "Pause", "RateLearner", "Ticket"]
 
+log = logging.getLogger("polars_llm.pacer")
+
 Clock = Callable[[], float]
 
 START_RATE = 8.0  # requests/s before anything is known: gentle
 MIN_RATE = 0.05
 BETA = 0.95  # settle this far under the admitted rate
-STEP0 = 0.02  # first probing step after a cut; doubles each clean period
-MAX_STEP = 1.0
+STEP0 = 0.03  # step back up towards the admitted rate after a cut...
+RECOVER = 0.97  # ...up to this share of it
+PROBE0 = 0.02  # first step above it; doubles each clean period
+MAX_STEP = 0.5
 SLOT = 0.1  # seconds per ring slot
 HORIZON = 1.0  # seconds of sends the admitted rate is measured over
 _RING = 64  # slots kept (6.4 s)
@@ -73,13 +78,15 @@ class _Ring:
             self.rejected[slot % _RING] += 1
 
     def admitted(self, at: float, horizon: float = HORIZON) -> float:
-        """Requests sent in ``(at - horizon, at]`` and not rejected, per second."""
-        hi = int(at / SLOT)
-        lo = hi - round(horizon / SLOT) + 1
+        """Requests sent in ``(at - horizon, at]`` and not rejected, per second (the slot that the
+        window's start cuts through counts in proportion)."""
+        start = at - horizon
+        lo, hi = int(start / SLOT), int(at / SLOT)
         total = 0.0
         for s in range(max(lo, self._last - _RING + 1), min(hi, self._last) + 1):
             i = s % _RING
-            total += self.sent[i] - self.rejected[i]
+            share = 1.0 if s > lo else (s + 1) - start / SLOT
+            total += share * (self.sent[i] - self.rejected[i])
         return max(0.0, total) / horizon
 
 
@@ -108,9 +115,11 @@ class RateLearner:
         self.ring = _Ring()
         self.srtt = 0.0
         self.last_cut = -math.inf
+        self.ceiling = math.inf  # the admitted rate measured at the last cut
         self.cuts = 0
         self.limited_seen = 0
         self._step = STEP0
+        self._limited_at = now
         self._period_start = now
         self._period_sent = 0
         self._ok = 0
@@ -130,8 +139,9 @@ class RateLearner:
         self.ring.add_sent(now)
         self._period_sent += 1
 
-    def _set(self, rate: float) -> None:
+    def _set(self, rate: float, why: str = "") -> None:
         if rate != self.rate:
+            log.debug("%.3f rate %.2f -> %.2f/s %s", self._clock(), self.rate, rate, why)
             self.rate = rate
             self.version += 1
 
@@ -149,43 +159,52 @@ class RateLearner:
         self._recent.append(limited)
         if limited:
             self._limited += 1
+            self._limited_at = ticket.sent_at
             dense = len(self._recent) == self._recent.maxlen and all(self._recent)
-            if self.slow_start or dense:
+            if self.slow_start or dense or (self._limited >= 2 and self._above_background()):
                 self._cut(now, ticket.sent_at)
                 return True
         else:
             self._ok += 1
         if now - self._period_start >= self._period():
-            return self._evaluate(now, ticket.sent_at)
+            return self._evaluate(now)
         return False
 
     def _period(self) -> float:
         if math.isinf(self.rate):
             return 1.0
-        if self.slow_start:
-            return min(2.0, max(0.05, 1.5 * self.srtt, 4.0 / self.rate))
-        return min(10.0, max(0.5, 2.0 * self.srtt, 30.0 / self.rate))
+        if self.slow_start:  # doubles once per round trip (answers come back at the new rate)
+            return min(2.0, max(0.05, 1.5 * self.srtt, 2.0 / self.rate))
+        return min(10.0, max(1.0, 2.0 * self.srtt, 30.0 / self.rate))
 
-    def _evaluate(self, now: float, at: float) -> bool:
+    def _above_background(self) -> bool:
+        """The share of 429s in this period is clearly above what recent periods saw (the density
+        guard: scattered 429s of a busy shared provider are the background, not our rate)."""
+        n = self._ok + self._limited
+        background = statistics.median(self._shares) if len(self._shares) >= 3 else 0.0
+        noise = 2.0 * math.sqrt(max(background, 0.005) * (1.0 - background) / n)
+        return self._limited / n > background + noise
+
+    def _evaluate(self, now: float) -> bool:
         n = self._ok + self._limited
         if n == 0:
             return False
-        share = self._limited / n
-        background = statistics.median(self._shares) if len(self._shares) >= 3 else 0.0
-        noise = 2.0 * math.sqrt(max(background, 0.005) * (1.0 - background) / n)
         binding = self._period_sent >= 0.6 * self.rate * (now - self._period_start)
-        self._shares.append(share)
         cut = False
-        if self._limited and share > background + noise:
-            self._cut(now, at)
+        if self._limited and self._above_background():
+            self._cut(now, self._limited_at)  # measured where the server refused: its window was full
             cut = True
         elif binding and not math.isinf(self.rate):
             if self.slow_start:
-                self._set(self.rate * 2.0)
-            else:
-                self._set(self.rate * (1.0 + self._step))
+                self._set(self.rate * 2.0, "slow start")
+            elif self.rate < RECOVER * self.ceiling:  # back up towards what was admitted
+                self._set(min(RECOVER * self.ceiling, self.rate * (1.0 + STEP0)), "recover")
+            else:  # above it: probe, faster while the answers keep coming
+                self._set(self.rate * (1.0 + self._step), f"probe +{self._step:.0%}")
                 self._step = min(MAX_STEP, self._step * 2.0)
-        self._new_period(now)
+        if not cut:
+            self._shares.append(self._limited / n)
+            self._new_period(now)
         return cut
 
     def _new_period(self, now: float) -> None:
@@ -195,10 +214,12 @@ class RateLearner:
     def _cut(self, now: float, at: float) -> None:
         admitted = self.ring.admitted(at)
         target = max(MIN_RATE, BETA * admitted)
+        why = f"cut: admitted {admitted:.1f}/s (share {self._limited}/{self._ok + self._limited})"
         if math.isinf(self.rate) or target < self.rate:
-            self._set(max(target, 0.25 * self.rate) if not math.isinf(self.rate) else target)
+            self._set(max(target, 0.25 * self.rate) if not math.isinf(self.rate) else target, why)
         self.slow_start = False
-        self._step = STEP0
+        self._step = PROBE0
+        self.ceiling = admitted
         self.last_cut = now
         self.cuts += 1
         self._recent.clear()
@@ -253,6 +274,11 @@ class Announced:
             rate = min(rate, max(self.limit, 1.0) / self.longest_reset)
         self.rate = rate
         return rate
+
+    def exhaust(self, reset: float) -> None:
+        """Nothing left until ``reset`` seconds from now (a refusal said so)."""
+        self.allow = 0.0
+        self.reset_at = max(self.reset_at, self._clock() + reset)
 
     def take(self, amount: float) -> None:
         self.allow -= amount
@@ -370,7 +396,7 @@ class Pacer:
         """Feed one answer back (``limited``: refused for rate). True if the learner cut its rate."""
         before = self.learner.version
         if limits is not None:
-            self._observe(ticket, limits)
+            self._observe(ticket, limits, limited)
         cut = self.learner.on_answer(ticket, limited)
         if cut:
             self.source = "learned"
@@ -382,7 +408,13 @@ class Pacer:
             self._notify()
         return cut
 
-    def _observe(self, ticket: Ticket, limits: Limits) -> None:
+    def _observe(self, ticket: Ticket, limits: Limits, limited: bool) -> None:
+        if limited:  # a refusal tells when the spent budget comes back, not the pace to keep
+            for budget, announced in ((limits.requests, self.requests), (limits.tokens, self.tokens)):
+                if budget is not None and budget.remaining is not None and budget.remaining < 1:
+                    announced.exhaust(budget.reset or 0.0)
+                    self._next = max(self._next, announced.reset_at)  # no burst when it comes back
+            return
         if limits.requests is not None and limits.requests.usable:
             self.learner.follow(self.requests.observe(limits.requests, self._seq - ticket.seq))
             self.source = "announced"
@@ -396,6 +428,7 @@ class Pacer:
     def hold(self, seconds: float, reason: str) -> None:
         """Nobody sends for ``seconds`` (a provider's wait, or our own backoff after a burst of 429s)."""
         self.pause.extend(seconds, reason)
+        self._next = max(self._next, self.pause.until)
         self._notify()
 
     # ------------------------------------------------------------------------------------------ display
