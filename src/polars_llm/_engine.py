@@ -296,20 +296,18 @@ class _Run:
             elif error.status is not None and error.status != 200:
                 self.answered, self.refused_since, self.refused_count = True, None, 0
                 limits = _limits_of(error)
-                limited = isinstance(error, exc.RateLimitError)
-                pacer.answered(ticket, limited=limited, limits=limits)
                 hint = _hint(error, limits) if isinstance(error, exc.TransientError) else None
+                if hint is not None and hint > cfg.max_wait:
+                    self._stopped(key, usage, error)
+                    self.set_fatal(self._too_long(error, hint))
+                    return None
                 if hint is not None:
-                    if hint > cfg.max_wait:
-                        self._stopped(key, usage, error)
-                        self.set_fatal(self._too_long(error, hint))
-                        return None
                     error.retry_after = hint
-                    if pacer.learner.crowded:  # many refused in a row: everybody waits, not just this row
-                        pacer.hold(hint, f"provider asked to wait {describe_hint(hint)}")
-                elif limited and pacer.learner.crowded:
-                    pause = backoff_delay(min(attempts, 3), max_backoff=cfg.max_backoff)
-                    pacer.hold(pause, f"rate limited: backing off {describe_hint(pause)}")
+                if isinstance(error, exc.RateLimitError):
+                    backoff = backoff_delay(min(attempts, 3), max_backoff=cfg.max_backoff)
+                    pacer.refused(ticket, hint=hint, limits=limits, backoff=backoff)
+                else:
+                    pacer.answered(ticket, limited=False, limits=limits)
             delay = next_delay(error, attempts, max_attempts=cfg.max_attempts, max_backoff=cfg.max_backoff)
             if delay is not None:
                 if isinstance(error, exc.RateLimitError) or error.retry_after is not None:

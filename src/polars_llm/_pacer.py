@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import logging
 import math
-import statistics
 import time
 from collections import deque
 from collections.abc import Callable
@@ -39,14 +38,17 @@ Clock = Callable[[], float]
 
 START_RATE = 8.0  # requests/s before anything is known: gentle
 MIN_RATE = 0.05
+MAX_BACKGROUND = 0.1  # the largest share of scattered 429s taken for a provider's background
+PRIOR_BACKGROUND = 0.02  # assumed until enough answers are known
 BETA = 0.95  # settle this far under the admitted rate
 STEP0 = 0.03  # step back up towards the admitted rate after a cut...
 RECOVER = 0.97  # ...up to this share of it
 PROBE0 = 0.02  # first step above it; doubles each clean period
 MAX_STEP = 0.5
 SLOT = 0.1  # seconds per ring slot
-HORIZON = 1.0  # seconds of sends the admitted rate is measured over
-_RING = 64  # slots kept (6.4 s)
+HORIZON = 1.0  # seconds of sends the admitted rate is measured over, at least
+MAX_HORIZON = 60.0  # ...and at most (a provider's window, learned from its waits)
+_RING = 640  # slots kept (64 s)
 
 
 class _Ring:
@@ -114,9 +116,14 @@ class RateLearner:
         self.slow_start = engaged
         self.ring = _Ring()
         self.srtt = 0.0
+        self.horizon = HORIZON
+        self._hint: float | None = None
+        self._first_send: float | None = None
+        self._followed = -math.inf
         self.last_cut = -math.inf
         self.ceiling = math.inf  # the admitted rate measured at the last cut
         self.cuts = 0
+        self.strong_cut = False
         self.limited_seen = 0
         self._step = STEP0
         self._limited_at = now
@@ -124,18 +131,23 @@ class RateLearner:
         self._period_sent = 0
         self._ok = 0
         self._limited = 0
-        self._shares: deque[float] = deque(maxlen=15)
+        self._quiet: deque[tuple[int, int]] = deque(maxlen=12)  # (429s, answers) under the ceiling
+        self._quiet_period = False
         self._recent: deque[bool] = deque(maxlen=3)
         self.version = 0  # bumped on every change of rate
 
     @property
     def crowded(self) -> bool:
-        """At least two of the last three answers (sent since the last cut) were refused for rate."""
-        return sum(self._recent) >= 2
+        """The last answers (sent since the last cut) were all refused, well above the background:
+        the provider wants everybody to wait, not just those rows."""
+        recent = self._recent
+        return len(recent) == recent.maxlen and all(recent) and self._above_background()
 
     # ---------------------------------------------------------------------------------------- feedback
 
     def on_send(self, now: float) -> None:
+        if self._first_send is None:
+            self._first_send = now
         self.ring.add_sent(now)
         self._period_sent += 1
 
@@ -145,9 +157,11 @@ class RateLearner:
             self.rate = rate
             self.version += 1
 
-    def on_answer(self, ticket: Ticket, limited: bool) -> bool:
-        """An answer to ``ticket``: ``limited`` if the provider refused it for rate. True if it cut."""
+    def on_answer(self, ticket: Ticket, limited: bool, hint: float | None = None) -> bool:
+        """An answer to ``ticket``: ``limited`` if the provider refused it for rate (``hint``: the wait
+        it asked for). True if it cut the rate."""
         now = self._clock()
+        self._hint = hint if limited else None
         if limited:
             self.ring.add_rejected(ticket.sent_at)
             self.limited_seen += 1
@@ -160,10 +174,14 @@ class RateLearner:
         if limited:
             self._limited += 1
             self._limited_at = ticket.sent_at
-            dense = len(self._recent) == self._recent.maxlen and all(self._recent)
-            if self.slow_start or dense or (self._limited >= 2 and self._above_background()):
-                self._cut(now, ticket.sent_at)
+            evidence = self._evidence()
+            if evidence:
+                self._cut(now, ticket.sent_at, strong=evidence > 1)
                 return True
+            if self.slow_start:  # one refusal ends doubling; more of them cut
+                self.slow_start = False
+                self.ceiling = self.rate
+                self._step = PROBE0
         else:
             self._ok += 1
         if now - self._period_start >= self._period():
@@ -175,26 +193,62 @@ class RateLearner:
             return 1.0
         if self.slow_start:  # doubles once per round trip (answers come back at the new rate)
             return min(2.0, max(0.05, 1.5 * self.srtt, 2.0 / self.rate))
-        return min(10.0, max(1.0, 2.0 * self.srtt, 30.0 / self.rate))
+        return min(MAX_HORIZON, max(self.horizon, 2.0 * self.srtt, 30.0 / self.rate))
+
+    @property
+    def background(self) -> float:
+        """The 429 share seen while under the rate last admitted (recovering after a cut): what a
+        busy shared provider refuses whatever our rate (at most 10 %), as opposed to what our own
+        probing causes. 2 % is assumed until enough of those answers are known."""
+        limited = sum(k for k, _ in self._quiet)
+        answers = sum(n for _, n in self._quiet)
+        if answers < 60:
+            return PRIOR_BACKGROUND
+        return max(0.005, min(MAX_BACKGROUND, limited / answers))
 
     def _above_background(self) -> bool:
-        """The share of 429s in this period is clearly above what recent periods saw (the density
-        guard: scattered 429s of a busy shared provider are the background, not our rate)."""
-        n = self._ok + self._limited
-        background = statistics.median(self._shares) if len(self._shares) >= 3 else 0.0
-        noise = 2.0 * math.sqrt(max(background, 0.005) * (1.0 - background) / n)
-        return self._limited / n > background + noise
-
-    def _evaluate(self, now: float) -> bool:
+        """The share of 429s in this period is clearly above the background (the density guard)."""
         n = self._ok + self._limited
         if n == 0:
             return False
+        return self._limited / n > self.background + self._noise(n)
+
+    def _noise(self, n: int) -> float:
+        """Two standard deviations of the background share over ``n`` answers."""
+        b = self.background
+        return 2.0 * math.sqrt(b * (1.0 - b) / n)
+
+    def _evidence(self) -> int:
+        """How sure the 429s of this period are about our rate: 0 not yet, 1 somewhat, 2 sure.
+
+        Sure: the last answers were all refused, or refusals that the background share explains with
+        a probability under 0.1 %; somewhat: under 1 %.
+        """
+        recent = self._recent
+        if len(recent) == recent.maxlen and all(recent) and self._above_background():
+            return 2
+        n, k = self._ok + self._limited, self._limited
+        if k < 2:
+            return 0
+        p = self.background
+        term = below = (1.0 - p) ** n  # P(fewer than k refusals among n at the background share)
+        for i in range(k - 1):
+            term *= (n - i) / (i + 1) * p / (1.0 - p)
+            below += term
+        tail = 1.0 - below
+        return 2 if tail < 1e-3 else 1 if tail < 1e-2 else 0
+
+    def _evaluate(self, now: float) -> bool:
+        n = self._ok + self._limited
+        if n < 10 and not self.slow_start:
+            return False  # too few answers to judge: the period goes on
         binding = self._period_sent >= 0.6 * self.rate * (now - self._period_start)
         cut = False
         if self._limited and self._above_background():
-            self._cut(now, self._limited_at)  # measured where the server refused: its window was full
+            strong = self._evidence() > 1 or self._limited / n > self.background + 2 * self._noise(n)
+            self._cut(now, self._limited_at, strong=strong)  # measured where the server refused
             cut = True
-        elif binding and not math.isinf(self.rate):
+        elif binding and not math.isinf(self.rate) and now - self._followed > self._period():
             if self.slow_start:
                 self._set(self.rate * 2.0, "slow start")
             elif self.rate < RECOVER * self.ceiling:  # back up towards what was admitted
@@ -203,20 +257,52 @@ class RateLearner:
                 self._set(self.rate * (1.0 + self._step), f"probe +{self._step:.0%}")
                 self._step = min(MAX_STEP, self._step * 2.0)
         if not cut:
-            self._shares.append(self._limited / n)
             self._new_period(now)
         return cut
 
     def _new_period(self, now: float) -> None:
+        n = self._ok + self._limited
+        if self._quiet_period and n and self._limited <= 2 * MAX_BACKGROUND * n:  # not a wall of 429s
+            self._quiet.append((self._limited, n))
+        self._quiet_period = not self.slow_start and self.rate < self.ceiling
         self._period_start = now
         self._period_sent = self._ok = self._limited = 0
 
-    def _cut(self, now: float, at: float) -> None:
-        admitted = self.ring.admitted(at)
+    def _cut(self, now: float, at: float, *, strong: bool) -> None:
+        """Settle under the rate admitted around ``at`` (a refusal's send time: the window was full).
+
+        A ``strong`` signal takes the measurement as it is (and learns the window's length from the
+        refusal's wait); a weak one — a few refusals that could still be a busy provider's background
+        — cuts by 10 % at most.
+        """
+        hint = self._hint
+        recent = self._recent
+        if hint is not None and len(recent) == recent.maxlen and all(recent):  # a wall, not a scatter
+            # A refusal saying "wait h s" comes from a window at least that long; at the first one the
+            # window still holds our very first request, so it is about h + (time since that request).
+            span = hint + (at - self._first_send if self.cuts == 0 and self._first_send else 0.0)
+            self.horizon = min(MAX_HORIZON, max(self.horizon, span))
+        h = self.horizon
+        admitted = self.ring.admitted(at, h)
+        if self._first_send is not None and at - self._first_send >= 2 * h:
+            admitted = min(admitted, self.ring.admitted(at, 2 * h))  # a burst must not pass for the rate
         target = max(MIN_RATE, BETA * admitted)
         why = f"cut: admitted {admitted:.1f}/s (share {self._limited}/{self._ok + self._limited})"
-        if math.isinf(self.rate) or target < self.rate:
-            self._set(max(target, 0.25 * self.rate) if not math.isinf(self.rate) else target, why)
+        if math.isinf(self.rate):
+            self._set(target, why)
+        elif not strong:
+            before = self.rate
+            target = max(target, 0.9 * before)
+            if target < before:
+                self._set(target, why + " (weak)")
+            admitted = min(admitted, before)
+        elif target < self.rate:
+            if hint is None and target < 0.25 * self.rate:
+                # next to nothing got through and no wait was named: maybe a window longer than we
+                # measure; halve rather than trust the measurement
+                target = 0.5 * self.rate
+            self._set(target, why)
+        self.strong_cut = strong
         self.slow_start = False
         self._step = PROBE0
         self.ceiling = admitted
@@ -234,8 +320,10 @@ class RateLearner:
 
     def follow(self, rate: float) -> None:
         """Take ``rate`` announced by the provider (not above it after a recent cut of our own)."""
-        if self._clock() - self.last_cut < 10.0:
+        now = self._clock()
+        if now - self.last_cut < 10.0:
             rate = min(rate, self.rate)
+        self._followed = now  # the provider's figures set the pace: no probing of our own meanwhile
         self.slow_start = False
         self._set(max(MIN_RATE, rate))
 
@@ -270,15 +358,15 @@ class Announced:
         self.limit = budget.limit
         self.longest_reset = max(self.longest_reset, reset)
         rate = max(self.allow, 1.0) / reset if reset > 0 else math.inf
-        if self.limit and self.longest_reset > 0:
-            rate = min(rate, max(self.limit, 1.0) / self.longest_reset)
+        if self.limit:  # a little under the long-run rate (no window shorter than 1 s is assumed)
+            rate = min(rate, 0.97 * max(self.limit, 1.0) / max(self.longest_reset, 1.0))
         self.rate = rate
         return rate
 
     def exhaust(self, reset: float) -> None:
         """Nothing left until ``reset`` seconds from now (a refusal said so)."""
         self.allow = 0.0
-        self.reset_at = max(self.reset_at, self._clock() + reset)
+        self.reset_at = self._clock() + reset
 
     def take(self, amount: float) -> None:
         self.allow -= amount
@@ -373,9 +461,10 @@ class Pacer:
                         self._changed = anyio.Event()
                     with anyio.move_on_after(wait):
                         await self._changed.wait()
-        return self._sent(tokens)
+        return self.sent(tokens)
 
-    def _sent(self, tokens: float) -> Ticket:
+    def sent(self, tokens: float) -> Ticket:
+        """Record a send that :meth:`try_take` allowed (``acquire`` does both)."""
         now = self._clock()
         self._seq += 1
         ticket = Ticket(now, self._seq, self._tokens_sent, tokens)
@@ -392,12 +481,14 @@ class Pacer:
 
     # ---------------------------------------------------------------------------------------- feedback
 
-    def answered(self, ticket: Ticket, *, limited: bool, limits: Limits | None = None) -> bool:
+    def answered(
+        self, ticket: Ticket, *, limited: bool, limits: Limits | None = None, hint: float | None = None
+    ) -> bool:
         """Feed one answer back (``limited``: refused for rate). True if the learner cut its rate."""
         before = self.learner.version
         if limits is not None:
             self._observe(ticket, limits, limited)
-        cut = self.learner.on_answer(ticket, limited)
+        cut = self.learner.on_answer(ticket, limited, hint)
         if cut:
             self.source = "learned"
         if self.learner.version != before:
@@ -407,6 +498,26 @@ class Pacer:
         elif limits is not None:
             self._notify()
         return cut
+
+    def refused(
+        self, ticket: Ticket, *, hint: float | None, limits: Limits | None = None, backoff: float = 1.0
+    ) -> float:
+        """Feed back a rate-limit refusal; returns how long everybody now waits (0: only this row).
+
+        Everybody waits for the provider's ``hint`` when this refusal cut the rate for sure or refusals
+        crowd in (several in a row, above the background); without a hint, crowded ones wait ``backoff``.
+        Scattered refusals make only their own row wait.
+        """
+        cut = self.answered(ticket, limited=True, limits=limits, hint=hint)
+        if not ((cut and self.learner.strong_cut) or self.learner.crowded):
+            return 0.0
+        if hint is not None and hint > 0:
+            self.hold(hint, f"provider asked to wait {describe_hint(hint)}")
+            return hint
+        if self.learner.crowded:
+            self.hold(backoff, f"rate limited: backing off {describe_hint(backoff)}")
+            return backoff
+        return 0.0
 
     def _observe(self, ticket: Ticket, limits: Limits, limited: bool) -> None:
         if limited:  # a refusal tells when the spent budget comes back, not the pace to keep

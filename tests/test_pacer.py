@@ -1,0 +1,321 @@
+"""The rate controller under a fake clock: no sleeps, no timing asserts.
+
+Pure-Python servers (a sliding log, fixed windows, a token bucket, scattered 429s, limit headers) answer
+a simulated client driven by :class:`polars_llm._pacer.Pacer` the way the engine drives it: take a slot
+(``try_take``), record the send, feed each answer back after the latency, and make everybody wait when
+429s crowd in with a retry hint. Every run is deterministic.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+import random
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from polars_llm._limits import Budget, Limits
+from polars_llm._pacer import START_RATE, Announced, Pacer, RateLearner, Ticket
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+# ----------------------------------------------------------------------------------- server models
+
+
+class SlidingLog:
+    def __init__(self, limit: int, window: float = 1.0) -> None:
+        self.limit, self.window, self.log = limit, window, deque[float]()
+
+    def admit(self, now: float) -> tuple[bool, float]:
+        while self.log and self.log[0] <= now - self.window:
+            self.log.popleft()
+        if len(self.log) >= self.limit:
+            return False, self.log[len(self.log) - self.limit] + self.window - now
+        self.log.append(now)
+        return True, 0.0
+
+    def budget(self, now: float) -> Budget:  # remaining now; reset = when the oldest leaves
+        reset = self.log[0] + self.window - now if self.log else 0.0
+        return Budget(self.limit, self.limit - len(self.log), reset)
+
+
+class FixedWindow:
+    def __init__(self, limit: int, window: float = 1.0) -> None:
+        self.limit, self.window, self.index, self.count = limit, window, -1, 0
+
+    def admit(self, now: float) -> tuple[bool, float]:
+        index = math.floor(now / self.window)
+        if index != self.index:
+            self.index, self.count = index, 0
+        if self.count >= self.limit:
+            return False, (index + 1) * self.window - now
+        self.count += 1
+        return True, 0.0
+
+    def budget(self, now: float) -> Budget:
+        return Budget(self.limit, self.limit - self.count, (self.index + 1) * self.window - now)
+
+
+class Bucket:
+    def __init__(self, rate: float, burst: float) -> None:
+        self.rate, self.burst, self.level, self.at = rate, burst, burst, None
+
+    def admit(self, now: float) -> tuple[bool, float]:
+        if self.at is not None:
+            self.level = min(self.burst, self.level + (now - self.at) * self.rate)
+        self.at = now
+        if self.level < 1:
+            return False, (1 - self.level) / self.rate
+        self.level -= 1
+        return True, 0.0
+
+    def budget(self, now: float) -> Budget:  # OpenAI's meaning: reset = until full again
+        return Budget(self.burst, math.floor(self.level), (self.burst - self.level) / self.rate)
+
+
+class Scattered:
+    """No cap at all, but a busy shared provider refuses a share of requests at random."""
+
+    def __init__(self, share: float, seed: int = 1) -> None:
+        self.share, self.rng = share, random.Random(seed)
+
+    def admit(self, now: float) -> tuple[bool, float]:
+        return (False, 1.0) if self.rng.random() < self.share else (True, 0.0)
+
+
+@dataclass
+class Run:
+    sent: list[tuple[float, bool]] = field(default_factory=list)  # (send time, refused)
+    held: float = 0.0
+
+    def share_429(self, since: float = -math.inf) -> float:
+        part = [r for t, r in self.sent if t >= since]
+        return sum(r for r in part) / len(part)
+
+    def admitted_rate(self, t0: float, t1: float) -> float:
+        return sum(1 for t, r in self.sent if t0 <= t < t1 and not r) / (t1 - t0)
+
+
+def simulate(
+    server: Any,
+    seconds: float,
+    *,
+    latency: float = 0.0,
+    concurrency: int = 64,
+    headers: str = "none",
+    pacer: Pacer | None = None,
+    clock: FakeClock | None = None,
+    changes: dict[float, Any] | None = None,
+) -> tuple[Run, Pacer, FakeClock]:
+    """Drive a pacer against ``server`` for ``seconds`` of fake time (``headers``: none, 429, all)."""
+    clock = clock or FakeClock()
+    pacer = pacer or Pacer(clock=clock)
+    run = Run()
+    start = clock.now
+    pending: list[tuple[float, int, Ticket, bool, float]] = []
+    todo = dict(changes or {})
+    while clock.now < start + seconds:
+        for at in [a for a in todo if clock.now >= start + a]:
+            server = todo.pop(at)(server)
+        while pending and pending[0][0] <= clock.now:
+            _, _, ticket, refused, hint = heapq.heappop(pending)
+            limits = None
+            if headers == "all" or (headers == "429" and refused):
+                budget = server.budget(clock.now)
+                limits = Limits(
+                    Budget(budget.limit, 0 if refused else budget.remaining, budget.reset), None, "t"
+                )
+            if refused:
+                run.held += pacer.refused(ticket, hint=hint, limits=limits, backoff=0.5)
+            else:
+                pacer.answered(ticket, limited=False, limits=limits)
+        if len(pending) >= concurrency:
+            clock.now = pending[0][0]
+            continue
+        wait = pacer.try_take(1.0)
+        if wait > 0:
+            clock.now = min(clock.now + wait, pending[0][0]) if pending else clock.now + wait
+            continue
+        ticket = pacer.sent(1.0)
+        admitted, hint = server.admit(clock.now)
+        run.sent.append((clock.now, not admitted))
+        heapq.heappush(pending, (clock.now + latency, ticket.seq, ticket, not admitted, hint))
+        clock.now += 1e-5  # sending costs a little time
+    return run, pacer, clock
+
+
+# ------------------------------------------------------------------------------------------ learning
+
+
+def test_start_is_gentle_and_grows_while_answers_succeed() -> None:
+    clock = FakeClock()
+    pacer = Pacer(clock=clock)
+    assert pacer.rate == START_RATE
+    assert pacer.try_take() == 0.0
+    pacer.sent(1.0)
+    assert pacer.try_take() == pytest.approx(1 / START_RATE)  # the second request waits its turn
+    run, pacer, _ = simulate(SlidingLog(10**9), 3.0)
+    assert pacer.rate > 30 * START_RATE and run.share_429() == 0  # slow start on an uncapped server
+
+
+@pytest.mark.parametrize(
+    ("name", "server", "cap", "latency"),
+    [
+        ("sliding 5/s, 500 ms", lambda: SlidingLog(5), 5, 0.5),
+        ("sliding 50/s", lambda: SlidingLog(50), 50, 0.0),
+        ("sliding 500/s, 50 ms", lambda: SlidingLog(500), 500, 0.05),
+        ("fixed 50/s, 50 ms", lambda: FixedWindow(50), 50, 0.05),
+        ("bucket 50/s", lambda: Bucket(50, 50), 50, 0.0),
+        ("sliding 10 s window, 50/s", lambda: SlidingLog(500, 10.0), 50, 0.05),
+    ],
+)
+def test_settles_just_under_the_cap(name: str, server: Any, cap: float, latency: float) -> None:
+    seconds = 240 if cap < 10 else 90
+    skip = 20.0
+    run, pacer, clock = simulate(server(), seconds, latency=latency, concurrency=256)
+    start = clock.now - seconds
+    assert run.share_429(since=start + skip) <= 0.03, name
+    assert run.admitted_rate(start + skip, clock.now) >= 0.9 * cap, name
+    assert 0.8 * cap <= pacer.rate <= 1.2 * cap, name
+
+
+def test_scattered_429s_neither_collapse_the_rate_nor_stall_the_run() -> None:
+    run, pacer, _ = simulate(Scattered(0.05), 60.0, latency=0.05, concurrency=64)
+    # no cap: the rate keeps growing despite 5 % refusals at random, and nobody is held for long
+    assert pacer.rate > 500
+    assert run.held <= 3.0
+    assert 0.03 <= run.share_429() <= 0.07  # the provider's share, not ours
+
+
+def test_a_cap_under_scattered_429s_is_still_found() -> None:
+    class Both:
+        def __init__(self) -> None:
+            self.cap, self.noise = SlidingLog(50), Scattered(0.03)
+
+        def admit(self, now: float) -> tuple[bool, float]:
+            ok, hint = self.noise.admit(now)
+            return self.cap.admit(now) if ok else (ok, hint)
+
+    run, pacer, clock = simulate(Both(), 120.0, latency=0.05)
+    assert 35 <= pacer.rate <= 60
+    assert run.share_429(since=clock.now - 60) <= 0.03 + 0.035  # the background, and a little of ours
+
+
+def test_cap_halved_then_doubled_is_followed_within_ten_seconds() -> None:
+    def halve(server: SlidingLog) -> SlidingLog:
+        server.limit = 50
+        return server
+
+    def double(server: SlidingLog) -> SlidingLog:
+        server.limit = 100
+        return server
+
+    run, _, clock = simulate(SlidingLog(100), 90.0, latency=0.05, changes={30.0: halve, 60.0: double})
+    start = clock.now - 90.0
+    assert run.share_429(since=start + 5) <= 0.03
+    assert run.admitted_rate(start + 31, start + 40) >= 0.9 * 50 * 0.9  # at the new cap after the cut
+    assert run.admitted_rate(start + 69, start + 70) >= 0.9 * 100  # back up within 10 s of the rise
+
+
+def test_learner_with_a_client_limit_starts_disengaged() -> None:
+    clock = FakeClock()
+    learner = RateLearner(clock=clock, engaged=False)
+    assert math.isinf(learner.rate) and not learner.slow_start
+    for _ in range(30):
+        learner.on_send(clock.now)
+        clock.now += 0.01
+    refused = Ticket(clock.now - 0.05, 1, 0.0, 1.0)
+    cuts = [learner.on_answer(refused, limited=True) for _ in range(3)]  # refusals in a row engage it
+    assert any(cuts) and 0 < learner.rate < 100
+
+
+def test_429s_of_requests_sent_before_a_cut_do_not_cut_again() -> None:
+    clock = FakeClock()
+    learner = RateLearner(clock=clock)
+    for _ in range(50):
+        learner.on_send(clock.now)
+        clock.now += 0.02
+    early = Ticket(clock.now - 0.5, 1, 0.0, 1.0)
+    assert any(learner.on_answer(early, limited=True) for _ in range(3))
+    rate, cuts = learner.rate, learner.cuts
+    for _ in range(10):  # the rest of that burst comes back refused
+        assert not learner.on_answer(early, limited=True)
+    assert (learner.rate, learner.cuts) == (rate, cuts)
+
+
+def test_a_single_scattered_429_ends_slow_start_without_a_cut() -> None:
+    clock = FakeClock()
+    learner = RateLearner(clock=clock)
+    learner.on_send(clock.now)
+    clock.now += 0.1
+    assert not learner.on_answer(Ticket(clock.now - 0.1, 1, 0.0, 1.0), limited=True)
+    assert not learner.slow_start and learner.rate == START_RATE and learner.cuts == 0
+
+
+# -------------------------------------------------------------------------------------------- headers
+
+
+def test_announced_budget_paces_remaining_over_time_to_reset() -> None:
+    clock = FakeClock()
+    budget = Announced(clock=clock)
+    # 30 of 60 left, full again in 10 s: 3/s; 5 were sent after the answered request: 25 left
+    assert budget.observe(Budget(60, 30, 10.0), used_since=5) == pytest.approx(2.5)
+    assert budget.wait(clock.now, 1.0) == 0
+    budget.exhaust(4.0)
+    assert budget.wait(clock.now, 1.0) == pytest.approx(4.0)
+    clock.now += 4.0
+    assert budget.wait(clock.now, 1.0) == 0
+    # the long-run pace is bounded by limit ÷ the longest reset seen (here 60 per 10 s)
+    assert budget.observe(Budget(60, 59, 0.5), used_since=0) == pytest.approx(0.97 * 6.0)  # 60 per 10 s
+
+
+@pytest.mark.parametrize(
+    ("name", "server", "cap"),
+    [
+        ("sliding", lambda: SlidingLog(50), 50),
+        ("bucket", lambda: Bucket(50, 50), 50),
+        ("fixed", lambda: FixedWindow(50), 50),
+    ],
+)
+def test_limit_headers_on_every_answer_give_the_cap_from_the_first_second(
+    name: str, server: Any, cap: int
+) -> None:
+    run, pacer, clock = simulate(server(), 30.0, latency=0.05, headers="all")
+    start = clock.now - 30.0
+    assert run.share_429() <= 0.01, name
+    assert run.admitted_rate(start + 1, clock.now) >= 0.95 * cap, name
+    assert pacer.source == "announced"
+
+
+def test_a_429_saying_the_budget_is_spent_holds_everybody_until_its_reset() -> None:
+    clock = FakeClock()
+    pacer = Pacer(clock=clock)
+    ticket = pacer.sent(1.0)
+    pacer.answered(ticket, limited=True, limits=Limits(Budget(20, 0, 12.0), None, "openrouter"))
+    assert pacer.try_take() == pytest.approx(12.0)
+    rate, source, paused, why = pacer.describe()
+    assert paused == pytest.approx(12.0) and "requests limit resets in 12 s" in why
+    clock.now += 12.0
+    assert pacer.try_take() == 0
+
+
+def test_pause_is_shown_with_its_reason() -> None:
+    clock = FakeClock()
+    pacer = Pacer(clock=clock)
+    pacer.hold(30.0, "provider asked to wait 30 s")
+    assert pacer.try_take() == pytest.approx(30.0)
+    per_minute, source, paused, why = pacer.describe()
+    assert (per_minute, source, why) == (START_RATE * 60, "learning", "provider asked to wait 30 s")
+    assert paused == pytest.approx(30.0)
+    clock.now += 31
+    assert pacer.describe()[2:] == (0.0, "")
