@@ -220,14 +220,14 @@ def _cap_change(scale: float, workdir: Path) -> dict[str, Any]:
             sim.configure(rate_limit=new)
             changes.append((time.monotonic(), new))
 
-    with SimProcess(rate_limit=cap, window=1.0, latency=0.05, jitter=0.02) as sim:
-        with StatsPoller(sim, 0.1) as poller:
-            stop = threading.Event()
-            driver = threading.Thread(target=drive, args=(sim, poller, stop), daemon=True)
-            driver.start()
-            res = _child(sim, n, 64, "capchange", workdir, {})
-            stop.set()
-            driver.join()
+    sim_options = {"rate_limit": cap, "window": 1.0, "latency": 0.05, "jitter": 0.02}
+    with SimProcess(**sim_options) as sim, StatsPoller(sim, 0.1) as poller:
+        stop = threading.Event()
+        driver = threading.Thread(target=drive, args=(sim, poller, stop), daemon=True)
+        driver.start()
+        res = _child(sim, n, 64, "capchange", workdir, {})
+        stop.set()
+        driver.join()
     requests, limited, ok = poller.series("requests"), poller.series("429"), poller.series("ok")
     total = requests[-1][1] - requests[0][1]
     res["share_429"] = round((limited[-1][1] - limited[0][1]) / total, 4) if total else None
@@ -254,10 +254,10 @@ def _client_limits(scale: float, workdir: Path) -> dict[str, Any]:
     tpm_window = 10.0 if scale >= 0.5 else 1.0
     token_cap = int(cap * per_request * tpm_window)
     limit_tps = CLIENT_SHARE * token_cap / tpm_window
-    with SimProcess(latency=0.02, tpm_limit=token_cap, tpm_window=tpm_window) as sim:
-        with StatsPoller(sim, 0.1) as poller:
-            n = int(limit_tps / per_request * max(1.5, 30 * scale))
-            res = _child(sim, n, 64, "tpm-a", workdir, {"tpm_limit": limit_tps * 60})
+    sim_options = {"latency": 0.02, "tpm_limit": token_cap, "tpm_window": tpm_window}
+    with SimProcess(**sim_options) as sim, StatsPoller(sim, 0.1) as poller:
+        n = int(limit_tps / per_request * max(1.5, 30 * scale))
+        res = _child(sim, n, 64, "tpm-a", workdir, {"tpm_limit": limit_tps * 60})
     tpm = {**res, **_measure(poller, tpm_window, "tokens", limit_tps, 0.0)}
     tpm["server_429"] = poller.samples[-1][1]["status_counts"].get("429", 0)
     return {"rpm": rpm, "tpm": tpm}

@@ -303,7 +303,7 @@ def test_a_429_saying_the_budget_is_spent_holds_everybody_until_its_reset() -> N
     ticket = pacer.sent(1.0)
     pacer.answered(ticket, limited=True, limits=Limits(Budget(20, 0, 12.0), None, "openrouter"))
     assert pacer.try_take() == pytest.approx(12.0)
-    rate, source, paused, why = pacer.describe()
+    paused, why = pacer.describe()[2:]
     assert paused == pytest.approx(12.0) and "requests limit resets in 12 s" in why
     clock.now += 12.0
     assert pacer.try_take() == 0
