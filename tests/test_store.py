@@ -484,3 +484,25 @@ def test_kill_9_keeps_committed_batches(tmp_path: Path) -> None:
         assert counts["done"] % 500 == 0 and counts.get("pending", 0) % 500 == 0
         assert counts["done"] >= len(keys)
         assert store.register(jobs(["after"])) == 1
+
+
+def test_an_odd_value_in_one_outcome_does_not_lose_its_batch(tmp_path: Path) -> None:
+    """A provider's non-text answer that slipped through must not drop the batch it is written with."""
+    path = tmp_path / "odd.duckdb"
+    with Store.open(path) as store:
+        keys = [f"k{i}" for i in range(3)]
+        store.register(
+            pl.DataFrame({"key": keys, "prompt": keys, "base_url": "u", "model": "m", "params": "{}"})
+        )
+        odd = [{"type": "text", "text": "hi"}]
+        store.write_outcomes(
+            [
+                Outcome("k0", "done", 1, 1.0, result="fine"),
+                Outcome("k1", "done", 1, 1.0, result=odd, tokens_in="12", tokens_out=-3),  # type: ignore[arg-type]
+                Outcome("k2", "done", 2, 1.0, result="also fine", cost=float("nan")),
+            ]
+        )
+        rows = {r["key"]: r for r in store._con.sql("SELECT * FROM requests").pl().to_dicts()}  # type: ignore[union-attr]
+    assert rows["k0"]["result"] == "fine" and rows["k2"]["result"] == "also fine"
+    assert rows["k1"]["status"] == "done" and '"text": "hi"' in rows["k1"]["result"]
+    assert (rows["k1"]["tokens_in"], rows["k1"]["tokens_out"], rows["k2"]["cost"]) == (12, None, None)

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import json
+import math
 import random
+from datetime import UTC, datetime
 
 import pytest
 
 from polars_llm import exceptions as exc
 from polars_llm._client import error_for_status, parse_completion, parse_retry_after
 from polars_llm._config import MapConfig, Secret, resolve_config
-from polars_llm._ratelimit import AdaptiveConcurrency, Cooldown, TokenBucket
+from polars_llm._limits import Budget, parse_duration, parse_limits
+from polars_llm._ratelimit import TokenBucket
 from polars_llm._retry import backoff_delay, is_retryable
 
 
@@ -53,36 +57,6 @@ def test_steady_rate_never_exceeds_limit_in_any_window() -> None:
     assert worst <= 50
 
 
-def test_cooldown_extends_only_forward() -> None:
-    clock = FakeClock()
-    cd = Cooldown(clock=clock)
-    cd.extend(5)
-    cd.extend(1)
-    assert cd.until == 105
-
-
-def test_adaptive_concurrency_cuts_once_per_hold_and_grows_back_in_time() -> None:
-    clock = FakeClock()
-    ac = AdaptiveConcurrency(10, clock=clock)
-    ac.on_rate_limited()
-    ac.on_rate_limited()  # same burst: counted once
-    assert ac.limit == 7
-    clock.now += 2
-    ac.on_rate_limited()
-    assert ac.limit == 4
-    for _ in range(1000):  # a flood of fast answers in the same second does not grow it
-        ac.on_success()
-    assert ac.limit == 4
-    clock.now += 1
-    ac.on_success()
-    ac.on_success()
-    assert ac.limit == 5  # one slot per second of success
-    for _ in range(20):
-        clock.now += 1
-        ac.on_success()
-    assert ac.limit == 10  # never above the configured maximum
-
-
 def test_backoff_full_jitter_and_retry_after_floor() -> None:
     rng = random.Random(1)
     delays = [backoff_delay(5, rng=rng) for _ in range(500)]
@@ -106,6 +80,83 @@ def test_retry_after_headers() -> None:
     assert parse_retry_after({"retry-after-ms": "250", "retry-after": "9"}) == 0.25
     assert parse_retry_after({}) is None
     assert parse_retry_after({"retry-after": "Wed, 21 Oct 2015 07:28:00 GMT"}) == 0.0
+
+
+@pytest.mark.parametrize(
+    ("headers", "seconds"),
+    [
+        ({"Retry-After": "soon"}, None),  # nonsense is ignored, never fatal
+        ({"Retry-After": ""}, None),
+        ({"Retry-After": "-4"}, None),
+        ({"Retry-After": "nan"}, None),
+        ({"Retry-After": "1e400"}, math.inf),  # too large to be a float: unbounded
+        ({"Retry-After": "inf"}, math.inf),  # unbounded: the engine compares it with max_wait
+        ({"Retry-After": "100000000"}, 100_000_000.0),
+        ({"Retry-After": "2.5"}, 2.5),
+        ({"retry-after-ms": "soon", "Retry-After": "7"}, 7.0),
+        ({"retry-after-ms": "20"}, 0.02),
+        ({"Retry-After": "Thu, 01 Jan 2099 00:00:00 GMT"}, "future"),
+        ({"Retry-After": "Mon, 99 Foo 2015 07:28:00 GMT"}, None),
+    ],
+)
+def test_retry_hints_are_read_defensively(headers: dict[str, str], seconds: object) -> None:
+    value = parse_retry_after(headers)
+    if seconds == "future":
+        assert value is not None and value > 1e9
+    else:
+        assert value == seconds
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [
+        *[("1s", 1.0), ("6m0s", 360.0), ("20ms", 0.02), ("1h2m3.5s", 3723.5), ("0.5", 0.5), ("2m", 120.0)],
+        *[("", None), ("soon", None), ("5x", None), ("-1s", None), ("1s2", None), ("inf", None)],
+    ],
+)
+def test_durations(text: str, seconds: float | None) -> None:
+    assert parse_duration(text) == seconds
+
+
+def test_limit_headers_of_every_convention() -> None:
+    now = 1_800_000_000.0
+    openai = parse_limits(
+        {
+            "x-ratelimit-limit-requests": "500",
+            "x-ratelimit-remaining-requests": "499",
+            "x-ratelimit-reset-requests": "120ms",
+            "x-ratelimit-limit-tokens": "30000",
+            "x-ratelimit-remaining-tokens": "29000",
+            "x-ratelimit-reset-tokens": "2s",
+        },
+        now,
+    )
+    assert openai is not None and openai.source == "openai"
+    assert openai.requests == Budget(500, 499, 0.12) and openai.tokens == Budget(30000, 29000, 2.0)
+    anthropic = parse_limits(
+        {
+            "anthropic-ratelimit-requests-limit": "50",
+            "anthropic-ratelimit-requests-remaining": "10",
+            "anthropic-ratelimit-requests-reset": "2027-01-15T08:00:30Z",
+        },
+        datetime(2027, 1, 15, 8, 0, tzinfo=UTC).timestamp(),
+    )
+    assert anthropic is not None and anthropic.requests == Budget(50, 10, 30.0)
+    router = parse_limits(
+        {
+            "X-RateLimit-Limit": "20",
+            "X-RateLimit-Remaining": "0",
+            "X-RateLimit-Reset": str(int(now * 1000) + 15_000),
+        },
+        now,
+    )
+    assert router is not None and router.source == "openrouter" and router.requests == Budget(20, 0, 15.0)
+    ietf = parse_limits({"RateLimit-Limit": "100", "RateLimit-Remaining": "3", "RateLimit-Reset": "7"}, now)
+    assert ietf is not None and ietf.requests == Budget(100, 3, 7.0)
+    # unreadable values are dropped, not raised
+    odd = parse_limits({"x-ratelimit-remaining-requests": "lots", "x-ratelimit-reset-requests": "soon"}, now)
+    assert odd is None
+    assert parse_limits({"content-type": "text/html"}, now) is None
 
 
 @pytest.mark.parametrize(
@@ -178,3 +229,55 @@ def test_api_error_facts_survive_pickling() -> None:
     err = exc.RateLimitError("slow", status=429, headers={"retry-after": "1"}, retry_after=1.0, attempts=3)
     copy = pickle.loads(pickle.dumps(err))
     assert (type(copy), copy.status, copy.retry_after, copy.attempts) == (exc.RateLimitError, 429, 1.0, 3)
+
+
+def test_odd_answers_parse_to_a_clear_completion() -> None:
+    def answer(message: object, usage: object = None, finish: object = "stop") -> dict[str, object]:
+        return {"choices": [{"message": message, "finish_reason": finish}], "usage": usage}
+
+    parts = parse_completion(
+        answer({"content": [{"type": "text", "text": "he"}, {"type": "text", "text": "llo"}]})
+    )
+    assert (parts.text, parts.unusable) == ("hello", None)
+    number = parse_completion(answer({"content": 42}))
+    assert number.text is None and number.unusable is not None and "int 42" in number.unusable
+    image = parse_completion(answer({"content": [{"type": "image_url", "image_url": {"url": "x"}}]}))
+    assert image.text is None and "image_url" in (image.unusable or "")
+    refusal = parse_completion(answer({"content": None, "refusal": "I can't"}))
+    assert refusal.refusal == "I can't"
+    strings = parse_completion(
+        answer({"content": "x"}, {"prompt_tokens": "12", "completion_tokens": "3", "cost": "0.5"})
+    )
+    assert (strings.tokens_in, strings.tokens_out, strings.cost) == (12, 3, 0.5)
+    negative = parse_completion(
+        answer({"content": "x"}, {"prompt_tokens": -5, "completion_tokens": "nan", "cost": -1})
+    )
+    assert (negative.tokens_in, negative.tokens_out, negative.cost) == (None, None, None)
+    assert parse_completion(answer({"content": "x"}, finish=7)).finish_reason is None
+    for broken in ({"choices": None}, {"choices": [{"message": None}]}, {"choices": ["text"]}, [1, 2]):
+        with pytest.raises(exc.MalformedResponseError):
+            parse_completion(broken)
+    with pytest.raises(exc.RateLimitError):
+        parse_completion({"error": {"code": "429", "message": "slow down"}})  # a code as a string
+
+
+def test_402_messages_quote_the_provider() -> None:
+    meta = {"limit_source": "openrouter_credits", "reason": "weight_exceeds_budget"}
+    body = json.dumps({"error": {"code": 402, "message": "Not enough", "metadata": meta}})
+    err = error_for_status(402, {}, body)
+    assert isinstance(err, exc.InsufficientCreditsError)
+    assert "weight_exceeds_budget" in str(err) and "lower max_tokens" in str(err)
+    waits = error_for_status(
+        402, {"Retry-After": "3"}, body.replace("openrouter_credits", "openrouter_in_flight_budget")
+    )
+    assert isinstance(waits, exc.RateLimitError) and waits.retry_after == 3.0
+
+
+def test_html_error_pages_are_shortened_to_their_title() -> None:
+    page = (
+        "<html><head><title>502 Bad Gateway</title></head><body><h1>nginx</h1>"
+        + "x" * 5000
+        + "</body></html>"
+    )
+    err = error_for_status(502, {}, page)
+    assert isinstance(err, exc.ServerError) and err.message == "502 Bad Gateway"

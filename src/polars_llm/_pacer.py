@@ -79,16 +79,16 @@ class _Ring:
         if self._last - slot < _RING - 1 and slot <= self._last:
             self.rejected[slot % _RING] += 1
 
-    def admitted(self, at: float, horizon: float = HORIZON) -> float:
-        """Requests sent in ``(at - horizon, at]`` and not rejected, per second (the slot that the
-        window's start cuts through counts in proportion)."""
+    def admitted(self, at: float, horizon: float = HORIZON, *, rejected: bool = True) -> float:
+        """Requests sent in ``(at - horizon, at]`` and not rejected (or all sent, ``rejected=False``),
+        per second; the slot that the window's start cuts through counts in proportion."""
         start = at - horizon
         lo, hi = int(start / SLOT), int(at / SLOT)
         total = 0.0
         for s in range(max(lo, self._last - _RING + 1), min(hi, self._last) + 1):
             i = s % _RING
             share = 1.0 if s > lo else (s + 1) - start / SLOT
-            total += share * (self.sent[i] - self.rejected[i])
+            total += share * (self.sent[i] - (self.rejected[i] if rejected else 0.0))
         return max(0.0, total) / horizon
 
 
@@ -133,6 +133,7 @@ class RateLearner:
         self._limited = 0
         self._quiet: deque[tuple[int, int]] = deque(maxlen=12)  # (429s, answers) under the ceiling
         self._quiet_period = False
+        self._since_cut = 99
         self._recent: deque[bool] = deque(maxlen=3)
         self.version = 0  # bumped on every change of rate
 
@@ -197,8 +198,8 @@ class RateLearner:
 
     @property
     def background(self) -> float:
-        """The 429 share seen while under the rate last admitted (recovering after a cut): what a
-        busy shared provider refuses whatever our rate (at most 10 %), as opposed to what our own
+        """The 429 share seen in slow start and right after each cut (at the rate it settled on): what
+        a busy shared provider refuses whatever our rate (at most 10 %), as opposed to what our own
         probing causes. 2 % is assumed until enough of those answers are known."""
         limited = sum(k for k, _ in self._quiet)
         answers = sum(n for _, n in self._quiet)
@@ -264,7 +265,9 @@ class RateLearner:
         n = self._ok + self._limited
         if self._quiet_period and n and self._limited <= 2 * MAX_BACKGROUND * n:  # not a wall of 429s
             self._quiet.append((self._limited, n))
-        self._quiet_period = not self.slow_start and self.rate < self.ceiling
+        # in slow start, or in the first two periods after a cut (at the rate it settled on)
+        self._quiet_period = self.slow_start or self._since_cut < 2
+        self._since_cut += 1
         self._period_start = now
         self._period_sent = self._ok = self._limited = 0
 
@@ -272,8 +275,8 @@ class RateLearner:
         """Settle under the rate admitted around ``at`` (a refusal's send time: the window was full).
 
         A ``strong`` signal takes the measurement as it is (and learns the window's length from the
-        refusal's wait); a weak one — a few refusals that could still be a busy provider's background
-        — cuts by 10 % at most.
+        refusals' wait when they form a wall); a weak one — a few refusals that could still be a busy
+        provider's background — cuts to at most 25 % under what was really sent.
         """
         hint = self._hint
         recent = self._recent
@@ -283,16 +286,20 @@ class RateLearner:
             span = hint + (at - self._first_send if self.cuts == 0 and self._first_send else 0.0)
             self.horizon = min(MAX_HORIZON, max(self.horizon, span))
         h = self.horizon
+        if 0 < self.rate < math.inf:  # at low rates, over enough requests to count
+            h = min(MAX_HORIZON, max(h, 20.0 / self.rate))
         admitted = self.ring.admitted(at, h)
         if self._first_send is not None and at - self._first_send >= 2 * h:
             admitted = min(admitted, self.ring.admitted(at, 2 * h))  # a burst must not pass for the rate
         target = max(MIN_RATE, BETA * admitted)
-        why = f"cut: admitted {admitted:.1f}/s (share {self._limited}/{self._ok + self._limited})"
+        n = self._ok + self._limited
+        why = f"cut: admitted {admitted:.1f}/s, {self._limited}/{n} refused, background {self.background:.3f}"
         if math.isinf(self.rate):
             self._set(target, why)
         elif not strong:
-            before = self.rate
-            target = max(target, 0.9 * before)
+            # at most 25 % under what we really sent (in a ramp, far below the nominal rate)
+            before = min(self.rate, self.ring.admitted(at, h, rejected=False))
+            target = max(target, 0.75 * before)
             if target < before:
                 self._set(target, why + " (weak)")
             admitted = min(admitted, before)
@@ -310,6 +317,7 @@ class RateLearner:
         self.cuts += 1
         self._recent.clear()
         self._new_period(now)
+        self._quiet_period, self._since_cut = True, 1
 
     def release(self) -> None:
         """Stop pacing on our own (a budget announced by the provider is in charge), unless 429s

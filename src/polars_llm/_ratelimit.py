@@ -1,13 +1,15 @@
-"""Client-side pacing: token buckets (requests/min, tokens/min), a shared cooldown, adaptive concurrency."""
+"""Client-side limits the user sets: token buckets for ``rpm_limit`` and ``tpm_limit``.
+
+What the provider admits is learned or read from its headers in :mod:`polars_llm._pacer`.
+"""
 
 from __future__ import annotations
 
-import math
 import time
 
 import anyio
 
-__all__ = ["AdaptiveConcurrency", "Cooldown", "TokenBucket"]
+__all__ = ["TokenBucket"]
 
 
 class TokenBucket:
@@ -52,63 +54,3 @@ class TokenBucket:
         """Take ``delta`` more (or give back, if negative) after the fact."""
         self._refill()
         self._tokens = min(self.capacity, self._tokens - delta)
-
-
-class Cooldown:
-    """A moment before which no worker sends: one 429 with Retry-After slows everybody."""
-
-    def __init__(self, clock=time.monotonic) -> None:
-        self._clock = clock
-        self.until = 0.0
-
-    def extend(self, seconds: float) -> None:
-        self.until = max(self.until, self._clock() + seconds)
-
-    async def wait(self) -> None:
-        while (delay := self.until - self._clock()) > 0:
-            await anyio.sleep(delay)
-
-
-class AdaptiveConcurrency:
-    """AIMD on the number of requests in flight.
-
-    A rate-limit answer multiplies the limit by ``decrease`` (at most once per ``hold`` seconds, so one
-    burst of 429s counts once). Growing back is paced in time, not in answers: one more slot per ``hold``
-    seconds of success, up to the configured maximum. Providers count in windows of a second or more, so
-    growing per answer (≈ once per round trip) would overshoot the cap again long before it could say so.
-    """
-
-    def __init__(
-        self,
-        maximum: int,
-        *,
-        decrease: float = 0.7,
-        hold: float = 1.0,
-        clock=time.monotonic,
-    ) -> None:
-        self.maximum = maximum
-        self.limiter = anyio.CapacityLimiter(maximum)
-        self._decrease = decrease
-        self._hold = hold
-        self._clock = clock
-        self._last_cut = -math.inf
-        self._last_change = -math.inf
-
-    @property
-    def limit(self) -> int:
-        return int(self.limiter.total_tokens)
-
-    def on_rate_limited(self) -> None:
-        now = self._clock()
-        if now - self._last_cut < self._hold:
-            return
-        self._last_cut = self._last_change = now
-        self.limiter.total_tokens = max(1, math.floor(self.limit * self._decrease))
-
-    def on_success(self) -> None:
-        if self.limit >= self.maximum:
-            return
-        now = self._clock()
-        if now - self._last_change >= self._hold:
-            self._last_change = now
-            self.limiter.total_tokens = self.limit + 1
