@@ -23,7 +23,7 @@ import polars as pl
 from . import exceptions as exc
 from ._client import Completion, Transport, make_transport
 from ._config import MapConfig
-from ._limits import Limits, describe_hint, hint_header, parse_limits
+from ._limits import describe_hint, hint_header, parse_limits, wait_hint
 from ._pacer import Pacer, Ticket
 from ._ratelimit import TokenBucket
 from ._retry import backoff_delay, next_delay
@@ -100,25 +100,6 @@ class _Usage:
             finished_at=time.time() if status != "pending" else None,
             **fields,
         )
-
-
-def _limits_of(error: exc.APIError) -> Limits | None:
-    return parse_limits(error.headers) if error.headers else None
-
-
-def _hint(error: exc.APIError, limits: Limits | None) -> float | None:
-    """How long the provider asked to wait: Retry-After, else the reset of a limit it says is spent."""
-    if error.retry_after is not None:
-        return error.retry_after
-    if limits is not None and error.status in (429, 402):
-        resets = [
-            b.reset
-            for b in (limits.requests, limits.tokens)
-            if b is not None and b.remaining is not None and b.remaining < 1 and b.reset is not None
-        ]
-        if resets:
-            return max(resets)
-    return None
 
 
 class _Run:
@@ -295,8 +276,10 @@ class _Run:
                     return None
             elif error.status is not None and error.status != 200:
                 self.answered, self.refused_since, self.refused_count = True, None, 0
-                limits = _limits_of(error)
-                hint = _hint(error, limits) if isinstance(error, exc.TransientError) else None
+                limits = parse_limits(error.headers) if error.headers else None
+                hint = None
+                if isinstance(error, exc.TransientError):
+                    hint = wait_hint(error.retry_after, error.status, limits)
                 if hint is not None and hint > cfg.max_wait:
                     self._stopped(key, usage, error)
                     self.set_fatal(self._too_long(error, hint))

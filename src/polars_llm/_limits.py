@@ -46,6 +46,7 @@ __all__ = [
     "parse_limits",
     "parse_number",
     "parse_retry_after",
+    "wait_hint",
 ]
 
 _UNITS: Final = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6, "ns": 1e-9}
@@ -319,3 +320,23 @@ def parse_limits(headers: Mapping[str, str], now: float | None = None) -> Limits
     if requests is None and tokens is None:
         return None
     return Limits(requests, tokens, source)
+
+
+def wait_hint(retry_after: float | None, status: int | None, limits: Limits | None) -> float | None:
+    """How long a refusal asked to wait: its Retry-After, else the reset of a limit it says is spent.
+
+    >>> wait_hint(None, 429, Limits(Budget(20, 0, 15.0), None, "openrouter"))
+    15.0
+    >>> wait_hint(2.0, 429, None), wait_hint(None, 500, Limits(Budget(20, 0, 15.0), None, "x"))
+    (2.0, None)
+    """
+    if retry_after is not None:
+        return retry_after
+    if limits is None or status not in (429, 402):
+        return None
+    resets = [
+        b.reset
+        for b in (limits.requests, limits.tokens)
+        if b is not None and b.remaining is not None and b.remaining < 1 and b.reset is not None
+    ]
+    return max(resets) if resets else None

@@ -45,8 +45,13 @@ count toward the windows, nor as attempts for ``:N`` markers, and are answered w
 
 Options (:class:`SimConfig`; change live with ``server.configure(**changes)``):
     ``latency``, ``jitter`` (seconds; uniform ± jitter), ``rate_limit`` requests per ``window``
-    seconds (true sliding window; 429 with ``Retry-After`` — integer seconds, ceil, ≥ 1 — and
-    ``retry-after-ms`` from when the oldest counted request leaves the window), ``tpm_limit`` tokens
+    seconds in ``limit_shape`` ``"sliding"`` (a true sliding log, the default), ``"fixed"`` (fixed
+    windows) or ``"bucket"`` (a token bucket of ``bucket_burst``, default ``rate_limit``, refilled at
+    ``rate_limit / window`` per second); refusals are 429 with ``Retry-After`` — integer seconds, ceil,
+    ≥ 1 — and ``retry-after-ms`` until one more fits; ``limit_headers`` (``"none"``, ``"429"`` — the
+    default, on refusals only — or ``"all"``, on every answer) in ``limit_header_style`` (``"openai"``,
+    ``"openrouter"``, ``"anthropic"``, ``"ietf"``; see :mod:`polars_llm.sim._limiter`); all of these
+    can change live (``server.configure(rate_limit=25)``), ``tpm_limit`` tokens
     per ``tpm_window`` seconds (prompt tokens on admission, completion tokens on answer; a single
     request above the limit gets 413), ``error_rate`` (500/502/503 from ``error_statuses``; 503 carries
     ``Retry-After: error_retry_after``), ``malformed_rate`` (200 with a non-JSON body),
@@ -74,7 +79,14 @@ response_format present?)``; without it, always; the first active marker wins):
     ``[[wrong_schema]]``  with a response_format, valid JSON that does not match the schema;
     ``[[malformed]]``, ``[[truncated]]``, ``[[error200]]``, ``[[empty]]``, ``[[stall]]``,
     ``[[reset]]``  the fault of the same name as the rates above;
-    ``[[delay:SECONDS]]``  extra latency for this prompt (always; combines with the others).
+    ``[[delay:SECONDS]]``  extra latency for this prompt (always; combines with the others);
+    hostile answers (see :mod:`polars_llm.sim._hostile`): ``[[content_parts]]``,
+    ``[[content_number]]``, ``[[content_object]]``, ``[[content_image]]``, ``[[refusal]]``,
+    ``[[length_valid]]``, ``[[choices_null]]``, ``[[message_null]]``, ``[[usage_string]]``,
+    ``[[usage_negative]]``, ``[[html]]``, ``[[empty_body]]``, ``[[short_body]]``, ``[[stall_body]]``,
+    ``[[huge]]``, ``[[huge_chunked]]``, ``[[credits_wait]]`` (all with an optional ``:N``), and with a
+    value first: ``[[retry_after:VALUE:N]]``, ``[[retry_after_ms:VALUE:N]]`` (a 429 whose hint is VALUE
+    verbatim; N defaults to 1), ``[[credits:SOURCE]]``, ``[[redirect:CODE]]``, ``[[html_error:CODE]]``.
     Faulted responses carry an ``X-Sim-Fault`` header naming the fault (as counted in ``faults``).
 
 Counters (``server.stats()``, thread-safe; ``GET /stats``): ``requests`` (every chat request),

@@ -1,0 +1,328 @@
+"""The rate to send at when a provider's limit is unknown: learned from its answers.
+
+With no limit known, requests are paced at a rate that starts gently (8/s), doubles while answers
+succeed (slow start), and on rate-limit refusals settles just under the rate the server *admitted* —
+measured from our own sends around the refusal (sends minus refusals, per second, over the provider's
+window when its waits tell how long that is) — then probes upwards again, first towards what was
+admitted, then in steps that double while answers keep succeeding.
+
+The density guard: a cut needs refusals that the *background* share — what a busy shared provider
+refuses whatever our rate, measured in slow start and right after each cut — explains with a probability
+under 1 % (binomial tail), or a wall (three refusals in a row, above the background). Refusals of
+requests sent before the last cut never count. Scattered 429s therefore neither collapse the rate nor
+make everybody wait.
+
+Everything is driven by an injectable clock; the tests run servers of every shape against it (see
+``tests/test_pacer.py``).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+__all__ = ["START_RATE", "RateLearner", "Ticket"]
+
+log = logging.getLogger("polars_llm.pacer")
+
+Clock = Callable[[], float]
+
+START_RATE = 8.0  # requests/s before anything is known: gentle
+MIN_RATE = 0.05
+MAX_BACKGROUND = 0.1  # the largest share of scattered 429s taken for a provider's background
+PRIOR_BACKGROUND = 0.02  # assumed until enough answers are known
+BETA = 0.95  # settle this far under the admitted rate
+STEP0 = 0.03  # step back up towards the admitted rate after a cut...
+RECOVER = 0.97  # ...up to this share of it
+PROBE0 = 0.02  # first step above it; doubles each clean period
+MAX_STEP = 0.5
+SLOT = 0.1  # seconds per ring slot
+HORIZON = 1.0  # seconds of sends the admitted rate is measured over, at least
+MAX_HORIZON = 60.0  # ...and at most (a provider's window, learned from its waits)
+_RING = 640  # slots kept (64 s)
+
+
+class _Ring:
+    """Counts per ``SLOT`` seconds over the last few seconds (sends and rejections, by send time)."""
+
+    __slots__ = ("_last", "rejected", "sent")
+
+    def __init__(self) -> None:
+        self.sent = [0.0] * _RING
+        self.rejected = [0.0] * _RING
+        self._last = 0
+
+    def _advance(self, slot: int) -> None:
+        if slot <= self._last:
+            return
+        for s in range(max(self._last + 1, slot - _RING + 1), slot + 1):
+            i = s % _RING
+            self.sent[i] = self.rejected[i] = 0.0
+        self._last = slot
+
+    def add_sent(self, t: float, n: float = 1.0) -> None:
+        slot = int(t / SLOT)
+        self._advance(slot)
+        self.sent[slot % _RING] += n
+
+    def add_rejected(self, t: float) -> None:
+        slot = int(t / SLOT)
+        if self._last - slot < _RING - 1 and slot <= self._last:
+            self.rejected[slot % _RING] += 1
+
+    def admitted(self, at: float, horizon: float = HORIZON, *, rejected: bool = True) -> float:
+        """Requests sent in ``(at - horizon, at]`` and not rejected (or all sent, ``rejected=False``),
+        per second; the slot that the window's start cuts through counts in proportion."""
+        start = at - horizon
+        lo, hi = int(start / SLOT), int(at / SLOT)
+        total = 0.0
+        for s in range(max(lo, self._last - _RING + 1), min(hi, self._last) + 1):
+            i = s % _RING
+            share = 1.0 if s > lo else (s + 1) - start / SLOT
+            total += share * (self.sent[i] - (self.rejected[i] if rejected else 0.0))
+        return max(0.0, total) / horizon
+
+
+@dataclass(frozen=True, slots=True)
+class Ticket:
+    """One send: when, its place in the send order, and the tokens sent before it (for headers)."""
+
+    sent_at: float
+    seq: int
+    tokens_before: float
+    tokens: float
+
+
+class RateLearner:
+    """The rate to send at when the provider's limit is unknown (see the module docstring).
+
+    ``engaged=False`` starts unlimited (a client limit or announced budget is in charge) and engages
+    at the first rate-limit answer.
+    """
+
+    def __init__(self, *, clock: Clock = time.monotonic, engaged: bool = True, start: float = START_RATE):
+        now = clock()
+        self._clock = clock
+        self.rate = start if engaged else math.inf
+        self.slow_start = engaged
+        self.ring = _Ring()
+        self.srtt = 0.0
+        self.horizon = HORIZON
+        self._hint: float | None = None
+        self._first_send: float | None = None
+        self._followed = -math.inf
+        self.last_cut = -math.inf
+        self.ceiling = math.inf  # the admitted rate measured at the last cut
+        self.cuts = 0
+        self.strong_cut = False
+        self.limited_seen = 0
+        self._step = STEP0
+        self._limited_at = now
+        self._period_start = now
+        self._period_sent = 0
+        self._ok = 0
+        self._limited = 0
+        self._quiet: deque[tuple[int, int]] = deque(maxlen=12)  # (429s, answers) under the ceiling
+        self._quiet_period = False
+        self._since_cut = 99
+        self._recent: deque[bool] = deque(maxlen=3)
+        self.version = 0  # bumped on every change of rate
+
+    @property
+    def crowded(self) -> bool:
+        """The last answers (sent since the last cut) were all refused, well above the background:
+        the provider wants everybody to wait, not just those rows."""
+        recent = self._recent
+        return len(recent) == recent.maxlen and all(recent) and self._above_background()
+
+    # ---------------------------------------------------------------------------------------- feedback
+
+    def on_send(self, now: float) -> None:
+        if self._first_send is None:
+            self._first_send = now
+        self.ring.add_sent(now)
+        self._period_sent += 1
+
+    def _set(self, rate: float, why: str = "") -> None:
+        if rate != self.rate:
+            log.debug("%.3f rate %.2f -> %.2f/s %s", self._clock(), self.rate, rate, why)
+            self.rate = rate
+            self.version += 1
+
+    def on_answer(self, ticket: Ticket, limited: bool, hint: float | None = None) -> bool:
+        """An answer to ``ticket``: ``limited`` if the provider refused it for rate (``hint``: the wait
+        it asked for). True if it cut the rate."""
+        now = self._clock()
+        self._hint = hint if limited else None
+        if limited:
+            self.ring.add_rejected(ticket.sent_at)
+            self.limited_seen += 1
+        else:
+            rtt = now - ticket.sent_at
+            self.srtt = rtt if self.srtt == 0 else 0.875 * self.srtt + 0.125 * rtt
+        if ticket.sent_at < self.last_cut:
+            return False  # sent at the old rate: says nothing about the new one
+        self._recent.append(limited)
+        if limited:
+            self._limited += 1
+            self._limited_at = ticket.sent_at
+            evidence = self._evidence()
+            if evidence:
+                self._cut(now, ticket.sent_at, strong=evidence > 1)
+                return True
+            if self.slow_start:  # one refusal ends doubling; more of them cut
+                self.slow_start = False
+                self.ceiling = self.rate
+                self._step = PROBE0
+        else:
+            self._ok += 1
+        if now - self._period_start >= self._period():
+            return self._evaluate(now)
+        return False
+
+    def _period(self) -> float:
+        if math.isinf(self.rate):
+            return 1.0
+        if self.slow_start:  # doubles once per round trip (answers come back at the new rate)
+            return min(2.0, max(0.05, 1.5 * self.srtt, 2.0 / self.rate))
+        return min(MAX_HORIZON, max(self.horizon, 2.0 * self.srtt, 30.0 / self.rate))
+
+    @property
+    def background(self) -> float:
+        """The 429 share seen in slow start and right after each cut (at the rate it settled on): what
+        a busy shared provider refuses whatever our rate (at most 10 %), as opposed to what our own
+        probing causes. 2 % is assumed until enough of those answers are known."""
+        limited = sum(k for k, _ in self._quiet)
+        answers = sum(n for _, n in self._quiet)
+        if answers < 60:
+            return PRIOR_BACKGROUND
+        return max(0.005, min(MAX_BACKGROUND, limited / answers))
+
+    def _above_background(self) -> bool:
+        """The share of 429s in this period is clearly above the background (the density guard)."""
+        n = self._ok + self._limited
+        if n == 0:
+            return False
+        return self._limited / n > self.background + self._noise(n)
+
+    def _noise(self, n: int) -> float:
+        """Two standard deviations of the background share over ``n`` answers."""
+        b = self.background
+        return 2.0 * math.sqrt(b * (1.0 - b) / n)
+
+    def _evidence(self) -> int:
+        """How sure the 429s of this period are about our rate: 0 not yet, 1 somewhat, 2 sure.
+
+        Sure: the last answers were all refused, or refusals that the background share explains with
+        a probability under 0.1 %; somewhat: under 1 %.
+        """
+        recent = self._recent
+        if len(recent) == recent.maxlen and all(recent) and self._above_background():
+            return 2
+        n, k = self._ok + self._limited, self._limited
+        if k < 2:
+            return 0
+        p = self.background
+        term = below = (1.0 - p) ** n  # P(fewer than k refusals among n at the background share)
+        for i in range(k - 1):
+            term *= (n - i) / (i + 1) * p / (1.0 - p)
+            below += term
+        tail = 1.0 - below
+        return 2 if tail < 1e-3 else 1 if tail < 1e-2 else 0
+
+    def _evaluate(self, now: float) -> bool:
+        n = self._ok + self._limited
+        if n < 10 and not self.slow_start:
+            return False  # too few answers to judge: the period goes on
+        binding = self._period_sent >= 0.6 * self.rate * (now - self._period_start)
+        cut = False
+        if self._limited and self._above_background():
+            strong = self._evidence() > 1 or self._limited / n > self.background + 2 * self._noise(n)
+            self._cut(now, self._limited_at, strong=strong)  # measured where the server refused
+            cut = True
+        elif binding and not math.isinf(self.rate) and now - self._followed > self._period():
+            if self.slow_start:
+                self._set(self.rate * 2.0, "slow start")
+            elif self.rate < RECOVER * self.ceiling:  # back up towards what was admitted
+                self._set(min(RECOVER * self.ceiling, self.rate * (1.0 + STEP0)), "recover")
+            else:  # above it: probe, faster while the answers keep coming
+                self._set(self.rate * (1.0 + self._step), f"probe +{self._step:.0%}")
+                self._step = min(MAX_STEP, self._step * 2.0)
+        if not cut:
+            self._new_period(now)
+        return cut
+
+    def _new_period(self, now: float) -> None:
+        n = self._ok + self._limited
+        if self._quiet_period and n and self._limited <= 2 * MAX_BACKGROUND * n:  # not a wall of 429s
+            self._quiet.append((self._limited, n))
+        # in slow start, or in the first two periods after a cut (at the rate it settled on)
+        self._quiet_period = self.slow_start or self._since_cut < 2
+        self._since_cut += 1
+        self._period_start = now
+        self._period_sent = self._ok = self._limited = 0
+
+    def _cut(self, now: float, at: float, *, strong: bool) -> None:
+        """Settle under the rate admitted around ``at`` (a refusal's send time: the window was full).
+
+        A ``strong`` signal takes the measurement as it is; a weak one — a few refusals that could still
+        be a busy provider's background — cuts to at most 15 % under what was really sent.
+        """
+        hint = self._hint
+        if hint is not None and self._first_send is not None:
+            # A refusal saying "wait h s" comes from a window at least that long; at the first one, soon
+            # after the start, the window still holds our very first request: it is about h + that age.
+            age = at - self._first_send
+            span = hint + (age if self.cuts == 0 and age < 10.0 else 0.0)
+            self.horizon = min(MAX_HORIZON, max(self.horizon, span))
+        h = self.horizon
+        if 0 < self.rate < math.inf:  # at low rates, over enough requests to count
+            h = min(MAX_HORIZON, max(h, 20.0 / self.rate))
+        admitted = self.ring.admitted(at, h)
+        target = max(MIN_RATE, BETA * admitted)
+        n = self._ok + self._limited
+        why = f"cut: admitted {admitted:.1f}/s, {self._limited}/{n} refused, background {self.background:.3f}"
+        if math.isinf(self.rate):
+            self._set(target, why)
+        elif not strong:
+            # at most 15 % under what we really sent (in a ramp, far below the nominal rate)
+            before = min(self.rate, self.ring.admitted(at, h, rejected=False))
+            target = max(target, 0.85 * before)
+            if target < before:
+                self._set(target, why + " (weak)")
+            admitted = min(admitted, before)
+        elif target < self.rate:
+            if hint is None and target < 0.25 * self.rate:
+                # next to nothing got through and no wait was named: maybe a window longer than we
+                # measure; halve rather than trust the measurement
+                target = 0.5 * self.rate
+            self._set(target, why)
+        self.strong_cut = strong
+        self.slow_start = False
+        self._step = PROBE0
+        self.ceiling = admitted
+        self.last_cut = now
+        self.cuts += 1
+        self._recent.clear()
+        self._new_period(now)
+        self._quiet_period, self._since_cut = True, 1
+
+    def release(self) -> None:
+        """Stop pacing on our own (a budget announced by the provider is in charge), unless 429s
+        already taught us a rate."""
+        if self.cuts == 0:
+            self.slow_start = False
+            self._set(math.inf)
+
+    def follow(self, rate: float) -> None:
+        """Take ``rate`` announced by the provider (not above it after a recent cut of our own)."""
+        now = self._clock()
+        if now - self.last_cut < 10.0:
+            rate = min(rate, self.rate)
+        self._followed = now  # the provider's figures set the pace: no probing of our own meanwhile
+        self.slow_start = False
+        self._set(max(MIN_RATE, rate))
