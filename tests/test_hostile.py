@@ -186,3 +186,35 @@ def test_redirects_are_not_followed(transport: str, code: int, cache_path: Path)
 
 def test_response_size_limit_is_public() -> None:
     assert MAX_RESPONSE_BYTES == 10 * 2**20
+
+
+# ------------------------------------------------------------------------------------- limit headers
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+@pytest.mark.parametrize("style", ["openai", "anthropic", "ietf"])
+def test_limit_headers_on_successes_set_the_pace(transport: str, style: str, cache_path: Path) -> None:
+    """A provider that announces its budget on every answer is paced from it, on both transports:
+    (nearly) no request is refused, although the run starts at no known limit."""
+    n = 120
+    with sim.serve(rate_limit=40, window=1.0, limit_headers="all", limit_header_style=style) as server:
+        frame = pl.DataFrame({"prompt": [f"p{i}" for i in range(n)]})
+        out = frame.llm.map("prompt", MODEL, **map_options(server, cache=cache_path, transport=transport))
+        stats = server.stats(per_prompt=False)
+    assert out["status"].to_list() == ["done"] * n
+    assert stats["status_counts"].get("429", 0) <= 3, stats["status_counts"]
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_openrouter_429_reset_is_a_wait_bounded_by_max_wait(transport: str, cache_path: Path) -> None:
+    """OpenRouter's 429 names its reset in epoch milliseconds (no Retry-After): a reset beyond max_wait
+    stops the run with ProviderWaitError instead of waiting, and says which header it read."""
+    only_reset = {"limit_header_style": "openrouter", "refusal_retry_after": False}
+    with sim.serve(rate_limit=2, window=60.0, **only_reset) as server:
+        frame = pl.DataFrame({"prompt": [f"p{i}" for i in range(6)]})
+        options = map_options(server, cache=cache_path, transport=transport, max_wait=5.0, concurrency=2)
+        with pytest.raises(exc.ProviderWaitError) as info:
+            frame.llm.map("prompt", MODEL, **options)
+    assert info.value.retry_after is not None and info.value.retry_after > 5.0
+    assert "max_wait=5" in str(info.value) and "Retry-After" not in (info.value.hint or "")
+    assert set(store_rows(cache_path)["status"]) <= {"done", "pending"}

@@ -336,6 +336,46 @@ def test_sliding_window_rate_limit() -> None:
         assert chat(s, "fresh")[0] == 200 and chat(s, "fresh")[0] == 429
 
 
+def test_fixed_window_and_token_bucket_shapes() -> None:
+    with sim.serve(rate_limit=3, window=600.0, limit_shape="fixed") as s:
+        assert [chat(s, f"f{i}")[0] for i in range(5)] == [200, 200, 200, 429, 429]
+        status, headers, _ = chat(s, "f5")
+        assert status == 429 and headers["x-ratelimit-remaining-requests"] == "0"
+        assert int(headers["Retry-After"]) <= 600  # until the fixed window ends
+    with sim.serve(rate_limit=1, window=3600.0, limit_shape="bucket", bucket_burst=4) as s:
+        # a full bucket of 4 admits a burst of 4; refilling one per hour, the fifth waits
+        assert [chat(s, f"b{i}")[0] for i in range(6)] == [200] * 4 + [429] * 2
+        s.configure(rate_limit=360_000, window=1.0)  # the cap changes live: refilled within a millisecond
+        assert chat(s, "b6")[0] == 200
+
+
+@pytest.mark.parametrize(
+    ("style", "names"),
+    [
+        (
+            "openai",
+            ("x-ratelimit-limit-requests", "x-ratelimit-remaining-requests", "x-ratelimit-reset-requests"),
+        ),
+        ("openrouter", ("X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset")),
+        ("anthropic", ("anthropic-ratelimit-requests-limit", "anthropic-ratelimit-requests-reset")),
+        ("ietf", ("RateLimit-Limit", "RateLimit-Remaining", "RateLimit-Reset")),
+    ],
+)
+def test_limit_headers_on_every_answer_parse_back(style: str, names: tuple[str, ...]) -> None:
+    from polars_llm._limits import parse_limits
+
+    with sim.serve(rate_limit=10, window=60.0, limit_headers="all", limit_header_style=style) as s:
+        status, headers, _ = chat(s, "one")
+        assert status == 200 and all(name in headers for name in names)
+        limits = parse_limits(dict(headers.items()))
+        assert limits is not None and limits.requests is not None
+        assert (limits.requests.limit, limits.requests.remaining) == (10, 9)
+        assert limits.requests.reset is not None and 0 < limits.requests.reset <= 60.5
+    with sim.serve(rate_limit=10, limit_headers="none") as s:
+        status, headers, _ = chat(s, "one")
+        assert not any("ratelimit" in name.lower() for name in headers)
+
+
 def test_token_window_limit() -> None:
     with sim.serve(tpm_limit=10, tpm_window=60.0) as s:
         assert chat(s, "x" * 100)[0] == 413  # 25 tokens can never fit

@@ -114,7 +114,7 @@ class _Run:
         self.cancel = cancel
         self.fatal: exc.FatalError | None = None
         self.pacer = Pacer(learn=not (cfg.rpm_limit or cfg.tpm_limit))
-        stats.pacing = self.pacer.describe
+        stats.pacing = self.describe_pace
         self.unfinished: list[Outcome] = []  # rows interrupted mid-request: their attempts still count
         self.rpm = TokenBucket(cfg.rpm_limit) if cfg.rpm_limit else None
         self.tpm = TokenBucket(cfg.tpm_limit, burst=1.0) if cfg.tpm_limit else None
@@ -129,6 +129,14 @@ class _Run:
         self.out_estimate = float(cfg.max_tokens or 64)
         self.system_chars = len(cfg.system or "")
         self.validate = cfg.request.validator
+
+    def describe_pace(self) -> tuple[float | None, str, float, str]:
+        """What the progress bar shows: the pace kept (requests/min and where it comes from), and any
+        wait everybody is in."""
+        per_minute, source, paused, why = self.pacer.describe()
+        if self.rpm is not None and (per_minute is None or self.rpm.rate * 60 < per_minute):
+            per_minute, source = self.rpm.rate * 60, "limit"
+        return per_minute, source, paused, why
 
     def set_fatal(self, error: exc.FatalError) -> None:
         if self.fatal is None:

@@ -145,6 +145,7 @@ _HELP: dict[str, str] = {
     "bucket_burst": "size of the token bucket (default: --rate-limit)",
     "limit_headers": "send rate-limit headers on: none, 429 (refusals only) or all (successes too)",
     "limit_header_style": "rate-limit header convention: openai, openrouter, anthropic or ietf",
+    "refusal_retry_after": "send Retry-After on rate-limit refusals",
     "tpm_limit": "tokens per --tpm-window (429 beyond)",
     "tpm_window": "seconds of the token window",
     "error_rate": "fraction answered with one of --error-statuses",

@@ -15,7 +15,8 @@ Headers (``limit_headers``: ``"none"``, ``"429"`` — on refusals only, the defa
 successes) in ``limit_header_style``: ``"openai"`` (``x-ratelimit-*-requests`` / ``-tokens``, resets as
 durations like ``1.5s``), ``"openrouter"`` (``X-RateLimit-*``, reset in epoch milliseconds),
 ``"anthropic"`` (``anthropic-ratelimit-*``, reset as RFC 3339) or ``"ietf"`` (``RateLimit-*``, seconds).
-Refusals also carry ``Retry-After`` (whole seconds, ≥ 1) and ``retry-after-ms``.
+Refusals also carry ``Retry-After`` (whole seconds, ≥ 1) and ``retry-after-ms``, unless
+``refusal_retry_after=False`` (like OpenRouter's platform 429s, which may name only their reset).
 """
 
 from __future__ import annotations
@@ -164,7 +165,7 @@ class Limiter:
         if cfg.rate_limit is not None:
             ok, limit, remaining, reset = self._requests(cfg, now, take=False)
             if not ok:
-                refusal = retry_headers(reset)
+                refusal = retry_headers(reset) if cfg.refusal_retry_after else {}
                 if announce:
                     refusal.update(_headers(style, "requests", limit, 0, reset))
                 what = f"{cfg.rate_limit} requests per {cfg.window:g}s"
@@ -184,7 +185,7 @@ class Limiter:
                     if freed >= excess:
                         wait = stamp + cfg.tpm_window - now
                         break
-                refusal = retry_headers(wait)
+                refusal = retry_headers(wait) if cfg.refusal_retry_after else {}
                 if announce:
                     left = cfg.tpm_limit - self._tok_sum
                     refusal.update(_headers(style, "tokens", cfg.tpm_limit, left, wait))

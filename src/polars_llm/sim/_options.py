@@ -55,6 +55,7 @@ class SimConfig:
     bucket_burst: int | None = None
     limit_headers: str = "429"
     limit_header_style: str = "openai"
+    refusal_retry_after: bool = True
     tpm_limit: int | None = None
     tpm_window: float = 60.0
     error_rate: float = 0.0
@@ -121,7 +122,7 @@ class SimConfig:
             value = getattr(self, name)
             if not (ck.is_number(value) and value >= 0 and math.isfinite(value)):
                 raise ConfigError(f"{name} must be a non-negative number (USD per token), got {value!r}")
-        for name in ("truncate_close", "burst_429", "honor_max_tokens"):
+        for name in ("truncate_close", "burst_429", "honor_max_tokens", "refusal_retry_after"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name} must be True or False, got {getattr(self, name)!r}")
         if not isinstance(self.models, tuple) or not all(isinstance(m, str) and m for m in self.models):
