@@ -161,6 +161,13 @@ class RateLearner:
         if limited:
             self.ring.add_rejected(ticket.sent_at)
             self.limited_seen += 1
+            if self.limited_seen == 1 and hint is not None and self._first_send is not None:
+                # A refusal saying "wait h s" comes from a window at least that long; the first one,
+                # soon after the start, comes from a window still holding our very first request: it
+                # is about h + that request's age.
+                age = ticket.sent_at - self._first_send
+                if age < 10.0:
+                    self.horizon = min(MAX_HORIZON, max(self.horizon, hint + age))
         else:
             rtt = now - ticket.sent_at
             self.srtt = rtt if self.srtt == 0 else 0.875 * self.srtt + 0.125 * rtt
@@ -273,12 +280,8 @@ class RateLearner:
         be a busy provider's background — cuts to at most 15 % under what was really sent.
         """
         hint = self._hint
-        if hint is not None and self._first_send is not None:
-            # A refusal saying "wait h s" comes from a window at least that long; at the first one, soon
-            # after the start, the window still holds our very first request: it is about h + that age.
-            age = at - self._first_send
-            span = hint + (age if self.cuts == 0 and age < 10.0 else 0.0)
-            self.horizon = min(MAX_HORIZON, max(self.horizon, span))
+        if hint is not None:
+            self.horizon = min(MAX_HORIZON, max(self.horizon, hint))
         h = self.horizon
         if 0 < self.rate < math.inf:  # at low rates, over enough requests to count
             h = min(MAX_HORIZON, max(h, 20.0 / self.rate))
