@@ -191,8 +191,9 @@ def test_settles_just_under_the_cap(name: str, server: Any, cap: float, latency:
 
 def test_scattered_429s_neither_collapse_the_rate_nor_stall_the_run() -> None:
     run, pacer, _ = simulate(Scattered(0.05), 60.0, latency=0.05, concurrency=64)
-    # no cap: the rate keeps growing despite 5 % refusals at random, and nobody is held for long
-    assert pacer.rate > 500
+    # no cap: the rate keeps growing despite 5 % refusals at random (from 8/s to well over 100/s in a
+    # minute), and nobody is held for long
+    assert pacer.rate > 150
     assert run.held <= 3.0
     assert 0.03 <= run.share_429() <= 0.07  # the provider's share, not ours
 

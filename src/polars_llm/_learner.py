@@ -178,7 +178,7 @@ class RateLearner:
             self._limited += 1
             self._limited_at = ticket.sent_at
             evidence = self._evidence()
-            if evidence:
+            if evidence > 1 or (evidence and self._known_background):  # before that, only a sure sign
                 self._cut(now, ticket.sent_at, strong=evidence > 1)
                 return True
             if self.slow_start:  # one refusal ends doubling; more of them cut
@@ -199,14 +199,17 @@ class RateLearner:
         return min(MAX_HORIZON, max(self.horizon, 2.0 * self.srtt, 30.0 / self.rate))
 
     @property
+    def _known_background(self) -> bool:
+        return sum(n for _, n in self._quiet) >= 60
+
+    @property
     def background(self) -> float:
         """The 429 share seen in slow start and right after each cut (at the rate it settled on): what
         a busy shared provider refuses whatever our rate (at most 10 %), as opposed to what our own
         probing causes. 2 % is assumed until enough of those answers are known."""
-        limited = sum(k for k, _ in self._quiet)
-        answers = sum(n for _, n in self._quiet)
-        if answers < 60:
+        if not self._known_background:
             return PRIOR_BACKGROUND
+        limited, answers = sum(k for k, _ in self._quiet), sum(n for _, n in self._quiet)
         return max(0.005, min(MAX_BACKGROUND, limited / answers))
 
     def _above_background(self) -> bool:
@@ -217,9 +220,9 @@ class RateLearner:
         return self._limited / n > self.background + self._noise(n)
 
     def _noise(self, n: int) -> float:
-        """Two standard deviations of the background share over ``n`` answers."""
+        """2.5 standard deviations of the background share over ``n`` answers."""
         b = self.background
-        return 2.0 * math.sqrt(b * (1.0 - b) / n)
+        return 2.5 * math.sqrt(b * (1.0 - b) / n)
 
     def _evidence(self) -> int:
         """How sure the 429s of this period are about our rate: 0 not yet, 1 somewhat, 2 sure.
@@ -247,8 +250,8 @@ class RateLearner:
             return False  # too few answers to judge: the period goes on
         binding = self._period_sent >= 0.6 * self.rate * (now - self._period_start)
         cut = False
-        if self._limited and self._above_background():
-            strong = self._evidence() > 1 or self._limited / n > self.background + 2 * self._noise(n)
+        strong = self._evidence() > 1 or self._limited / n > self.background + 2 * self._noise(n)
+        if self._limited and self._above_background() and (strong or self._known_background):
             self._cut(now, self._limited_at, strong=strong)  # measured where the server refused
             cut = True
         elif binding and not math.isinf(self.rate) and now - self._followed > self._period():
@@ -256,6 +259,8 @@ class RateLearner:
                 self._set(self.rate * 2.0, "slow start")
             elif self.rate < RECOVER * self.ceiling:  # back up towards what was admitted
                 self._set(min(RECOVER * self.ceiling, self.rate * (1.0 + STEP0)), "recover")
+            elif self._step == 0:  # there: one more clean period before probing above it
+                self._step = PROBE0
             else:  # above it: probe, faster while the answers keep coming
                 self._set(self.rate * (1.0 + self._step), f"probe +{self._step:.0%}")
                 self._step = min(MAX_STEP, self._step * 2.0)
@@ -263,11 +268,12 @@ class RateLearner:
             self._new_period(now)
         return cut
 
-    def _new_period(self, now: float) -> None:
+    def _new_period(self, now: float, *, record: bool = True) -> None:
         n = self._ok + self._limited
-        if self._quiet_period and n and self._limited <= 2 * MAX_BACKGROUND * n:  # not a wall of 429s
+        if record and self._quiet_period and n and self._limited <= 2 * MAX_BACKGROUND * n:
             self._quiet.append((self._limited, n))
-        # in slow start, or in the first two periods after a cut (at the rate it settled on)
+        # in slow start, or in the first two periods after a cut (at the rate it settled on): periods
+        # whose refusals are the provider's background, not our rate
         self._quiet_period = self.slow_start or self._since_cut < 2
         self._since_cut += 1
         self._period_start = now
@@ -306,12 +312,12 @@ class RateLearner:
             self._set(target, why)
         self.strong_cut = strong
         self.slow_start = False
-        self._step = PROBE0
+        self._step = 0.0
         self.ceiling = admitted
         self.last_cut = now
         self.cuts += 1
         self._recent.clear()
-        self._new_period(now)
+        self._new_period(now, record=False)  # the period that ended in a cut is no background
         self._quiet_period, self._since_cut = True, 1
 
     def release(self) -> None:
