@@ -43,7 +43,12 @@ CELLS: dict[str, dict[str, Any]] = {
         "concurrency": 256,
         "seconds": 20,
     },
-    "sliding1s-cap5-lat500ms-c16": {
+    "sliding1s-cap50-lat500ms-c64": {
+        "sim": {"rate_limit": 50, "window": 1.0, "latency": 0.5, "jitter": 0.1},
+        "concurrency": 64,
+        "seconds": 30,
+    },
+    "sliding1s-cap5-lat500ms-c16": {  # the hardest: few requests per probe, slow feedback
         "sim": {"rate_limit": 5, "window": 1.0, "latency": 0.5, "jitter": 0.1},
         "concurrency": 16,
         "seconds": 60,

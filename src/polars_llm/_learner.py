@@ -31,7 +31,7 @@ log = logging.getLogger("polars_llm.pacer")
 
 Clock = Callable[[], float]
 
-START_RATE = 8.0  # requests/s before anything is known: gentle
+START_RATE = 4.0  # requests/s before anything is known: gentle
 MIN_RATE = 0.05
 MAX_BACKGROUND = 0.1  # the largest share of scattered 429s taken for a provider's background
 PRIOR_BACKGROUND = 0.02  # assumed until enough answers are known
@@ -114,6 +114,7 @@ class RateLearner:
         self.horizon = HORIZON
         self._hint: float | None = None
         self._first_send: float | None = None
+        self._holds: deque[tuple[float, float]] = deque(maxlen=8)
         self._followed = -math.inf
         self.last_cut = -math.inf
         self.ceiling = math.inf  # the admitted rate measured at the last cut
@@ -163,10 +164,10 @@ class RateLearner:
             self.limited_seen += 1
             if self.limited_seen == 1 and hint is not None and self._first_send is not None:
                 # A refusal saying "wait h s" comes from a window at least that long; the first one,
-                # soon after the start, comes from a window still holding our very first request: it
-                # is about h + that request's age.
+                # soon after the start and asking a wait longer than the run's age, comes from a window
+                # still holding our very first request: it is about h + that request's age.
                 age = ticket.sent_at - self._first_send
-                if age < 10.0:
+                if age <= hint and age < 10.0:
                     self.horizon = min(MAX_HORIZON, max(self.horizon, hint + age))
         else:
             rtt = now - ticket.sent_at
@@ -289,8 +290,6 @@ class RateLearner:
         if hint is not None:
             self.horizon = min(MAX_HORIZON, max(self.horizon, hint))
         h = self.horizon
-        if 0 < self.rate < math.inf:  # at low rates, over enough requests to count
-            h = min(MAX_HORIZON, max(h, 20.0 / self.rate))
         admitted = self.ring.admitted(at, h)
         target = max(MIN_RATE, BETA * admitted)
         n = self._ok + self._limited
@@ -299,7 +298,8 @@ class RateLearner:
             self._set(target, why)
         elif not strong:
             # at most 15 % under what we really sent (in a ramp, far below the nominal rate)
-            before = min(self.rate, self.ring.admitted(at, h, rejected=False))
+            scale = h / max(0.1 * h, h - self._held_within(at - h, at))  # per second we could send
+            before = min(self.rate, self.ring.admitted(at, h, rejected=False) * scale)
             target = max(target, 0.85 * before)
             if target < before:
                 self._set(target, why + " (weak)")
@@ -319,6 +319,20 @@ class RateLearner:
         self._recent.clear()
         self._new_period(now, record=False)  # the period that ended in a cut is no background
         self._quiet_period, self._since_cut = True, 1
+
+    def note_hold(self, start: float, end: float) -> None:
+        """Nobody could send between ``start`` and ``end`` (a wait the provider asked for): rates
+        measured over that stretch count only the time we could send."""
+        self._holds.append((start, end))
+
+    def _held_within(self, lo: float, hi: float) -> float:
+        held, last = 0.0, lo
+        for start, end in sorted(self._holds):
+            start, end = max(start, last), min(end, hi)
+            if end > start:
+                held += end - start
+                last = end
+        return held
 
     def release(self) -> None:
         """Stop pacing on our own (a budget announced by the provider is in charge), unless 429s

@@ -224,6 +224,7 @@ class Pacer:
             for budget, announced in ((limits.requests, self.requests), (limits.tokens, self.tokens)):
                 if budget is not None and budget.remaining is not None and budget.remaining < 1:
                     announced.exhaust(budget.reset or 0.0)
+                    self.learner.note_hold(self._clock(), announced.reset_at)
                     self._next = max(self._next, announced.reset_at)  # no burst when it comes back
             return
         if limits.requests is not None and limits.requests.usable:
@@ -239,6 +240,7 @@ class Pacer:
     def hold(self, seconds: float, reason: str) -> None:
         """Nobody sends for ``seconds`` (a provider's wait, or our own backoff after a burst of 429s)."""
         self.pause.extend(seconds, reason)
+        self.learner.note_hold(self._clock(), self.pause.until)
         self._next = max(self._next, self.pause.until)
         self._notify()
 
