@@ -196,7 +196,7 @@ class RateLearner:
         if math.isinf(self.rate):
             return 1.0
         if self.slow_start:  # doubles once per round trip (answers come back at the new rate)
-            return min(2.0, max(0.05, 1.5 * self.srtt, 2.0 / self.rate))
+            return min(2.0, max(0.05, 1.5 * self.srtt))
         return min(MAX_HORIZON, max(self.horizon, 2.0 * self.srtt, 30.0 / self.rate))
 
     @property
@@ -247,7 +247,7 @@ class RateLearner:
 
     def _evaluate(self, now: float) -> bool:
         n = self._ok + self._limited
-        if n < 10 and not self.slow_start:
+        if n == 0 or (n < 10 and not self.slow_start):
             return False  # too few answers to judge: the period goes on
         binding = self._period_sent >= 0.6 * self.rate * (now - self._period_start)
         cut = False
