@@ -228,6 +228,24 @@ def test_cap_halved_then_doubled_is_followed_within_ten_seconds() -> None:
     assert run.admitted_rate(start + 69, start + 70) >= 0.9 * 100  # back up within 10 s of the rise
 
 
+def test_a_wall_of_429s_is_waited_out_and_the_rate_comes_back() -> None:
+    """Everything refused for 3 s (an outage, a burst) with Retry-After: 1: everybody waits instead of
+    hammering, the rate is not 'learned' from the wall, and doubling resumes once answers come back."""
+
+    class Outage:
+        def __init__(self, until: float) -> None:
+            self.until, self.fine = until, SlidingLog(10**9)
+
+        def admit(self, now: float) -> tuple[bool, float]:
+            return (False, 1.0) if now < self.until else self.fine.admit(now)
+
+    clock = FakeClock()
+    run, pacer, _ = simulate(Outage(clock.now + 3.0), 8.0, latency=0.01, clock=clock)
+    assert sum(r for _, r in run.sent) <= 6  # a handful of refusals, not a storm
+    assert run.held >= 1.0  # the provider's wait was honoured by everybody
+    assert pacer.rate >= 100  # and the rate doubled back up afterwards
+
+
 def test_learner_with_a_client_limit_starts_disengaged() -> None:
     clock = FakeClock()
     learner = RateLearner(clock=clock, engaged=False)

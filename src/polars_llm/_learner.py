@@ -114,6 +114,9 @@ class RateLearner:
         self.horizon = HORIZON
         self._hint: float | None = None
         self._first_send: float | None = None
+        self._restart_to = math.inf
+        self._measured = False  # a cut has measured an admitted rate (not just hit a wall)
+        self._restarted = False
         self._holds: deque[tuple[float, float]] = deque(maxlen=8)
         self._followed = -math.inf
         self.last_cut = -math.inf
@@ -182,7 +185,7 @@ class RateLearner:
             if evidence > 1 or (evidence and self._known_background):  # before that, only a sure sign
                 self._cut(now, ticket.sent_at, strong=evidence > 1)
                 return True
-            if self.slow_start:  # one refusal ends doubling; more of them cut
+            if self.slow_start and not self._restarted:  # one refusal ends doubling
                 self.slow_start = False
                 self.ceiling = self.rate
                 self._step = PROBE0
@@ -256,8 +259,10 @@ class RateLearner:
             self._cut(now, self._limited_at, strong=strong)  # measured where the server refused
             cut = True
         elif binding and not math.isinf(self.rate) and now - self._followed > self._period():
-            if self.slow_start:
-                self._set(self.rate * 2.0, "slow start")
+            if self.slow_start:  # doubling (after a wall: back up to the rate before it)
+                self._set(min(self.rate * 2.0, self._restart_to), "slow start")
+                if self.rate >= self._restart_to:
+                    self.slow_start, self._restart_to, self._restarted = False, math.inf, False
             elif self.rate < RECOVER * self.ceiling:  # back up towards what was admitted
                 self._set(min(RECOVER * self.ceiling, self.rate * (1.0 + STEP0)), "recover")
             elif self._step == 0:  # there: one more clean period before probing above it
@@ -287,6 +292,7 @@ class RateLearner:
         be a busy provider's background — cuts to at most 15 % under what was really sent.
         """
         hint = self._hint
+        wall_from: float | None = None
         if hint is not None:
             self.horizon = min(MAX_HORIZON, max(self.horizon, hint))
         h = self.horizon
@@ -305,15 +311,24 @@ class RateLearner:
                 self._set(target, why + " (weak)")
             admitted = min(admitted, before)
         elif target < self.rate:
-            if hint is None and target < 0.25 * self.rate:
-                # next to nothing got through and no wait was named: maybe a window longer than we
-                # measure; halve rather than trust the measurement
-                target = 0.5 * self.rate
+            if admitted * h < 2.0:
+                # next to nothing got through: a wall (an outage, a window longer than we measure)
+                # says nothing about the rate; halve, let the provider's wait hold everybody, and once
+                # answers come back double again up to where we were
+                wall_from = max(self.rate, self._restart_to if self._restart_to < math.inf else 0.0)
+                if not self._measured:  # no rate learned yet: start again from the beginning
+                    wall_from = math.inf
+                target = max(MIN_RATE, 0.5 * self.rate)
             self._set(target, why)
+        self._measured = self._measured or wall_from is None
         self.strong_cut = strong
-        self.slow_start = False
+        self.slow_start = wall_from is not None
+        self._restart_to = wall_from if wall_from is not None else math.inf
+        self._restarted = wall_from is not None  # after a wall: only a cut ends this slow start
         self._step = 0.0
-        self.ceiling = admitted
+        self.ceiling = admitted if wall_from is None else wall_from
+        if wall_from == math.inf:
+            self.ceiling = math.inf
         self.last_cut = now
         self.cuts += 1
         self._recent.clear()
