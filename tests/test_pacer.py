@@ -295,7 +295,9 @@ def test_announced_budget_paces_remaining_over_time_to_reset() -> None:
     clock.now += 4.0
     assert budget.wait(clock.now, 1.0) == 0
     # the long-run pace is bounded by limit ÷ the longest reset seen (here 60 per 10 s)
-    assert budget.observe(Budget(60, 59, 0.5), used_since=0) == pytest.approx(0.985 * 6.0)  # 60 per 10 s
+    assert budget.observe(Budget(60, 59, 0.5), used_since=0) == pytest.approx(
+        0.99 * 6.0
+    )  # 60 per 10 s, and a little under
 
 
 @pytest.mark.parametrize(
@@ -312,7 +314,7 @@ def test_limit_headers_on_every_answer_give_the_cap_from_the_first_second(
     run, pacer, clock = simulate(server(), 30.0, latency=0.05, headers="all")
     start = clock.now - 30.0
     assert run.share_429() <= 0.01, name
-    assert run.admitted_rate(start + 1, clock.now) >= 0.93 * cap, name  # the benchmark asks 0.95 (simulator)
+    assert run.admitted_rate(start + 1, clock.now) >= 0.95 * cap, name
     assert pacer.source == "announced"
 
 

@@ -44,29 +44,32 @@ class Announced:
         self.longest_reset = 0.0
         self.rate = math.inf
 
-    def observe(self, budget: Budget, used_since: float) -> float:
-        """Take a fresh announcement (``used_since``: what we sent after the request it answers).
+    def observe(self, budget: Budget, used_since: float, stamped: float | None = None) -> float:
+        """Take a fresh announcement (``used_since``: what we sent after the request it answers;
+        ``stamped``: when the provider counted that request — its send time, by default now).
 
-        Returns the pace it implies (per second): what remains ÷ time to reset, bounded by
-        ``limit`` ÷ the longest reset seen.
+        Returns the pace it implies (per second): what remains ÷ the time left to its reset, bounded
+        by ``limit`` ÷ the longest reset seen (no window shorter than 1 s is assumed).
         """
         now = self._clock()
+        stamped = now if stamped is None else min(stamped, now)
         remaining = budget.remaining if budget.remaining is not None else 0.0
         reset = budget.reset if budget.reset is not None else 0.0
         self.allow = max(0.0, remaining - used_since)
-        self.reset_at = now + reset
+        self.reset_at = stamped + reset
         self.limit = budget.limit
         self.longest_reset = max(self.longest_reset, reset)
-        rate = max(self.allow, 1.0) / reset if reset > 0 else math.inf
-        if self.limit:  # a little under the long-run rate (no window shorter than 1 s is assumed)
-            rate = min(rate, 0.985 * max(self.limit, 1.0) / max(self.longest_reset, 1.0))
+        left = self.reset_at - now
+        rate = max(self.allow, 1.0) / left if left > 0 else math.inf
+        if self.limit:
+            rate = min(rate, 0.99 * max(self.limit, 1.0) / max(self.longest_reset, 1.0))
         self.rate = rate
         return rate
 
-    def exhaust(self, reset: float) -> None:
-        """Nothing left until ``reset`` seconds from now (a refusal said so)."""
+    def exhaust(self, reset: float, stamped: float | None = None) -> None:
+        """Nothing left until ``reset`` seconds after ``stamped`` (a refusal said so; default now)."""
         self.allow = 0.0
-        self.reset_at = self._clock() + reset
+        self.reset_at = (self._clock() if stamped is None else stamped) + reset
 
     def take(self, amount: float) -> None:
         self.allow -= amount
@@ -223,16 +226,17 @@ class Pacer:
         if limited:  # a refusal tells when the spent budget comes back, not the pace to keep
             for budget, announced in ((limits.requests, self.requests), (limits.tokens, self.tokens)):
                 if budget is not None and budget.remaining is not None and budget.remaining < 1:
-                    announced.exhaust(budget.reset or 0.0)
+                    announced.exhaust(budget.reset or 0.0, ticket.sent_at)
                     self.learner.note_hold(self._clock(), announced.reset_at)
                     self._next = max(self._next, announced.reset_at)  # no burst when it comes back
             return
         if limits.requests is not None and limits.requests.usable:
-            self.learner.follow(self.requests.observe(limits.requests, self._seq - ticket.seq))
+            used = self._seq - ticket.seq
+            self.learner.follow(self.requests.observe(limits.requests, used, ticket.sent_at))
             self.source = "announced"
         if limits.tokens is not None and limits.tokens.usable:
             used = self._tokens_sent - ticket.tokens_before - ticket.tokens
-            self._token_rate = self.tokens.observe(limits.tokens, used)
+            self._token_rate = self.tokens.observe(limits.tokens, used, ticket.sent_at)
             if limits.requests is None:
                 self.learner.release()
                 self.source = "announced"
