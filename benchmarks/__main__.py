@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from . import cached, importtime, latency, memory, overhead, ratelimits, resume
+from . import cached, cost, importtime, latency, memory, overhead, ratelimits, resume
 from ._common import BENCH_DIR, library_versions, machine_info
 from .report import markdown
 
@@ -41,6 +41,7 @@ SCALES: dict[str, dict[str, Any]] = {
         "memory_seconds": 150,
         "memory_inflight": [64, 1024],
         "import_repeats": 7,
+        "cost_n": 10_000,
     },
     "quick": {
         "overhead_n": 3_000,
@@ -60,6 +61,7 @@ SCALES: dict[str, dict[str, Any]] = {
         "memory_inflight": [64, 256],
         "memory_inflight_latency": 0.5,
         "import_repeats": 2,
+        "cost_n": 2_000,
     },
     "smoke": {
         "overhead_n": 300,
@@ -79,10 +81,11 @@ SCALES: dict[str, dict[str, Any]] = {
         "memory_inflight": [8, 32],
         "memory_inflight_latency": 0.1,
         "import_repeats": 1,
+        "cost_n": 300,
     },
 }
 
-SECTIONS = ["overhead", "latency", "rate_limits", "resume", "cached_rerun", "memory", "import_time"]
+SECTIONS = ["overhead", "latency", "rate_limits", "resume", "cached_rerun", "memory", "import_time", "cost"]
 
 
 def _loadavg() -> list[float] | None:
@@ -136,6 +139,7 @@ def main(argv: list[str] | None = None) -> int:
         "cached_rerun": lambda: cached.run(scale, workdir),
         "memory": lambda: memory.run(scale, workdir, _rate_hint(results)),
         "import_time": lambda: importtime.run(scale, workdir),
+        "cost": lambda: cost.run(scale, workdir),
     }
     try:
         for i, name in enumerate(only, 1):

@@ -17,6 +17,7 @@ SECTION_TITLES = {
     "cached_rerun": "5. Cached rerun",
     "memory": "6. Memory",
     "import_time": "7. Import time",
+    "cost": "8. Cost (estimate, budget)",
 }
 
 

@@ -16,13 +16,15 @@ from __future__ import annotations
 
 from . import _namespace  # noqa: F401  (registers the namespaces)
 from ._config import DEFAULT_BASE_URL, DEFAULT_CACHE, DEFAULT_CACHE_PATH, MapConfig, Secret, resolve_config
-from ._map import MapOptions, llm_map, llm_map_async, llm_map_frame, llm_map_series, output_dtype
+from ._cost import Estimate
+from ._map import MapOptions, estimate, llm_map, llm_map_async, llm_map_frame, llm_map_series, output_dtype
 from .exceptions import (
     APIConnectionError,
     APIError,
     APITimeoutError,
     AuthenticationError,
     BadRequestError,
+    BudgetExceededError,
     ColumnTypeError,
     ConfigError,
     ContentFilterError,
@@ -55,10 +57,12 @@ __all__ = [
     "APITimeoutError",
     "AuthenticationError",
     "BadRequestError",
+    "BudgetExceededError",
     "ColumnTypeError",
     "ConfigError",
     "ContentFilterError",
     "EndpointUnreachableError",
+    "Estimate",
     "FatalError",
     "InsufficientCreditsError",
     "MalformedResponseError",
@@ -76,6 +80,7 @@ __all__ = [
     "StoreError",
     "TransientError",
     "__version__",
+    "estimate",
     "export_jsonl",
     "export_parquet",
     "llm_map",

@@ -25,8 +25,8 @@ import polars as pl
 from pydantic import BaseModel
 
 from ._config import DEFAULT_CACHE_PATH, MapConfig, env_value, option_fields, resolve_config
-from ._pipeline import map_series
-from .exceptions import ConfigError
+from ._pipeline import estimate_series, map_series
+from .exceptions import BudgetExceededError, ConfigError
 
 __all__ = [
     "EXIT_FAILED",
@@ -35,7 +35,9 @@ __all__ = [
     "CLIError",
     "add_option_flags",
     "add_run_arguments",
+    "cmd_estimate",
     "cmd_run",
+    "config_from_args",
     "file_format",
 ]
 
@@ -117,10 +119,13 @@ def add_option_flags(p: argparse.ArgumentParser) -> None:
             p.add_argument(flag, dest=f.name, type=_parser_for(f), default=f.default, help=help_text)
 
 
-def add_run_arguments(p: argparse.ArgumentParser) -> None:
+def add_run_arguments(p: argparse.ArgumentParser, *, output: bool = True) -> None:
     p.add_argument("input", metavar="INPUT", help="prompts file: .csv, .parquet, .jsonl or .ndjson")
     p.add_argument("--column", required=True, help="name of the prompt column")
-    p.add_argument("--output", "-o", required=True, help="results file: .csv, .parquet, .jsonl or .ndjson")
+    if output:
+        p.add_argument(
+            "--output", "-o", required=True, help="results file: .csv, .parquet, .jsonl or .ndjson"
+        )
     add_option_flags(p)
     # hand-written flags standing for options (their `cli` metadata names them)
     p.add_argument("--schema", metavar="MODULE:MODEL", help="pydantic model for structured output "
@@ -129,6 +134,13 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
         "--cache", default=str(DEFAULT_CACHE_PATH), help=f"cache file (default {DEFAULT_CACHE_PATH})"
     )
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar (progress=False)")
+    p.add_argument(
+        "--price",
+        nargs=2,
+        type=float,
+        metavar=("IN", "OUT"),
+        help="USD per million input and output tokens (default: the provider's model list)",
+    )
     p.add_argument(
         "--api-key-env",
         default="OPENROUTER_API_KEY",
@@ -145,6 +157,7 @@ def _options(args: argparse.Namespace) -> dict[str, Any]:
     options["response_model"] = load_schema(args.schema) if args.schema else None
     options["cache"] = Path(args.cache)
     options["progress"] = not args.quiet
+    options["price"] = tuple(args.price) if args.price else None
     options["api_key"] = _api_key(args.api_key_env)
     return options
 
@@ -241,8 +254,9 @@ def _read_statuses(path: Path, fmt: FileFormat, status_column: str) -> dict[str,
 
 def _mapped(
     lf: pl.LazyFrame, column: str, cfg: MapConfig, result_name: str, status_name: str
-) -> pl.LazyFrame:
-    """``lf`` with the result and status columns, in two passes over the input.
+) -> tuple[pl.LazyFrame, BudgetExceededError | None]:
+    """``lf`` with the result and status columns (and ``--include`` ones), in two passes over the input;
+    with the budget stop, if ``--max-cost`` was reached (the output then has the finished rows).
 
     1. The distinct prompts are collected (only that column is read) and mapped by
        :func:`~polars_llm._pipeline.map_series`, the pipeline behind ``.llm.map``, outside any Polars query.
@@ -253,15 +267,16 @@ def _mapped(
     ends, which would include the final flush of finished rows to the cache.
     """
     prompts = lf.select(pl.col(column).unique(maintain_order=True)).collect().get_column(column)
-    answers = map_series(prompts, cfg)
-    table = pl.DataFrame(
-        [
-            prompts,
-            answers.struct.field("result").alias(result_name),
-            answers.struct.field("status").alias(status_name),
-        ]
-    )
-    return lf.join(table.lazy(), on=column, how="left", nulls_equal=True, maintain_order="left")
+    stop: BudgetExceededError | None = None
+    try:
+        answers = map_series(prompts, cfg).struct.unnest()
+    except BudgetExceededError as error:  # write what finished (the rest "pending"), then report the stop
+        if error.frame is None:
+            raise
+        stop, answers = error, error.frame.drop(error.frame.columns[0])
+    table = answers.rename({"result": result_name, "status": status_name}).insert_column(0, prompts)
+    out = lf.join(table.lazy(), on=column, how="left", nulls_equal=True, maintain_order="left")
+    return out, stop
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -279,14 +294,11 @@ def cmd_run(args: argparse.Namespace) -> int:
             f"the input already has column(s) {', '.join(sorted(taken))}; choose others with "
             "--result-column / --status-column"
         )
-    try:
-        cfg = resolve_config(**_options(args))
-    except ConfigError as exc:
-        text = str(exc)
-        if text.startswith("no model"):
-            text = "no model: pass --model provider/name or set MODEL in the environment or ./.env"
-        raise CLIError(text) from None
-    out = _mapped(lf, args.column, cfg, args.result_column, args.status_column)
+    cfg = config_from_args(args)
+    taken = set(cfg.include) & {*lf.collect_schema().names(), args.result_column, args.status_column}
+    if taken:
+        raise CLIError(f"--include would add column(s) {', '.join(sorted(taken))} that the input already has")
+    out, stop = _mapped(lf, args.column, cfg, args.result_column, args.status_column)
     if cfg.response_model is not None and fmt_out == "csv":  # CSV has no nested columns: keep the JSON text
         out = out.with_columns(pl.col(args.result_column).struct.json_encode())
     target = target.expanduser().absolute()
@@ -302,4 +314,27 @@ def cmd_run(args: argparse.Namespace) -> int:
     total = sum(counts.values())
     shown = " ".join(f"{k}={v}" for k, v in counts.items()) or "no rows"
     print(f"wrote {total} rows to {target} ({shown}); cache: {cfg.cache}", file=sys.stderr)
+    if stop is not None:
+        raise stop  # exit 1 with the budget message, after the output with what finished is written
+    return 0
+
+
+def config_from_args(args: argparse.Namespace) -> MapConfig:
+    """The run's :class:`MapConfig` from parsed ``run``/``estimate`` arguments (usage errors → CLIError)."""
+    try:
+        return resolve_config(**_options(args))
+    except ConfigError as exc:
+        text = str(exc)
+        if text.startswith("no model"):
+            text = "no model: pass --model provider/name or set MODEL in the environment or ./.env"
+        raise CLIError(text) from None
+
+
+def cmd_estimate(args: argparse.Namespace) -> int:
+    """``polars-llm estimate``: what ``run`` would send and cost, without sending a request."""
+    source = Path(args.input)
+    lf = _scan(source, file_format(source, "input"), args.column)
+    prompts = lf.select(args.column).collect().get_column(args.column)
+    estimate = estimate_series(prompts, config_from_args(args))
+    print(estimate)
     return 0

@@ -43,6 +43,8 @@ class Completion:
     tokens_in: int | None = None
     tokens_out: int | None = None
     cost: float | None = None
+    tokens_reasoning: int | None = None  # part of tokens_out
+    tokens_cached: int | None = None  # part of tokens_in
 
 
 class Transport(Protocol):
@@ -153,15 +155,39 @@ def parse_completion(data: Any, raw: bytes | str | None = None) -> Completion:
         raise error_for_status(502, {}, orjson.dumps({"error": choice["error"]}).decode())
     message = choice.get("message") or {}
     text = message.get("content") if isinstance(message, dict) else None
-    usage = data.get("usage") or {}
-    cost = usage.get("cost") if isinstance(usage, dict) else None
+    usage = data.get("usage")
+    usage = usage if isinstance(usage, dict) else {}
+    cost = usage.get("cost")
+    if not (isinstance(cost, int | float) and not isinstance(cost, bool) and 0 <= cost < float("inf")):
+        cost = None
     return Completion(
         text=text,
         finish_reason=choice.get("finish_reason"),
-        tokens_in=usage.get("prompt_tokens") if isinstance(usage, dict) else None,
-        tokens_out=usage.get("completion_tokens") if isinstance(usage, dict) else None,
-        cost=float(cost) if isinstance(cost, int | float) else None,
+        tokens_in=_count(usage.get("prompt_tokens")),
+        tokens_out=_count(usage.get("completion_tokens")),
+        cost=None if cost is None else float(cost),
+        tokens_reasoning=_count(_get(usage, "completion_tokens_details", "reasoning_tokens")),
+        tokens_cached=_count(_get(usage, "prompt_tokens_details", "cached_tokens")),
     )
+
+
+def _get(doc: Mapping[str, Any], *path: str) -> Any:
+    for name in path:
+        if not isinstance(doc, Mapping):
+            return None
+        doc = doc.get(name)  # type: ignore[assignment]
+    return doc
+
+
+def _count(value: Any) -> int | None:
+    """A token count as reported: a non-negative integer (also as text), else unknown."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    return value if isinstance(value, int) and value >= 0 else None
 
 
 def decode_completion(raw: bytes) -> Completion:

@@ -12,12 +12,14 @@ from __future__ import annotations
 import dataclasses
 import functools
 import inspect
+import math
 import os
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Literal, TypeVar
 
+import polars as pl
 from dotenv import dotenv_values
 from pydantic import BaseModel
 
@@ -149,6 +151,58 @@ def _check_model_name(name: str, value: Any) -> str | None:
     return ck.text()(name, value)
 
 
+# Per-row details ``include=`` can add to the output, with their dtypes; ``usage`` names three of them.
+INCLUDE_DTYPES: Final[Mapping[str, pl.DataType]] = {
+    "error": pl.String(),
+    "error_kind": pl.String(),
+    "attempts": pl.Int64(),
+    "tokens_in": pl.Int64(),
+    "tokens_out": pl.Int64(),
+    "tokens_reasoning": pl.Int64(),
+    "tokens_cached": pl.Int64(),
+    "cost": pl.Float64(),
+    "cached": pl.Boolean(),
+}
+INCLUDE_GROUPS: Final[Mapping[str, tuple[str, ...]]] = {"usage": ("tokens_in", "tokens_out", "cost")}
+
+
+def _check_include(name: str, value: Any) -> tuple[str, ...]:
+    items = value.split(",") if isinstance(value, str) else value
+    try:
+        names = [str(item).strip() for item in items if str(item).strip()]
+    except TypeError:
+        raise ConfigError(f"include must be a tuple of names, got {value!r}") from None
+    out: list[str] = []
+    for item in names:
+        expanded = INCLUDE_GROUPS.get(item, (item,))
+        for field_name in expanded:
+            if field_name not in INCLUDE_DTYPES:
+                known = ", ".join([*INCLUDE_DTYPES, *INCLUDE_GROUPS])
+                raise ConfigError(f"include: unknown field {item!r}; choose from {known}")
+            if field_name not in out:
+                out.append(field_name)
+    return tuple(out)
+
+
+def _price_pair(name: str, value: Any) -> tuple[float, float]:
+    ok = isinstance(value, tuple | list) and len(value) == 2
+    ok = ok and all(ck.is_number(v) and math.isfinite(v) and v >= 0 for v in value)
+    if not ok:
+        raise ConfigError(
+            f"{name} must be (input_usd_per_million_tokens, output_usd_per_million_tokens), two "
+            f"non-negative numbers, or a mapping of model name to such a pair; got {value!r}"
+        )
+    return (float(value[0]), float(value[1]))
+
+
+def _check_price(name: str, value: Any) -> Any:
+    if isinstance(value, Mapping):
+        if not value:
+            raise ConfigError(f"{name} mapping is empty")
+        return {str(model): _price_pair(f"{name}[{model!r}]", pair) for model, pair in value.items()}
+    return _price_pair(name, value)
+
+
 def _check_worker(name: str, value: Any) -> Any:
     if not callable(value):
         raise ConfigError("worker must be an async callable taking the prompt and returning a str")
@@ -227,6 +281,22 @@ class MapConfig:
     flush_interval: float = option(1.0, "seconds between writes of finished rows to the cache", ck.seconds())
     flush_rows: int = option(
         5000, "finished rows that trigger a write before flush_interval", ck.integer(1, 10_000_000)
+    )
+    max_cost: float | None = option(
+        None,
+        "USD budget for the call's rows, earlier runs' spend on them included; stops before going over",
+        ck.optional(ck.number()),
+    )
+    price: tuple[float, float] | Mapping[str, tuple[float, float]] | None = option(
+        None,
+        "(input, output) USD per million tokens, or {model: (input, output)}; else the provider's list",
+        ck.optional(_check_price),
+        cli="--price",
+    )
+    include: tuple[str, ...] = option(
+        (),
+        "per-row details added beside result/status: error, error_kind, attempts, usage, cost, cached, ...",
+        _check_include,
     )
     progress: bool = option(True, "show a progress bar", ck.boolean, cli="--quiet")
     transport: Transport = option(

@@ -23,9 +23,10 @@ import polars as pl
 from . import exceptions as exc
 from ._client import Completion, Transport, make_transport
 from ._config import MapConfig
+from ._cost import Budget, Costing, plan_costs
 from ._ratelimit import AdaptiveConcurrency, Cooldown, TokenBucket
 from ._retry import backoff_delay, next_delay
-from ._store import Outcome, Store
+from ._store import DETAIL_SCHEMA, Outcome, Store
 
 __all__ = ["RunStats", "execute", "jobs_frame"]
 
@@ -50,7 +51,9 @@ class RunStats:
     rate_limited: int = 0
     tokens_in: int = 0
     tokens_out: int = 0
-    cost: float = 0.0
+    cost: float = 0.0  # USD this run (reported, or tokens × a known price)
+    spent_before: float = 0.0  # USD earlier runs spent on this call's rows (known with max_cost)
+    budget: float | None = None  # max_cost
     started: float = field(default_factory=time.monotonic)
 
     @property
@@ -72,16 +75,18 @@ _NO_LIMIT = _NoLimit()
 class _Usage:
     """Tokens and cost of one row, summed over its attempts."""
 
-    __slots__ = ("cost", "tokens_in", "tokens_out")
+    __slots__ = ("cost", "tokens_cached", "tokens_in", "tokens_out", "tokens_reasoning")
 
     def __init__(self) -> None:
-        self.tokens_in = self.tokens_out = 0
+        self.tokens_in = self.tokens_out = self.tokens_reasoning = self.tokens_cached = 0
         self.cost = 0.0
 
-    def add(self, completion: Completion) -> None:
+    def add(self, completion: Completion, cost: float | None) -> None:
         self.tokens_in += completion.tokens_in or 0
         self.tokens_out += completion.tokens_out or 0
-        self.cost += completion.cost or 0.0
+        self.tokens_reasoning += completion.tokens_reasoning or 0
+        self.tokens_cached += completion.tokens_cached or 0
+        self.cost += cost or 0.0
 
     def outcome(self, key: str, status: str, attempts: int, **fields: Any) -> Outcome:
         return Outcome(
@@ -90,6 +95,8 @@ class _Usage:
             attempts=attempts,
             tokens_in=self.tokens_in or None,
             tokens_out=self.tokens_out or None,
+            tokens_reasoning=self.tokens_reasoning or None,
+            tokens_cached=self.tokens_cached or None,
             cost=self.cost or None,
             finished_at=time.time(),
             **fields,
@@ -100,12 +107,20 @@ class _Run:
     """State shared by the workers of one run."""
 
     def __init__(
-        self, cfg: MapConfig, transport: Transport, stats: RunStats, cancel: Callable[[], None]
+        self,
+        cfg: MapConfig,
+        transport: Transport,
+        stats: RunStats,
+        cancel: Callable[[], None],
+        costing: Costing,
+        budget: Budget | None = None,
     ) -> None:
         self.cfg = cfg
         self.transport = transport
         self.stats = stats
         self.cancel = cancel
+        self.costing = costing
+        self.budget = budget
         self.fatal: exc.FatalError | None = None
         self.cooldown = Cooldown()
         self.adaptive = AdaptiveConcurrency(cfg.concurrency)
@@ -182,27 +197,37 @@ class _Run:
         estimate = (len(prompt) + self.system_chars) / 4 + self.out_estimate
         usage = _Usage()
         attempts = 0
+        budget = self.budget
         while True:
             attempts += 1
-            await self.pace(estimate)
+            reserved = self.costing.worst(prompt) if budget is not None else 0.0
+            if budget is not None and not await budget.reserve(reserved):
+                return None  # max_cost reached: this row stays pending
+            cost: float | None = 0.0  # no answer, nothing to pay
             error: exc.APIError
-            async with self.slot():
-                stats.in_flight += 1
-                stats.requests += 1
-                try:
-                    completion = await self.transport.complete(prompt)
-                    self.answered, self.refused_since, self.refused_count = True, None, 0
-                    usage.add(completion)
-                    self._account(completion, estimate)
-                    result = self.interpret(completion)
-                except exc.APIError as e:
-                    error = e
-                else:
-                    self.adaptive.on_success()
-                    stats.done += 1
-                    return usage.outcome(key, "done", attempts, result=result)
-                finally:
-                    stats.in_flight -= 1
+            try:
+                await self.pace(estimate)
+                async with self.slot():
+                    stats.in_flight += 1
+                    stats.requests += 1
+                    try:
+                        completion = await self.transport.complete(prompt)
+                        self.answered, self.refused_since, self.refused_count = True, None, 0
+                        cost = self.costing.of(completion)
+                        usage.add(completion, cost)
+                        self._account(completion, cost, estimate)
+                        result = self.interpret(completion)
+                    except exc.APIError as e:
+                        error = e
+                    else:
+                        self.adaptive.on_success()
+                        stats.done += 1
+                        return usage.outcome(key, "done", attempts, result=result)
+                    finally:
+                        stats.in_flight -= 1
+            finally:
+                if budget is not None:
+                    budget.settle(reserved, cost)
             error.attempts = attempts
             if isinstance(error, exc.FatalError):
                 self.set_fatal(error)
@@ -235,11 +260,11 @@ class _Run:
                 message = f"{message}\nraw output: {error.body}"
             return usage.outcome(key, "failed", attempts, error=message, error_kind=error.kind)
 
-    def _account(self, completion: Completion, estimate: float) -> None:
+    def _account(self, completion: Completion, cost: float | None, estimate: float) -> None:
         stats = self.stats
         stats.tokens_in += completion.tokens_in or 0
         stats.tokens_out += completion.tokens_out or 0
-        stats.cost += completion.cost or 0.0
+        stats.cost += cost or 0.0
         if completion.tokens_out is not None:
             self.out_estimate = 0.9 * self.out_estimate + 0.1 * completion.tokens_out
         if self.tpm is not None and completion.tokens_in is not None:
@@ -349,45 +374,69 @@ async def execute(
     stats: RunStats | None = None,
     on_start: Callable[[RunStats], None] | None = None,
 ) -> pl.DataFrame:
-    """Make sure every (key, prompt) is answered or failed; return ``key, status, result, error``.
+    """Make sure every (key, prompt) is answered or failed; return its state per key.
 
-    Rows already ``done`` in the store are not sent again; ``failed`` and unknown ones are.
-    Raises a :class:`~polars_llm.exceptions.FatalError` after persisting what finished.
+    Columns: ``key, status, result, error``, the details ``cfg.include`` asks for, and ``cached`` (the
+    row was ``done`` before this run). Rows already ``done`` are not sent again; ``failed`` and unknown
+    ones are. Raises a :class:`~polars_llm.exceptions.FatalError` after persisting what finished; a
+    :class:`~polars_llm.exceptions.BudgetExceededError` carries the state as it stands (``.state``).
     """
     stats = stats if stats is not None else RunStats()
     stats.total = len(keys)
+    details = [d for d in cfg.include if d in DETAIL_SCHEMA]
     store = await anyio.to_thread.run_sync(Store.open, cfg.cache_path)
     try:
         key_frame = pl.DataFrame(
             {"key": keys, "prompt": prompts}, schema={"key": pl.String, "prompt": pl.String}
         )
+
+        async def final_state(cached: pl.Series | None) -> pl.DataFrame:
+            state = await anyio.to_thread.run_sync(store.lookup, key_frame.select("key"), details)
+            flag = pl.col("key").is_in(cached.implode()) if cached is not None else pl.lit(True)
+            return state.with_columns(flag.alias("cached"))
+
         known = await anyio.to_thread.run_sync(store.lookup, key_frame.select("key"))
         is_done = pl.col("status") == "done"
         if known.height == len(keys) and known.select(is_done.all()).item():
             stats.cached = len(keys)  # all answered already (a rerun): skip the anti-join below
             if on_start is not None:
                 on_start(stats)
-            return known
-        done = known.filter(is_done).select("key")
-        todo = key_frame.join(done, on="key", how="anti", maintain_order="left")
+            return await final_state(None) if cfg.include else known.with_columns(cached=pl.lit(True))
+        done = known.filter(is_done).get_column("key")
+        todo = key_frame.join(done.to_frame(), on="key", how="anti", maintain_order="left")
         stats.cached = len(keys) - todo.height
+        if todo.height == 0:
+            if on_start is not None:
+                on_start(stats)
+            return await final_state(done)
+        costing, budget = await anyio.to_thread.run_sync(plan_costs, cfg, store, key_frame.select("key"))
+        if budget is not None:
+            stats.budget, stats.spent_before = budget.limit, budget.spent
         if on_start is not None:
             on_start(stats)
-        if todo.height == 0:
-            return known
         todo_keys = todo.get_column("key")
         todo_prompts = todo.get_column("prompt")
         await anyio.to_thread.run_sync(store.register, jobs_frame(cfg, todo_keys, todo_prompts))
         del todo, known
-        await _run_pool(cfg, store, todo_keys, todo_prompts, stats)
-        return await anyio.to_thread.run_sync(store.lookup, key_frame.select("key"))
+        try:
+            await _run_pool(cfg, store, todo_keys, todo_prompts, stats, costing, budget)
+        except exc.BudgetExceededError as error:
+            error.state = await final_state(done)
+            raise
+        return await final_state(done)
     finally:
         with anyio.CancelScope(shield=True):
             await anyio.to_thread.run_sync(store.close)
 
 
 async def _run_pool(
-    cfg: MapConfig, store: Store, keys: pl.Series, prompts: pl.Series, stats: RunStats
+    cfg: MapConfig,
+    store: Store,
+    keys: pl.Series,
+    prompts: pl.Series,
+    stats: RunStats,
+    costing: Costing,
+    budget: Budget | None,
 ) -> None:
     transport = make_transport(cfg)
     workers = min(cfg.concurrency, max(1, len(keys)))
@@ -397,7 +446,7 @@ async def _run_pool(
             outer.start_soon(_write, store, sink, cfg)
             try:
                 async with anyio.create_task_group() as pool:
-                    run = _Run(cfg, transport, stats, pool.cancel_scope.cancel)
+                    run = _Run(cfg, transport, stats, pool.cancel_scope.cancel, costing, budget)
                     jobs = _iter_jobs(keys, prompts)
                     for _ in range(workers):
                         pool.start_soon(_work, run, jobs, sink)
@@ -413,5 +462,14 @@ async def _run_pool(
             await transport.aclose()
     if run.fatal is not None:
         raise run.fatal
-    if stats.finished < len(keys):  # pragma: no cover - defensive
+    left = len(keys) - stats.finished
+    if budget is not None and budget.exhausted and left > 0:
+        raise exc.BudgetExceededError(
+            f"max_cost reached: ${budget.spent:,.4f} spent of the ${budget.limit:,.4f} budget on this call's "
+            f"rows; {left:,} rows were not sent (still pending). Raise max_cost and run again to continue",
+            spent=budget.spent,
+            budget=budget.limit,
+            rows_left=left,
+        )
+    if left > 0:  # pragma: no cover - defensive
         raise RuntimeError(f"engine stopped early: {stats.finished} of {len(keys)} requests finished")

@@ -16,9 +16,19 @@ from pydantic import BaseModel
 
 from ._bridge import surfaced
 from ._config import CacheArg, MapConfig, Secret, Transport, Worker, resolve_config, with_options
-from ._pipeline import amap_series, map_series
+from ._cost import Estimate
+from ._pipeline import amap_series, estimate_series, map_series
+from .exceptions import BudgetExceededError, ConfigError
 
-__all__ = ["MapOptions", "llm_map", "llm_map_async", "llm_map_frame", "llm_map_series", "output_dtype"]
+__all__ = [
+    "MapOptions",
+    "estimate",
+    "llm_map",
+    "llm_map_async",
+    "llm_map_frame",
+    "llm_map_series",
+    "output_dtype",
+]
 
 FrameT = TypeVar("FrameT", pl.DataFrame, pl.LazyFrame)
 _TMP = "__polars_llm_struct__"
@@ -46,6 +56,9 @@ class MapOptions(TypedDict, total=False):
     cache: CacheArg | Path
     flush_interval: float
     flush_rows: int
+    max_cost: float | None
+    price: tuple[float, float] | Mapping[str, tuple[float, float]] | None
+    include: tuple[str, ...] | list[str] | str
     progress: bool
     transport: Transport
     worker: Worker | None
@@ -103,7 +116,11 @@ def llm_map(expr: pl.Expr | str, model: str | None = None, **options: Unpack[Map
     ['done', 'null', 'done']
     """
     cfg = resolve_config(model=model, **options)
-    expr = pl.col(expr) if isinstance(expr, str) else expr
+    return _mapped(pl.col(expr) if isinstance(expr, str) else expr, cfg)
+
+
+def _mapped(expr: pl.Expr, cfg: MapConfig) -> pl.Expr:
+    """``expr`` mapped by the pipeline in a Polars UDF (whole column at once; dtype known up front)."""
 
     @surfaced
     def udf(series: pl.Series) -> pl.Series:
@@ -112,11 +129,21 @@ def llm_map(expr: pl.Expr | str, model: str | None = None, **options: Unpack[Map
     return expr.map_batches(udf, return_dtype=cfg.request.output_dtype, is_elementwise=False)
 
 
-def _split(frame: FrameT, result_name: str, status_name: str) -> FrameT:
-    return frame.with_columns(
-        pl.col(_TMP).struct.field("result").alias(result_name),
-        pl.col(_TMP).struct.field("status").alias(status_name),
-    ).drop(_TMP)
+def _names(cfg: MapConfig, result_name: str, status_name: str) -> dict[str, str]:
+    """Struct field → frame column: result and status (renamed as asked), then the ``include`` details."""
+    return {"result": result_name, "status": status_name, **{name: name for name in cfg.include}}
+
+
+def _check_names(existing: list[str], cfg: MapConfig, result_name: str, status_name: str) -> None:
+    clash = [name for name in cfg.include if name in existing or name in (result_name, status_name)]
+    if clash:
+        raise ConfigError(
+            f"include would add column(s) {', '.join(clash)} that the frame already has; rename them first"
+        )
+
+
+def _split(frame: FrameT, names: dict[str, str]) -> FrameT:
+    return frame.with_columns(pl.col(_TMP).struct.field(f).alias(c) for f, c in names.items()).drop(_TMP)
 
 
 @surfaced
@@ -140,14 +167,24 @@ def llm_map_frame(
     >>> out.columns
     ['q', 'result', 'status']
     """
+    cfg = resolve_config(model=model, **options)
+    existing = frame.columns if isinstance(frame, pl.DataFrame) else frame.collect_schema().names()
+    _check_names(existing, cfg, result_name, status_name)
+    names = _names(cfg, result_name, status_name)
     if isinstance(frame, pl.DataFrame):
         # Eager: map the evaluated column directly rather than through a Polars UDF, because Polars
         # rebuilds a UDF's exception from its message alone (dropping ``status``, ``path``, ``holder``…).
-        cfg = resolve_config(model=model, **options)
         prompts = frame.select(pl.col(column) if isinstance(column, str) else column).to_series()
-        return _split(frame.with_columns(map_series(prompts, cfg).alias(_TMP)), result_name, status_name)
-    expr = llm_map(column, model, **options).alias(_TMP)
-    return _split(frame.with_columns(expr), result_name, status_name)
+        try:
+            mapped = map_series(prompts, cfg)
+        except BudgetExceededError as error:
+            if error.frame is not None:  # the frame as it stands, finished rows filled in
+                partial = error.frame.select(*names).to_struct(_TMP)
+                error.frame = _split(frame.with_columns(partial), names)
+            raise
+        return _split(frame.with_columns(mapped.alias(_TMP)), names)
+    expr = _mapped(pl.col(column) if isinstance(column, str) else column, cfg)
+    return _split(frame.with_columns(expr.alias(_TMP)), names)
 
 
 @surfaced
@@ -178,6 +215,37 @@ async def llm_map_async(
     if isinstance(data, pl.DataFrame):
         if column is None:
             raise TypeError("llm_map_async(frame, column, ...) needs the prompt column's name")
+        _check_names(data.columns, cfg, result_name, status_name)
         mapped = await amap_series(data.get_column(column), cfg)
-        return _split(data.with_columns(mapped.alias(_TMP)), result_name, status_name)
+        return _split(data.with_columns(mapped.alias(_TMP)), _names(cfg, result_name, status_name))
     return await amap_series(data, cfg)
+
+
+@surfaced
+@with_options
+def estimate(
+    data: pl.Series | pl.DataFrame | pl.LazyFrame,
+    column: str | pl.Expr | None = None,
+    model: str | None = None,
+    **options: Unpack[MapOptions],
+) -> Estimate:
+    """What ``.llm.map`` with the same options would send and cost — without sending a request.
+
+    Counts rows, unique prompts and what the cache already holds; estimates tokens from earlier answers
+    of the model in the cache (no tokenizer download); prices them with ``price=``, else the provider's
+    model list (one ``GET /models``, kept in the cache), else says the price is unknown.
+
+    >>> import polars as pl
+    >>> est = estimate(pl.Series("q", ["a", "b", "a", None]), model="m", api_key="k", cache=None,
+    ...                price=(1.0, 2.0), max_tokens=10)
+    >>> est.rows, est.unique_prompts, est.to_send, est.price_source, est.cost_max is not None
+    (4, 2, 2, 'option', True)
+    """
+    cfg = resolve_config(model=model, **options)
+    if isinstance(data, pl.Series):
+        return estimate_series(data, cfg)
+    if column is None:
+        raise TypeError("estimate(frame, column, ...) needs the prompt column")
+    expr = pl.col(column) if isinstance(column, str) else column
+    series = data.lazy().select(expr).collect().to_series()
+    return estimate_series(series, cfg)

@@ -6,7 +6,8 @@ version, each in its own transaction together with the row it adds to ``schema_v
 leaves the file at a whole version. A file recording a version above :data:`CURRENT_VERSION` was
 written by a newer polars_llm and is refused without being touched.
 
-Never edit a released step: append a new one.
+Never edit a released step: append a new one, and make it idempotent (``IF NOT EXISTS``), so a step
+that lands on another branch first can be renumbered without harm.
 """
 
 from __future__ import annotations
@@ -52,11 +53,25 @@ CREATE TABLE requests (
 """
 
 _V2: Final = """
-ALTER TABLE requests ADD COLUMN error_kind VARCHAR;
-ALTER TABLE requests ADD COLUMN cost DOUBLE;
+ALTER TABLE requests ADD COLUMN IF NOT EXISTS error_kind VARCHAR;
+ALTER TABLE requests ADD COLUMN IF NOT EXISTS cost DOUBLE;
 """
 
-MIGRATIONS: Final[tuple[Migration, ...]] = ((1, _V1), (2, _V2))
+# Cost accounting: reasoning and cached prompt tokens per row; the provider's price list, kept with its date.
+_V3: Final = """
+ALTER TABLE requests ADD COLUMN IF NOT EXISTS tokens_reasoning BIGINT;
+ALTER TABLE requests ADD COLUMN IF NOT EXISTS tokens_cached BIGINT;
+CREATE TABLE IF NOT EXISTS model_prices (
+    base_url   VARCHAR NOT NULL,
+    model      VARCHAR NOT NULL,
+    price_in   DOUBLE,
+    price_out  DOUBLE,
+    max_output BIGINT,
+    fetched_at TIMESTAMP NOT NULL
+);
+"""
+
+MIGRATIONS: Final[tuple[Migration, ...]] = ((1, _V1), (2, _V2), (3, _V3))
 CURRENT_VERSION: Final = MIGRATIONS[-1][0]
 
 State = Literal["empty", "ours", "foreign"]

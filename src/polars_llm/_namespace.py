@@ -8,7 +8,8 @@ import polars as pl
 
 from ._bridge import surfaced
 from ._config import with_options
-from ._map import MapOptions, llm_map, llm_map_async, llm_map_frame, llm_map_series
+from ._cost import Estimate
+from ._map import MapOptions, estimate, llm_map, llm_map_async, llm_map_frame, llm_map_series
 
 __all__ = ["ExprLLM", "FrameLLM", "LazyFrameLLM", "SeriesLLM"]
 
@@ -45,6 +46,12 @@ class SeriesLLM:
     async def amap(self, model: str | None = None, **options: Unpack[MapOptions]) -> pl.Series:
         return await llm_map_async(self._series, model=model, **options)  # type: ignore[return-value]
 
+    @surfaced
+    @with_options
+    def estimate(self, model: str | None = None, **options: Unpack[MapOptions]) -> Estimate:
+        """What ``.llm.map`` would send and cost, without sending (see :func:`polars_llm.estimate`)."""
+        return estimate(self._series, model=model, **options)
+
 
 class _FrameLLM(Generic[FrameT]):
     def __init__(self, frame: FrameT) -> None:
@@ -64,6 +71,14 @@ class _FrameLLM(Generic[FrameT]):
         return llm_map_frame(
             self._frame, column, model, result_name=result_name, status_name=status_name, **options
         )
+
+    @surfaced
+    @with_options
+    def estimate(
+        self, column: str | pl.Expr, model: str | None = None, **options: Unpack[MapOptions]
+    ) -> Estimate:
+        """What ``.llm.map`` would send and cost, without sending (see :func:`polars_llm.estimate`)."""
+        return estimate(self._frame, column, model, **options)
 
 
 @pl.api.register_dataframe_namespace("llm")

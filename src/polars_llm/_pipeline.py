@@ -21,10 +21,13 @@ import anyio
 import polars as pl
 
 from ._bridge import run_async, run_sync
-from ._config import MapConfig
+from ._config import INCLUDE_DTYPES, MapConfig
+from ._cost import Estimate, TokenModel, build_estimate
 from ._engine import RunStats, execute
+from ._pricing import resolve_price
 from ._progress import Progress, Reporter, reporting
-from .exceptions import ColumnTypeError, PolarsLLMError
+from ._store import Store
+from .exceptions import BudgetExceededError, ColumnTypeError, PolarsLLMError
 
 __all__ = [
     "EMPTY_STATE",
@@ -32,6 +35,7 @@ __all__ = [
     "amap_series",
     "arun",
     "assemble",
+    "estimate_series",
     "map_series",
     "per_row",
     "prepare",
@@ -40,6 +44,7 @@ __all__ = [
 ]
 
 EMPTY_STATE = pl.DataFrame(schema={"key": pl.String, "status": pl.String, "result": pl.String})
+_DETAILS = frozenset(INCLUDE_DTYPES)
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,10 +88,11 @@ def prepare(series: pl.Series, cfg: MapConfig) -> Prepared:
 
 
 def per_row(prepared: Prepared, state: pl.DataFrame) -> pl.DataFrame:
-    """``prompt, key, status, result`` for every input row, in order (``key`` null for a null prompt)."""
+    """``prompt, key, status, result`` (and any other state columns) for every input row, in order
+    (``key`` null for a null prompt)."""
     rows = prepared.rows
     per_prompt = pl.DataFrame({"prompt": prepared.unique, "key": prepared.keys})
-    answers = state.select("key", "status", "result")
+    answers = state.select("key", "status", "result", *(c for c in state.columns if c in _DETAILS))
     if rows.null_count() == 0 and len(prepared.unique) == len(rows):
         # every row is its own unique prompt, in the same order: no join on the prompt text needed
         return per_prompt.join(answers, on="key", how="left", maintain_order="left")
@@ -95,20 +101,33 @@ def per_row(prepared: Prepared, state: pl.DataFrame) -> pl.DataFrame:
 
 
 def assemble(prepared: Prepared, state: pl.DataFrame, cfg: MapConfig) -> pl.Series:
-    """The ``Struct{result, status}`` column: ``done`` / ``failed``, ``null`` where the prompt is null."""
+    """The ``Struct{result, status, <include>}`` column.
+
+    ``status`` is ``done``, ``failed``, ``null`` where the prompt is null, or ``pending`` for a row a
+    stopped run did not send (e.g. ``max_cost`` reached).
+    """
     rows = per_row(prepared, state)
     done = pl.col("status") == "done"
+    null = pl.col("prompt").is_null()
+    details = [
+        (pl.lit(None, dtype) if name not in rows.columns else pl.when(~null).then(pl.col(name)))
+        .cast(dtype)
+        .alias(name)
+        for name, dtype in cfg.request.output_dtype.to_schema().items()
+        if name not in ("result", "status")
+    ]
     frame = rows.select(
         pl.when(done).then(pl.col("result")).alias("result"),
-        pl.when(pl.col("prompt").is_null())
+        pl.when(null)
         .then(pl.lit("null"))
-        .when(done)
-        .then(pl.lit("done"))
-        .otherwise(pl.lit("failed"))
+        .when(done | (pl.col("status") == "failed"))
+        .then(pl.col("status"))
+        .otherwise(pl.lit("pending"))
         .alias("status"),
+        *details,
     )
     result = cfg.request.results(frame.get_column("result"))
-    return pl.DataFrame([result, frame.get_column("status")]).to_struct(prepared.rows.name)
+    return frame.with_columns(result).to_struct(prepared.rows.name)
 
 
 def progress_for(prepared: Prepared, cfg: MapConfig) -> Progress:
@@ -161,6 +180,18 @@ def stopped(error: BaseException, stats: RunStats, cfg: MapConfig) -> BaseExcept
     return error
 
 
+def _restated(error: BaseException, prepared: Prepared, cfg: MapConfig, reporter: Reporter) -> BaseException:
+    """What a stopped run raises: ``stopped()``'s restatement; a budget stop carries the output so far."""
+    if isinstance(error, BudgetExceededError) and error.state is not None:
+        out = assemble(prepared, error.state, cfg).struct.unnest()
+        if prepared.rows.name not in out.columns:
+            out.insert_column(0, prepared.rows)
+        error.frame = out
+    if reporter.stats.requests == 0 and not isinstance(error, KeyboardInterrupt | BudgetExceededError):
+        return error  # stopped before sending anything (a locked cache…): the error says it all
+    return stopped(error, reporter.stats, cfg)
+
+
 def run(prepared: Prepared, cfg: MapConfig, reporter: Reporter | None = None) -> pl.DataFrame:
     """Execute synchronously (its own event loop thread, so also from a Jupyter cell); the state frame."""
     if len(prepared) == 0:
@@ -170,9 +201,7 @@ def run(prepared: Prepared, cfg: MapConfig, reporter: Reporter | None = None) ->
         try:
             return run_sync(_execute, prepared, cfg, reporter)
         except (KeyboardInterrupt, PolarsLLMError) as exc:
-            if reporter.stats.requests == 0 and not isinstance(exc, KeyboardInterrupt):
-                raise  # stopped before sending anything (a locked cache…): the error says it all
-            raise stopped(exc, reporter.stats, cfg) from None
+            raise _restated(exc, prepared, cfg, reporter) from None
 
 
 async def arun(prepared: Prepared, cfg: MapConfig, reporter: Reporter | None = None) -> pl.DataFrame:
@@ -184,9 +213,30 @@ async def arun(prepared: Prepared, cfg: MapConfig, reporter: Reporter | None = N
         try:
             return await run_async(_execute, prepared, cfg, reporter)
         except PolarsLLMError as exc:
-            if reporter.stats.requests == 0:
-                raise
-            raise stopped(exc, reporter.stats, cfg) from None
+            raise _restated(exc, prepared, cfg, reporter) from None
+
+
+def estimate_series(series: pl.Series, cfg: MapConfig) -> Estimate:
+    """What mapping ``series`` would send and cost: no completion request (maybe one ``GET /models``)."""
+    prepared = prepare(series, cfg)
+    with Store.open(cfg.cache_path) as store:
+        known = store.lookup(prepared.keys.to_frame())
+        price = resolve_price(cfg, store)
+        history = store.token_history(cfg.request.model)
+    done = known.filter(pl.col("status") == "done").get_column("key")
+    to_send = prepared.unique.filter(~prepared.keys.is_in(done.implode()))
+    tokens = TokenModel.learn(history, max_tokens=cfg.max_tokens, max_output=price.max_output)
+    return build_estimate(
+        model=cfg.request.model,
+        rows=len(prepared.rows),
+        null_rows=prepared.rows.null_count(),
+        unique_prompts=len(prepared),
+        to_send_chars=to_send.str.len_chars(),
+        cached=len(prepared) - len(to_send),
+        tokens=tokens,
+        price=price,
+        system_chars=len(cfg.system or ""),
+    )
 
 
 def map_series(series: pl.Series, cfg: MapConfig) -> pl.Series:

@@ -119,16 +119,20 @@ class RateMeter:
 
 
 def format_postfix(stats: RunStats, rpm: float) -> str:
-    """The text after the bar.
+    """The text after the bar: counts, rate, tokens, and money (``spent/budget`` with ``max_cost``).
 
     >>> format_postfix(RunStats(done=5, failed=1, retrying=2, tokens_in=10, tokens_out=20, cost=0.5), 120.0)
     'done=5 failed=1 retrying=2 rpm=120 tok=30 $0.5000'
+    >>> format_postfix(RunStats(done=5, cost=0.25, spent_before=0.5, budget=2.0), 60.0)
+    'done=5 failed=0 retrying=0 rpm=60 $0.7500/$2.00'
     """
     text = f"done={stats.done} failed={stats.failed} retrying={stats.retrying} rpm={rpm:,.0f}"
     tokens = stats.tokens_in + stats.tokens_out
     if tokens:
         text += f" tok={tokens:,}"
-    if stats.cost:
+    if stats.budget is not None:
+        text += f" ${stats.spent_before + stats.cost:.4f}/${stats.budget:,.2f}"
+    elif stats.cost:
         text += f" ${stats.cost:.4f}"
     return text
 

@@ -24,6 +24,7 @@ import polars as pl
 from pydantic import BaseModel
 
 from . import _structured
+from ._config import INCLUDE_DTYPES
 from ._keys import KeyMaker, request_fingerprint
 
 if TYPE_CHECKING:
@@ -44,6 +45,7 @@ class RequestSpec:
     schema: Mapping[str, Any] | None  # the schema document in the content key (= response_format)
     response_format: Mapping[str, Any] | None  # what is sent; None with a worker
     result_dtype: pl.DataType
+    include: tuple[str, ...]  # per-row details beside result and status
     fingerprint: bytes
     _extra: Mapping[str, Any] = field(repr=False)  # body fields after model and messages
 
@@ -72,6 +74,7 @@ class RequestSpec:
             schema=schema,
             response_format=response_format,
             result_dtype=_structured.struct_dtype(model) if model is not None else pl.String(),
+            include=cfg.include,
             fingerprint=request_fingerprint(
                 base_url=cfg.endpoint, model=name, system=cfg.system, params=params, schema=schema
             ),
@@ -83,8 +86,9 @@ class RequestSpec:
 
     @property
     def output_dtype(self) -> pl.Struct:
-        """``Struct{result, status}`` of the mapped column."""
-        return pl.Struct({"result": self.result_dtype, "status": pl.String()})
+        """``Struct{result, status}`` of the mapped column, plus the ``include`` details asked for."""
+        details = {name: INCLUDE_DTYPES[name] for name in self.include}
+        return pl.Struct({"result": self.result_dtype, "status": pl.String(), **details})
 
     def body(self, prompt: str) -> dict[str, Any]:
         """The JSON body of one request: a fresh conversation per row, never shared between rows."""

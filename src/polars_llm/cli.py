@@ -1,6 +1,7 @@
 """The ``polars-llm`` command line.
 
 polars-llm run prompts.csv --column prompt --output results.parquet   # a file of prompts to results
+polars-llm estimate prompts.csv --column prompt --model M [--price IN OUT]  # tokens and cost, sends nothing
 polars-llm status                     # what the cache holds: counts, tokens, cost, errors
 polars-llm export --output all.jsonl  # the cache's rows as JSON Lines or Parquet
 polars-llm demo                       # the main job, on the built-in simulator
@@ -22,7 +23,7 @@ from pathlib import Path
 
 import polars as pl
 
-from ._cli_run import EXIT_FAILED, EXIT_USAGE, CLIError, add_run_arguments, cmd_run
+from ._cli_run import EXIT_FAILED, EXIT_USAGE, CLIError, add_run_arguments, cmd_estimate, cmd_run
 from ._cli_store import add_export_arguments, add_status_arguments, cmd_export, cmd_status
 from ._config import DEFAULT_CACHE_PATH
 from .exceptions import ConfigError, PolarsLLMError
@@ -70,6 +71,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_run_arguments(run)
     run.set_defaults(func=cmd_run)
+
+    estimate = sub.add_parser(
+        "estimate",
+        allow_abbrev=False,
+        help="what `run` would send and cost, without sending a request",
+        description="Count the rows and unique prompts of INPUT's --column, what the cache already holds, "
+        "the tokens expected (learned from earlier answers in the cache) and their price (--price, else the "
+        "provider's model list). Sends no completion request.",
+    )
+    add_run_arguments(estimate, output=False)
+    estimate.set_defaults(func=cmd_estimate)
 
     status = sub.add_parser(
         "status", allow_abbrev=False, help="counts by status and model, tokens, cost, errors of a cache"

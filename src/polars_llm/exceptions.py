@@ -29,7 +29,8 @@ true to it and to what is retried)::
             ├── PermissionDeniedError   403
             ├── InsufficientCreditsError 402 without Retry-After
             ├── NotFoundError           404: wrong base_url or unknown model
-            └── EndpointUnreachableError the endpoint refused connections repeatedly
+            ├── EndpointUnreachableError the endpoint refused connections repeatedly
+            └── BudgetExceededError     ``max_cost`` reached: the rest stays pending (``.frame`` as it stands)
 
 Example:
     >>> from polars_llm.exceptions import RateLimitError, TransientError
@@ -49,6 +50,7 @@ __all__ = [
     "APITimeoutError",
     "AuthenticationError",
     "BadRequestError",
+    "BudgetExceededError",
     "ColumnTypeError",
     "ConfigError",
     "ContentFilterError",
@@ -233,3 +235,25 @@ class NotFoundError(FatalError):
 
 class EndpointUnreachableError(FatalError):
     kind = "endpoint_unreachable"
+
+
+class BudgetExceededError(FatalError):
+    """``max_cost`` would be exceeded by the next request: nothing more is sent.
+
+    Requests in flight finished and are kept; everything finished is in the cache; the other rows stay
+    ``pending`` and a rerun with a larger budget continues (paying nothing twice). Attributes: ``spent``
+    and ``budget`` (USD, this call's rows, earlier runs included), ``rows_left`` (requests not sent), and
+    ``frame``: the output as it stands (finished rows filled in, the rest ``pending``).
+    """
+
+    kind = "budget_exceeded"
+
+    def __init__(
+        self, message: str, *, spent: float = 0.0, budget: float = 0.0, rows_left: int = 0, **facts: Any
+    ) -> None:
+        super().__init__(message, **facts)
+        self.spent = spent
+        self.budget = budget
+        self.rows_left = rows_left
+        self.state: Any = None  # the engine's per-key state when it stopped
+        self.frame: Any = None  # the output as it stands (set by the entry point)

@@ -34,7 +34,11 @@ Answers (deterministic, no randomness):
     * :func:`expected_content` returns the exact ``message.content`` string for any of these;
     * ``usage`` has ``prompt_tokens`` (all message text), ``completion_tokens`` (both
       ``max(1, len(text) // 4)``, see :func:`count_tokens`), ``total_tokens`` and ``cost`` in USD
-      (``prompt_price`` / ``completion_price`` per token);
+      (``prompt_price`` / ``completion_price`` per token; left out with ``report_cost=False``), and
+      ``completion_tokens_details.reasoning_tokens`` / ``prompt_tokens_details.cached_tokens`` when
+      ``reasoning_ratio`` / ``cached_ratio`` are set (reasoning tokens are part of completion tokens);
+    * ``GET /v1/models`` lists ``models`` with OpenRouter-style ``pricing`` (USD per token, as strings)
+      and ``top_provider.max_completion_tokens`` (``max_output``);
     * an answer longer than the request's ``max_tokens`` is cut to ``max_tokens * 4`` characters with
       ``finish_reason="length"`` (``honor_max_tokens=False`` turns that off).
 
@@ -150,6 +154,10 @@ _HELP: dict[str, str] = {
     "api_key": "require 'Authorization: Bearer KEY'",
     "prompt_price": "USD per prompt token",
     "completion_price": "USD per completion token",
+    "report_cost": "report usage.cost (off: the client must price tokens itself)",
+    "reasoning_ratio": "share of completion tokens reported as reasoning tokens",
+    "cached_ratio": "share of prompt tokens reported as cached",
+    "max_output": "maximum completion tokens listed by /v1/models ('none' to list none)",
     "honor_max_tokens": "cut answers longer than max_tokens (finish_reason 'length')",
     "models": "model names listed by /v1/models",
     "shutdown_timeout": "seconds to let running requests finish on exit",
@@ -178,7 +186,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
             parser.add_argument(flag, nargs="+", default=list(default), help=text)
         elif f.name == "fail_mode":
             parser.add_argument(flag, type=int, choices=(401, 402, 403), default=None, help=text)
-        elif f.name in ("rate_limit", "tpm_limit"):
+        elif f.name in ("rate_limit", "tpm_limit", "max_output"):
             parser.add_argument(flag, type=_optional(int), default=default, help=text)
         elif f.name == "error_retry_after":
             parser.add_argument(flag, type=_optional(float), default=default, help=text)

@@ -134,7 +134,18 @@ class Engine:
         cfg = self.config
         if cfg.api_key is not None and request.headers.get("Authorization") != f"Bearer {cfg.api_key}":
             return error_response(401)
-        data = [{"id": m, "object": "model", "created": 0, "owned_by": "polars-llm-sim"} for m in cfg.models]
+        pricing = {"prompt": f"{cfg.prompt_price:.12f}", "completion": f"{cfg.completion_price:.12f}"}
+        data = [
+            {
+                "id": m,
+                "object": "model",
+                "created": 0,
+                "owned_by": "polars-llm-sim",
+                "pricing": pricing,
+                "top_provider": {"max_completion_tokens": cfg.max_output},
+            }
+            for m in cfg.models
+        ]
         return web.Response(body=orjson.dumps({"object": "list", "data": data}), headers=JSON_HEADERS)
 
     async def stats_endpoint(self, request: web.Request) -> web.Response:
@@ -358,6 +369,19 @@ class Engine:
         prompt_tokens = parsed.prompt_tokens
         completion_tokens = count_tokens(content)
         cost = prompt_tokens * cfg.prompt_price + completion_tokens * cfg.completion_price
+        usage: dict[str, Any] = {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+        }
+        if cfg.report_cost:
+            usage["cost"] = cost
+        if cfg.reasoning_ratio:
+            usage["completion_tokens_details"] = {
+                "reasoning_tokens": int(completion_tokens * cfg.reasoning_ratio)
+            }
+        if cfg.cached_ratio:
+            usage["prompt_tokens_details"] = {"cached_tokens": int(prompt_tokens * cfg.cached_ratio)}
         self._next_id += 1
         return {
             "id": f"gen-sim-{self._next_id}",
@@ -372,12 +396,7 @@ class Engine:
                     "finish_reason": finish,
                 }
             ],
-            "usage": {
-                "prompt_tokens": prompt_tokens,
-                "completion_tokens": completion_tokens,
-                "total_tokens": prompt_tokens + completion_tokens,
-                "cost": cost,
-            },
+            "usage": usage,
         }
 
     def _answer(self, parsed: ParsedRequest, cfg: SimConfig, fault: str) -> web.Response:
@@ -392,7 +411,11 @@ class Engine:
                 self._ok += 1
                 self._tokens_in += usage["prompt_tokens"]
                 self._tokens_out += usage["completion_tokens"]
-                self._cost += usage["cost"]
+                # what the answer cost, reported or not (the stats are the ground truth for tests)
+                self._cost += (
+                    usage["prompt_tokens"] * cfg.prompt_price
+                    + usage["completion_tokens"] * cfg.completion_price
+                )
                 if cfg.tpm_limit is not None:  # the answer's tokens count toward the token window too
                     self._tok_window.append((time.monotonic(), usage["completion_tokens"]))
                     self._tok_sum += usage["completion_tokens"]

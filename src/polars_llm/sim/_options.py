@@ -72,6 +72,10 @@ class SimConfig:
     api_key: str | None = field(default=None, repr=False)
     prompt_price: float = 1e-7
     completion_price: float = 4e-7
+    report_cost: bool = True
+    reasoning_ratio: float = 0.0
+    cached_ratio: float = 0.0
+    max_output: int | None = 4096
     honor_max_tokens: bool = True
     models: tuple[str, ...] = ("sim/echo",)
     shutdown_timeout: float = 0.25
@@ -112,7 +116,13 @@ class SimConfig:
             value = getattr(self, name)
             if not (ck.is_number(value) and value >= 0 and math.isfinite(value)):
                 raise ConfigError(f"{name} must be a non-negative number (USD per token), got {value!r}")
-        for name in ("truncate_close", "burst_429", "honor_max_tokens"):
+        for name in ("reasoning_ratio", "cached_ratio"):
+            value = getattr(self, name)
+            if not (ck.is_number(value) and 0.0 <= value <= 1.0):
+                raise ConfigError(f"{name} must be a fraction between 0 and 1, got {value!r}")
+        if self.max_output is not None:
+            _check_int("max_output", self.max_output, 1, 10**9)
+        for name in ("truncate_close", "burst_429", "honor_max_tokens", "report_cost"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name} must be True or False, got {getattr(self, name)!r}")
         if not isinstance(self.models, tuple) or not all(isinstance(m, str) and m for m in self.models):
