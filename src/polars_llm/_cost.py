@@ -251,8 +251,9 @@ def build_estimate(
     )
 
 
-def plan_costs(cfg: MapConfig, store: Store, keys: pl.DataFrame) -> tuple[Costing, Budget | None]:
-    """The run's :class:`Costing`, and its :class:`Budget` when ``max_cost`` is set (blocking: off-loop).
+def plan_costs(cfg: MapConfig, store: Store, keys: pl.DataFrame) -> tuple[Costing, float | None]:
+    """The run's :class:`Costing`, and with ``max_cost`` what was already spent on ``keys`` (blocking:
+    call it off the event loop; the :class:`Budget` itself is made on the loop).
 
     Raises :class:`ConfigError` before any request when ``max_cost`` cannot be kept: no known price, or
     neither ``max_tokens`` nor a listed maximum output to bound an answer.
@@ -275,5 +276,4 @@ def plan_costs(cfg: MapConfig, store: Store, keys: pl.DataFrame) -> tuple[Costin
             f"max_cost needs a bound on each answer's length: pass max_tokens=... (the provider lists no "
             f"maximum output for {model!r})"
         )
-    spent = store.spent(keys, (price.input, price.output))  # type: ignore[arg-type]
-    return costing, Budget(cfg.max_cost, spent)
+    return costing, store.spent(keys, (price.input, price.output))  # type: ignore[arg-type]

@@ -409,7 +409,8 @@ async def execute(
             if on_start is not None:
                 on_start(stats)
             return await final_state(done)
-        costing, budget = await anyio.to_thread.run_sync(plan_costs, cfg, store, key_frame.select("key"))
+        costing, spent = await anyio.to_thread.run_sync(plan_costs, cfg, store, key_frame.select("key"))
+        budget = Budget(cfg.max_cost, spent) if cfg.max_cost is not None and spent is not None else None
         if budget is not None:
             stats.budget, stats.spent_before = budget.limit, budget.spent
         if on_start is not None:
