@@ -27,7 +27,7 @@ from ._ratelimit import AdaptiveConcurrency, Cooldown, TokenBucket
 from ._retry import backoff_delay, next_delay
 from ._store import Outcome, Store
 
-__all__ = ["RunStats", "execute", "jobs_frame"]
+__all__ = ["RunStats", "error_text", "execute", "interpret", "jobs_frame"]
 
 log = logging.getLogger("polars_llm")
 
@@ -96,6 +96,36 @@ class _Usage:
         )
 
 
+def interpret(completion: Completion, validate: Callable[[str | None], str] | None) -> str:
+    """The row's result from one answer, or the :class:`~polars_llm.APIError` that fails it.
+
+    Shared by the online workers and batch collection, so an answer means the same whichever way it came:
+    content filter, truncated structured output, ``response_model`` validation, missing text.
+    """
+    if completion.finish_reason == "content_filter":
+        raise exc.ContentFilterError(
+            "the provider's content filter stopped this answer", body=completion.text
+        )
+    if validate is not None:
+        if completion.finish_reason == "length":
+            raise exc.OutputTruncatedError(
+                "output cut at max_tokens before the JSON was complete; raise max_tokens",
+                body=completion.text,
+            )
+        return validate(completion.text)
+    if completion.text is None:
+        raise exc.MalformedResponseError("the answer has no text content")
+    return completion.text
+
+
+def error_text(error: exc.APIError) -> str:
+    """The ``error`` stored for a failed row (validation failures keep the raw output)."""
+    message = str(error)
+    if error.body and isinstance(error, exc.OutputValidationError | exc.OutputTruncatedError):
+        message = f"{message}\nraw output: {error.body}"
+    return message
+
+
 class _Run:
     """State shared by the workers of one run."""
 
@@ -128,20 +158,7 @@ class _Run:
             self.cancel()
 
     def interpret(self, completion: Completion) -> str:
-        if completion.finish_reason == "content_filter":
-            raise exc.ContentFilterError(
-                "the provider's content filter stopped this answer", body=completion.text
-            )
-        if self.validate is not None:
-            if completion.finish_reason == "length":
-                raise exc.OutputTruncatedError(
-                    "output cut at max_tokens before the JSON was complete; raise max_tokens",
-                    body=completion.text,
-                )
-            return self.validate(completion.text)
-        if completion.text is None:
-            raise exc.MalformedResponseError("the answer has no text content")
-        return completion.text
+        return interpret(completion, self.validate)
 
     def _note_refused(self, error: exc.APIError) -> None:
         now = time.monotonic()
@@ -230,10 +247,7 @@ class _Run:
                     stats.retrying -= 1
                 continue
             stats.failed += 1
-            message = str(error)
-            if error.body and isinstance(error, exc.OutputValidationError | exc.OutputTruncatedError):
-                message = f"{message}\nraw output: {error.body}"
-            return usage.outcome(key, "failed", attempts, error=message, error_kind=error.kind)
+            return usage.outcome(key, "failed", attempts, error=error_text(error), error_kind=error.kind)
 
     def _account(self, completion: Completion, estimate: float) -> None:
         stats = self.stats

@@ -6,7 +6,10 @@ Tables (also in :data:`TABLES_DOC`):
     one row per content key: ``key`` (32-hex), ``prompt``, ``base_url``, ``model``, ``system``, ``params``
     (JSON text), ``schema_name``, ``schema`` (JSON text), ``status`` (``pending`` | ``done`` | ``failed``),
     ``result``, ``error``, ``error_kind``, ``attempts`` (summed over runs), ``tokens_in``, ``tokens_out``,
-    ``cost``, ``created_at``, ``updated_at``, ``finished_at`` (UTC ``TIMESTAMP``). No API key is ever stored.
+    ``cost``, ``created_at``, ``updated_at``, ``finished_at`` (UTC ``TIMESTAMP``), ``batch_id``. No API key
+    is ever stored.
+``batches``
+    one row per batch submitted in batch mode (see :mod:`polars_llm._batch_store`).
 ``schema_version``
     ``version``, ``applied_at``: one row per applied migration (see :mod:`polars_llm._migrations`).
 
@@ -39,7 +42,7 @@ import pyarrow as pa
 from . import _migrations
 from .exceptions import ConfigError, StoreError
 
-__all__ = ["TABLES_DOC", "Outcome", "Store", "connect"]
+__all__ = ["TABLES_DOC", "Outcome", "Store", "apply_outcomes", "connect"]
 
 TABLES_DOC: Final = """\
 The cache is one DuckDB file (default `.polars_llm/cache.duckdb`); open it with any DuckDB client
@@ -63,6 +66,22 @@ while no run is using it.
 | `tokens_in`, `tokens_out` | BIGINT | token usage reported by the provider |
 | `cost` | DOUBLE | cost reported by the provider |
 | `created_at`, `updated_at`, `finished_at` | TIMESTAMP | UTC times |
+| `batch_id` | VARCHAR | batch mode: the batch the request was last sent in, or NULL |
+
+**`batches`**: one row per batch submitted with `mode="batch"`. A batch is *live* until its results are
+collected (`collected_at` NULL); a request in a live batch is never sent again.
+
+| column | type | meaning |
+|---|---|---|
+| `batch_id` | VARCHAR | the provider's batch id |
+| `base_url`, `model`, `endpoint` | VARCHAR | where it was submitted (`/v1/chat/completions`) |
+| `input_file_id`, `output_file_id`, `error_file_id` | VARCHAR | the provider's file ids |
+| `status` | VARCHAR | provider status last seen (`in_progress`, `completed`, `expired`, …) |
+| `requests`, `bytes` | INTEGER, BIGINT | requests in the input file and its size |
+| `completed`, `failed` | INTEGER | the provider's request counts, last seen |
+| `rows_done`, `rows_failed`, `rows_requeued` | INTEGER | collected: answers, failures, rows back to pending |
+| `message` | VARCHAR | batch-level errors, or why rows were put back to pending |
+| `submitted_at`, `checked_at`, `finished_at`, `collected_at` | TIMESTAMP | UTC times |
 
 **`schema_version`**: `version` INTEGER, `applied_at` TIMESTAMP; one row per applied migration.
 
@@ -220,6 +239,42 @@ def _probe(path: Path) -> None:
         raise _migrations.not_ours(path)
 
 
+def apply_outcomes(con: duckdb.DuckDBPyConnection, outcomes: Sequence[Outcome]) -> None:
+    """Write ``outcomes`` inside the caller's transaction (see :meth:`Store.write_outcomes`)."""
+    if not outcomes:
+        return
+    unique = list({o.key: o for o in outcomes}.values())  # the last outcome wins for a repeated key
+    batch = pa.table(
+        {name: [getattr(o, name) for o in unique] for name in _BATCH_SCHEMA.names}, schema=_BATCH_SCHEMA
+    )
+    now = _now_us()
+    con.register("_pl_batch", batch)
+    try:
+        updated = con.execute(
+            "UPDATE requests SET status = b.status, result = b.result, error = b.error, "
+            "error_kind = b.error_kind, attempts = requests.attempts + b.attempts, "
+            "tokens_in = b.tokens_in, tokens_out = b.tokens_out, cost = b.cost, "
+            "updated_at = make_timestamp(?::BIGINT), "
+            "finished_at = make_timestamp((b.finished_at * 1000000)::BIGINT) "
+            "FROM _pl_batch AS b WHERE requests.key = b.key",
+            [now],
+        ).fetchall()
+        if updated and int(updated[0][0]) == batch.num_rows:
+            return  # the usual case: every key was registered (keys are unique, so no second scan)
+        # Keys that were never registered (should not happen) are kept rather than lost.
+        con.execute(
+            "INSERT INTO requests (key, status, result, error, error_kind, attempts, tokens_in, "
+            "tokens_out, cost, created_at, updated_at, finished_at) "
+            "SELECT b.key, b.status, b.result, b.error, b.error_kind, b.attempts, b.tokens_in, "
+            "b.tokens_out, b.cost, make_timestamp(?::BIGINT), make_timestamp(?::BIGINT), "
+            "make_timestamp((b.finished_at * 1000000)::BIGINT) "
+            "FROM _pl_batch AS b ANTI JOIN requests AS r ON r.key = b.key",
+            [now, now],
+        )
+    finally:
+        con.unregister("_pl_batch")
+
+
 class Store:
     """Durable job store in one DuckDB file (``path=None``: in memory, nothing on disk).
 
@@ -346,33 +401,8 @@ class Store:
         """Record a batch of outcomes in one transaction (the last outcome wins for a repeated key)."""
         if not outcomes:
             return
-        unique = list({o.key: o for o in outcomes}.values())  # the last outcome wins for a repeated key
-        batch = pa.table(
-            {name: [getattr(o, name) for o in unique] for name in _BATCH_SCHEMA.names}, schema=_BATCH_SCHEMA
-        )
-        now = _now_us()
-        with self._transaction() as con, self._registered(con, "_pl_batch", batch):
-            updated = con.execute(
-                "UPDATE requests SET status = b.status, result = b.result, error = b.error, "
-                "error_kind = b.error_kind, attempts = requests.attempts + b.attempts, "
-                "tokens_in = b.tokens_in, tokens_out = b.tokens_out, cost = b.cost, "
-                "updated_at = make_timestamp(?::BIGINT), "
-                "finished_at = make_timestamp((b.finished_at * 1000000)::BIGINT) "
-                "FROM _pl_batch AS b WHERE requests.key = b.key",
-                [now],
-            ).fetchall()
-            if updated and int(updated[0][0]) == batch.num_rows:
-                return  # the usual case: every key was registered (keys are unique, so no second scan)
-            # Keys that were never registered (should not happen) are kept rather than lost.
-            con.execute(
-                "INSERT INTO requests (key, status, result, error, error_kind, attempts, tokens_in, "
-                "tokens_out, cost, created_at, updated_at, finished_at) "
-                "SELECT b.key, b.status, b.result, b.error, b.error_kind, b.attempts, b.tokens_in, "
-                "b.tokens_out, b.cost, make_timestamp(?::BIGINT), make_timestamp(?::BIGINT), "
-                "make_timestamp((b.finished_at * 1000000)::BIGINT) "
-                "FROM _pl_batch AS b ANTI JOIN requests AS r ON r.key = b.key",
-                [now, now],
-            )
+        with self._transaction() as con:
+            apply_outcomes(con, outcomes)
 
     def counts(self) -> dict[str, int]:
         """Number of rows per status."""

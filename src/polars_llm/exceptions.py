@@ -29,7 +29,9 @@ true to it and to what is retried)::
             ├── PermissionDeniedError   403
             ├── InsufficientCreditsError 402 without Retry-After
             ├── NotFoundError           404: wrong base_url or unknown model
-            └── EndpointUnreachableError the endpoint refused connections repeatedly
+            ├── EndpointUnreachableError the endpoint refused connections repeatedly
+            └── BatchUnsupportedError   mode="batch" on an endpoint without a batch API (OpenRouter, or
+                                        batch endpoints not found); raised before anything is uploaded
 
 Example:
     >>> from polars_llm.exceptions import RateLimitError, TransientError
@@ -49,6 +51,7 @@ __all__ = [
     "APITimeoutError",
     "AuthenticationError",
     "BadRequestError",
+    "BatchUnsupportedError",
     "ColumnTypeError",
     "ConfigError",
     "ContentFilterError",
@@ -233,3 +236,17 @@ class NotFoundError(FatalError):
 
 class EndpointUnreachableError(FatalError):
     kind = "endpoint_unreachable"
+
+
+class BatchUnsupportedError(FatalError):
+    """``mode="batch"`` on an endpoint without a batch API we can use; nothing was uploaded.
+
+    ``base_url`` names the endpoint. Raised before any request for OpenRouter, and when the endpoint
+    answers "not found" on its batch endpoints (checked before the first upload).
+    """
+
+    kind = "batch_unsupported"
+
+    def __init__(self, message: str, *, base_url: str = "", **facts: Any) -> None:
+        super().__init__(message, **facts)
+        self.base_url = base_url
