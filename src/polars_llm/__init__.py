@@ -15,6 +15,7 @@ and ``pl.LazyFrame``.
 from __future__ import annotations
 
 from . import _namespace  # noqa: F401  (registers the namespaces)
+from ._batch_admin import batches, cancel_batch
 from ._config import DEFAULT_BASE_URL, DEFAULT_CACHE, DEFAULT_CACHE_PATH, MapConfig, Secret, resolve_config
 from ._map import MapOptions, llm_map, llm_map_async, llm_map_frame, llm_map_series, output_dtype
 from .exceptions import (
@@ -78,6 +79,8 @@ __all__ = [
     "StoreError",
     "TransientError",
     "__version__",
+    "batches",
+    "cancel_batch",
     "export_jsonl",
     "export_parquet",
     "llm_map",

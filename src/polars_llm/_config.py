@@ -272,6 +272,11 @@ class MapConfig:
                 "mode='batch' sends the requests through the provider's batch API; it cannot run a "
                 "worker= callable (drop worker=, or use mode='online')"
             )
+        if self.mode == "batch" and self.cache is None:
+            raise ConfigError(
+                "mode='batch' needs a cache file to remember its batches between calls; "
+                "pass cache=<path> (or leave the default) instead of cache=None"
+            )
         if self.worker is None:
             if not self.model:
                 raise ConfigError(

@@ -21,6 +21,7 @@ import anyio.lowlevel
 import polars as pl
 
 from . import exceptions as exc
+from ._batch_store import live_rows
 from ._client import Completion, Transport, make_transport
 from ._config import MapConfig
 from ._ratelimit import AdaptiveConcurrency, Cooldown, TokenBucket
@@ -384,17 +385,27 @@ async def execute(
             return known
         done = known.filter(is_done).select("key")
         todo = key_frame.join(done, on="key", how="anti", maintain_order="left")
-        stats.cached = len(keys) - todo.height
+        live = await anyio.to_thread.run_sync(live_rows, store, todo.select("key"))
+        if live.height:  # in a batch still running at the provider (mode="batch"): never sent twice
+            todo = todo.join(live, on="key", how="anti", maintain_order="left")
+            stats.total -= live.height
+            log.warning(
+                "%d rows are in batches still running at the provider: not sent again (status 'submitted'); "
+                "collect them with mode='batch'",
+                live.height,
+            )
+        stats.cached = stats.total - todo.height
         if on_start is not None:
             on_start(stats)
         if todo.height == 0:
-            return known
+            return known.join(live.select("key", "batch_status"), on="key", how="left")
         todo_keys = todo.get_column("key")
         todo_prompts = todo.get_column("prompt")
         await anyio.to_thread.run_sync(store.register, jobs_frame(cfg, todo_keys, todo_prompts))
         del todo, known
         await _run_pool(cfg, store, todo_keys, todo_prompts, stats)
-        return await anyio.to_thread.run_sync(store.lookup, key_frame.select("key"))
+        state = await anyio.to_thread.run_sync(store.lookup, key_frame.select("key"))
+        return state.join(live.select("key", "batch_status"), on="key", how="left") if live.height else state
     finally:
         with anyio.CancelScope(shield=True):
             await anyio.to_thread.run_sync(store.close)

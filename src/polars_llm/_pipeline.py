@@ -20,6 +20,8 @@ from dataclasses import dataclass
 import anyio
 import polars as pl
 
+from ._batch import execute_batch
+from ._batch_progress import BatchProgress, BatchStats, batch_note
 from ._bridge import run_async, run_sync
 from ._config import MapConfig
 from ._engine import RunStats, execute
@@ -39,7 +41,9 @@ __all__ = [
     "stopped",
 ]
 
-EMPTY_STATE = pl.DataFrame(schema={"key": pl.String, "status": pl.String, "result": pl.String})
+EMPTY_STATE = pl.DataFrame(
+    schema={"key": pl.String, "status": pl.String, "result": pl.String, "batch_status": pl.String}
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,10 +87,13 @@ def prepare(series: pl.Series, cfg: MapConfig) -> Prepared:
 
 
 def per_row(prepared: Prepared, state: pl.DataFrame) -> pl.DataFrame:
-    """``prompt, key, status, result`` for every input row, in order (``key`` null for a null prompt)."""
+    """``prompt, key, status, result`` for every input row, in order (``key`` null for a null prompt);
+    plus ``batch_status`` when ``state`` has it (batch mode: set while the row's batch is live)."""
     rows = prepared.rows
     per_prompt = pl.DataFrame({"prompt": prepared.unique, "key": prepared.keys})
-    answers = state.select("key", "status", "result")
+    answers = state.select(
+        "key", "status", "result", *(["batch_status"] if "batch_status" in state.columns else [])
+    )
     if rows.null_count() == 0 and len(prepared.unique) == len(rows):
         # every row is its own unique prompt, in the same order: no join on the prompt text needed
         return per_prompt.join(answers, on="key", how="left", maintain_order="left")
@@ -95,15 +102,21 @@ def per_row(prepared: Prepared, state: pl.DataFrame) -> pl.DataFrame:
 
 
 def assemble(prepared: Prepared, state: pl.DataFrame, cfg: MapConfig) -> pl.Series:
-    """The ``Struct{result, status}`` column: ``done`` / ``failed``, ``null`` where the prompt is null."""
+    """The ``Struct{result, status}`` column: ``done`` / ``failed``, ``null`` where the prompt is null;
+    in batch mode also ``submitted`` (its batch is still running) and ``pending`` (to be resubmitted)."""
     rows = per_row(prepared, state)
     done = pl.col("status") == "done"
+    submitted = pl.col("batch_status").is_not_null() if "batch_status" in rows.columns else pl.lit(False)
     frame = rows.select(
         pl.when(done).then(pl.col("result")).alias("result"),
         pl.when(pl.col("prompt").is_null())
         .then(pl.lit("null"))
         .when(done)
         .then(pl.lit("done"))
+        .when(submitted)
+        .then(pl.lit("submitted"))
+        .when(pl.col("status") == "pending")
+        .then(pl.lit("pending"))
         .otherwise(pl.lit("failed"))
         .alias("status"),
     )
@@ -112,15 +125,19 @@ def assemble(prepared: Prepared, state: pl.DataFrame, cfg: MapConfig) -> pl.Seri
 
 
 def progress_for(prepared: Prepared, cfg: MapConfig) -> Progress:
-    return Progress(RunStats(total=len(prepared)), enabled=cfg.progress and len(prepared) > 0)
+    enabled = cfg.progress and len(prepared) > 0
+    if cfg.mode == "batch":
+        return BatchProgress(BatchStats(total=len(prepared)), enabled=enabled)
+    return Progress(RunStats(total=len(prepared)), enabled=enabled)
 
 
 async def _execute(prepared: Prepared, cfg: MapConfig, reporter: Reporter) -> pl.DataFrame:
-    """The engine with the progress display refreshing beside it."""
+    """The engine (or batch mode) with the progress display refreshing beside it."""
+    runner = execute_batch if cfg.mode == "batch" else execute
     async with anyio.create_task_group() as tg:
         tg.start_soon(reporter.run)
         try:
-            return await execute(
+            return await runner(
                 cfg, prepared.keys, prepared.unique, stats=reporter.stats, on_start=reporter.started
             )
         finally:
@@ -149,6 +166,8 @@ def stopped(error: BaseException, stats: RunStats, cfg: MapConfig) -> BaseExcept
         f"stopped after {stats.finished:,} of {to_send:,} requests "
         f"({stats.done:,} done, {stats.failed:,} failed); {where}"
     )
+    if cfg.mode == "batch":
+        note = batch_note(stats, cfg)
     if isinstance(error, KeyboardInterrupt):
         return KeyboardInterrupt(note)
     if isinstance(error, PolarsLLMError):

@@ -100,7 +100,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..exceptions import ConfigError
-from ._options import SimConfig
+from ._options import BATCH_OUTCOMES, SimConfig
 from ._outputs import count_tokens, expected_content, expected_json, expected_text
 from ._server import SimServer, serve, start
 from ._wire import parse_markers
@@ -153,6 +153,13 @@ _HELP: dict[str, str] = {
     "honor_max_tokens": "cut answers longer than max_tokens (finish_reason 'length')",
     "models": "model names listed by /v1/models",
     "shutdown_timeout": "seconds to let running requests finish on exit",
+    "batch_api": "serve the files and batches endpoints (--no-batch-api: 404, like a provider without one)",
+    "batch_seconds": "seconds a batch takes to finish ('none': until finish_batches())",
+    "batch_outcome": "how a batch ends: completed, expired or failed",
+    "batch_done_share": "share of an expired or cancelled batch's requests that were answered",
+    "batch_price_factor": "batch usage cost as a share of the online cost",
+    "batch_max_requests": "requests per batch input file at most (more fails the batch)",
+    "batch_max_bytes": "bytes per uploaded file at most (more is refused with 413)",
 }
 
 
@@ -180,8 +187,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
             parser.add_argument(flag, type=int, choices=(401, 402, 403), default=None, help=text)
         elif f.name in ("rate_limit", "tpm_limit"):
             parser.add_argument(flag, type=_optional(int), default=default, help=text)
-        elif f.name == "error_retry_after":
+        elif f.name in ("error_retry_after", "batch_seconds"):
             parser.add_argument(flag, type=_optional(float), default=default, help=text)
+        elif f.name == "batch_outcome":
+            parser.add_argument(flag, choices=BATCH_OUTCOMES, default=default, help=text)
         elif f.name == "api_key":
             parser.add_argument(flag, default=None, help=text)
         else:

@@ -1,0 +1,559 @@
+"""Batch mode (``mode="batch"``): the rows not done go through the provider's batch API, durably.
+
+:func:`execute_batch` is the batch-mode counterpart of :func:`polars_llm._engine.execute` (same
+arguments; the result frame has a ``batch_status`` column too):
+
+1. the store is opened and the keys looked up; rows already ``done`` are the answer for them;
+2. every live batch holding one of the keys is checked and those that ended are *collected*: their
+   output and error files are downloaded, each answer is interpreted exactly as online
+   (:func:`polars_llm._engine.interpret`: content filter, ``response_model`` validation, error mapping)
+   and everything is written in one transaction that also marks the batches collected. Rows the provider
+   did not answer (an expired, cancelled or failed batch, a line missing from the output) go back to
+   pending;
+3. the rows neither done, nor in a live batch, nor failed just now are written as JSON Lines requests
+   (``custom_id`` = content key, ``body`` = exactly what the online path sends), split by
+   ``batch_max_requests`` / ``batch_max_bytes``, uploaded and submitted. Each batch is recorded in the
+   same moment the provider accepts it (shielded from cancellation), so a key is never submitted twice;
+4. with ``wait=True`` the live batches are polled (``poll_interval`` seconds, growing ×1.5 up to 60 s)
+   and collected as they end. Interrupting the wait leaves them running and recorded: the same call run
+   later collects them.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, Final
+from urllib.parse import urlparse
+
+import anyio
+import orjson
+import polars as pl
+
+from . import exceptions as exc
+from ._batch_client import ENDPOINT, BatchClient
+from ._batch_progress import BatchStats, say
+from ._batch_store import (
+    Collected,
+    batch_keys,
+    live_batches,
+    live_rows,
+    record_collections,
+    record_status,
+    record_submission,
+)
+from ._client import error_for_status, parse_completion
+from ._config import MapConfig
+from ._engine import RunStats, error_text, interpret, jobs_frame
+from ._retry import next_delay
+from ._store import Outcome, Store
+
+__all__ = [
+    "BATCH_PRICE_FACTOR",
+    "BatchFile",
+    "batch_files",
+    "check_endpoint",
+    "execute_batch",
+    "outcome_of",
+    "reserve",
+]
+
+log = logging.getLogger("polars_llm")
+
+BATCH_PRICE_FACTOR: Final = 0.5
+"""What a batch request costs relative to the same request online (OpenAI's published discount)."""
+
+TERMINAL: Final = frozenset({"completed", "failed", "expired", "cancelled"})
+_GROWTH: Final = 1.5
+_MAX_POLL: Final = 60.0
+_WRITE_ROWS: Final = 100_000  # collected rows held before a write, when many batches end at once
+_NO_BATCH_API: Final = ("openrouter.ai",)
+_REQUEUE_KIND: Final = {
+    "completed": "batch_missing",
+    "expired": "batch_expired",
+    "cancelled": "batch_cancelled",
+    "failed": "batch_failed",
+    "not_found": "batch_lost",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class BatchFile:
+    """One input file of a batch: the keys and prompts of its requests and the JSON Lines bytes."""
+
+    keys: list[str]
+    prompts: list[str]
+    data: bytes
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+
+def reserve(cfg: MapConfig, batch: BatchFile) -> None:
+    """Called before each batch file is uploaded; raise to stop before anything of it is paid for.
+
+    The seam for ``max_cost``: a budget reserves the whole batch here (its requests at the batch price,
+    :data:`BATCH_PRICE_FACTOR` of the online one). Nothing is reserved yet.
+    """
+    return None
+
+
+def check_endpoint(cfg: MapConfig) -> None:
+    """Refuse, before any network call, an endpoint known to have no batch API we can use.
+
+    >>> check_endpoint(MapConfig(model="m", api_key="k", cache="/tmp/c.duckdb", mode="batch"))
+    Traceback (most recent call last):
+    ...
+    polars_llm.exceptions.BatchUnsupportedError: https://openrouter.ai/api/v1 has no batch API ...
+    """
+    host = (urlparse(cfg.url).hostname or "").lower()
+    if any(host == h or host.endswith("." + h) for h in _NO_BATCH_API):
+        raise exc.BatchUnsupportedError(
+            f"{cfg.url} has no batch API polars_llm can use (OpenRouter's is not the OpenAI protocol); "
+            "nothing was sent. Use mode='online' there, or a provider with OpenAI's /v1/batches (e.g. "
+            "base_url='https://api.openai.com/v1').",
+            base_url=cfg.url,
+        )
+
+
+def _unsupported(cfg: MapConfig) -> exc.BatchUnsupportedError:
+    return exc.BatchUnsupportedError(
+        f"{cfg.url} answers 'not found' on /batches: it has no batch API; nothing was uploaded. "
+        "Use mode='online' with it, or a provider that implements OpenAI's /v1/files and /v1/batches.",
+        base_url=cfg.url,
+        status=404,
+    )
+
+
+def request_line(key: str, body: dict[str, Any]) -> bytes:
+    """One line of a batch input file.
+
+    >>> request_line("k1", {"model": "m"})
+    b'{"custom_id":"k1","method":"POST","url":"/v1/chat/completions","body":{"model":"m"}}\\n'
+    """
+    return orjson.dumps({"custom_id": key, "method": "POST", "url": ENDPOINT, "body": body}) + b"\n"
+
+
+def batch_files(
+    cfg: MapConfig, keys: pl.Series, prompts: pl.Series, too_big: list[tuple[str, int]]
+) -> Iterator[BatchFile]:
+    """The requests as input files of at most ``batch_max_requests`` lines and ``batch_max_bytes`` bytes,
+    built one at a time. A single request larger than a whole file is left out and added to ``too_big``
+    as ``(key, size)``."""
+    body = cfg.request.body
+    max_n, max_bytes = cfg.batch_max_requests, cfg.batch_max_bytes
+    file_keys: list[str] = []
+    file_prompts: list[str] = []
+    lines: list[bytes] = []
+    size = 0
+    key_arr, prompt_arr = keys.to_arrow(), prompts.to_arrow()
+    for lo in range(0, len(key_arr), 8192):
+        chunk = zip(key_arr.slice(lo, 8192).to_pylist(), prompt_arr.slice(lo, 8192).to_pylist(), strict=True)
+        for key, prompt in chunk:
+            line = request_line(key, body(prompt))
+            if len(line) > max_bytes:
+                too_big.append((key, len(line)))
+                continue
+            if lines and (len(lines) >= max_n or size + len(line) > max_bytes):
+                yield BatchFile(file_keys, file_prompts, b"".join(lines))
+                file_keys, file_prompts, lines, size = [], [], [], 0
+            file_keys.append(key)
+            file_prompts.append(prompt)
+            lines.append(line)
+            size += len(line)
+    if lines:
+        yield BatchFile(file_keys, file_prompts, b"".join(lines))
+
+
+# -- reading the provider's output ---------------------------------------------------------------------------
+
+
+def parse_lines(raw: bytes, what: str) -> Iterator[dict[str, Any]]:
+    """The JSON objects of a JSON Lines file; lines that are not JSON objects are skipped (and logged)."""
+    for number, line in enumerate(raw.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            item = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            log.warning("%s: line %d is not JSON; skipped", what, number)
+            continue
+        if isinstance(item, dict):
+            yield item
+
+
+def _decoded(body: Any) -> Any:
+    if isinstance(body, bytes | str):
+        try:
+            return orjson.loads(body)
+        except orjson.JSONDecodeError:
+            return body
+    return body
+
+
+def _outcome(key: str, status: str, **fields: Any) -> Outcome:
+    return Outcome(key=key, status=status, attempts=1, finished_at=time.time(), **fields)
+
+
+def _failed(key: str, error: exc.APIError, **usage: Any) -> Outcome:
+    return _outcome(key, "failed", error=error_text(error), error_kind=error.kind, **usage)
+
+
+def outcome_of(
+    key: str, line: dict[str, Any], validate: Callable[[str | None], str] | None
+) -> Outcome | None:
+    """One output or error line as the row's outcome, interpreted as the online path would; ``None`` when
+    the request was not run (``batch_expired``) and must be sent again.
+
+    >>> body = {"choices": [{"message": {"content": "hi"}, "finish_reason": "stop"}],
+    ...         "usage": {"prompt_tokens": 3, "completion_tokens": 1, "cost": 0.5}}
+    >>> o = outcome_of("k", {"custom_id": "k", "response": {"status_code": 200, "body": body}}, None)
+    >>> o.status, o.result, o.tokens_in, o.cost
+    ('done', 'hi', 3, 0.5)
+    >>> outcome_of("k", {"response": {"status_code": 400, "body": {"error": {"message": "bad"}}}},
+    ...            None).error
+    'HTTP 400: bad'
+    >>> outcome_of("k", {"response": None, "error": {"code": "batch_expired", "message": "late"}}, None)
+    """
+    response, error = line.get("response"), line.get("error")
+    if isinstance(response, dict) and isinstance(response.get("status_code"), int):
+        code = response["status_code"]
+        body = _decoded(response.get("body"))
+        raw = body if isinstance(body, str) else orjson.dumps(body).decode()
+        if not 200 <= code < 300:
+            return _failed(key, error_for_status(code, {}, raw))
+        try:
+            completion = parse_completion(body, raw)
+        except exc.APIError as e:
+            return _failed(key, e)
+        usage = {
+            "tokens_in": completion.tokens_in,
+            "tokens_out": completion.tokens_out,
+            "cost": completion.cost,
+        }
+        try:
+            result = interpret(completion, validate)
+        except exc.APIError as e:
+            return _failed(key, e, **usage)
+        return _outcome(key, "done", result=result, **usage)
+    if isinstance(error, dict | str):
+        code = error.get("code") if isinstance(error, dict) else None
+        message = error.get("message") if isinstance(error, dict) else error
+        if code == "batch_expired":
+            return None
+        text = f"{code}: {message}" if code else str(message)
+        return _outcome(
+            key, "failed", error=f"the batch reported: {text}", error_kind=str(code or "batch_error")
+        )
+    return _outcome(
+        key, "failed", error="the batch output line has neither a response nor an error",
+        error_kind="malformed_response",
+    )  # fmt: skip
+
+
+def _batch_errors(info: dict[str, Any]) -> str:
+    errors = info.get("errors")
+    data = errors.get("data") if isinstance(errors, dict) else errors
+    if not isinstance(data, list) or not data:
+        return ""
+    texts = []
+    for item in data[:3]:
+        if isinstance(item, dict):
+            where = f" (line {item['line']})" if item.get("line") else ""
+            texts.append(f"{item.get('code') or 'error'}: {item.get('message') or ''}{where}")
+    return "; ".join(texts)
+
+
+# -- the run -------------------------------------------------------------------------------------------------
+
+
+class _BatchRun:
+    """One batch-mode call: its store, client, keys and counters."""
+
+    def __init__(
+        self, cfg: MapConfig, store: Store, client: BatchClient, stats: RunStats, keys: pl.DataFrame
+    ) -> None:
+        self.cfg = cfg
+        self.store = store
+        self.client = client
+        self.stats = stats
+        self.keys = keys  # "key": every key of the call
+        self.failed_now: set[str] = set()
+        self.validate = cfg.request.validator
+        self.probed = False
+
+    def say(self, text: str) -> None:
+        say(text, show=self.cfg.progress)
+
+    async def _thread(self, fn: Callable[..., Any], *args: Any) -> Any:
+        with anyio.CancelScope(shield=True):  # a store write under way is never abandoned halfway
+            return await anyio.to_thread.run_sync(fn, *args)
+
+    # -- collect ---------------------------------------------------------------------------------------------
+
+    async def collect_pass(self, *, resubmit_now: bool) -> int:
+        """Check every live batch of these keys once; collect those that ended. Returns how many still run."""
+        live = await self._thread(live_batches, self.store, self.keys)
+        ended: list[Collected] = []
+        held = running = in_batches = completed = failed = 0
+        for batch in live:
+            info = await self._retrieve(batch["batch_id"])
+            if info.get("status") in TERMINAL or info.get("status") == "not_found":
+                collected = await self._collect(info, resubmit_now=resubmit_now)
+                ended.append(collected)
+                held += len(collected.outcomes)
+                if held >= _WRITE_ROWS:
+                    await self._write(ended)
+                    ended, held = [], 0
+                continue
+            running += 1
+            counts = info.get("request_counts") if isinstance(info.get("request_counts"), dict) else {}
+            in_batches += int(counts.get("total") or batch["requests"] or 0)
+            completed += int(counts.get("completed") or 0)
+            failed += int(counts.get("failed") or 0)
+            await self._thread(record_status, self.store, info)
+        await self._write(ended)
+        if isinstance(self.stats, BatchStats):
+            s = self.stats
+            s.live_batches, s.in_batches, s.batch_completed, s.batch_failed = (
+                running,
+                in_batches,
+                completed,
+                failed,
+            )
+        return running
+
+    async def _retrieve(self, batch_id: str) -> dict[str, Any]:
+        try:
+            return await self.client.retrieve(batch_id)
+        except exc.NotFoundError:
+            return {"id": batch_id, "status": "not_found"}
+
+    async def _download(self, file_id: Any, batch_id: str) -> bytes:
+        if not isinstance(file_id, str) or not file_id:
+            return b""
+        try:
+            return await self.client.content(file_id)
+        except exc.NotFoundError:
+            log.warning("batch %s: file %s is gone (404); its rows go back to pending", batch_id, file_id)
+            return b""
+
+    async def _collect(self, info: dict[str, Any], *, resubmit_now: bool) -> Collected:
+        batch_id, status = str(info["id"]), str(info.get("status"))
+        waiting = set(await self._thread(batch_keys, self.store, batch_id))
+        answered: dict[str, Outcome] = {}
+        not_run: set[str] = set()
+        # the error file first: a request found in both files keeps its answer
+        for file_id in (info.get("error_file_id"), info.get("output_file_id")):
+            raw = await self._download(file_id, batch_id)
+            for line in parse_lines(raw, f"batch {batch_id} file {file_id}"):
+                key = line.get("custom_id")
+                if not isinstance(key, str) or key not in waiting:
+                    continue
+                outcome = outcome_of(key, line, self.validate)
+                if outcome is None:
+                    not_run.add(key)
+                    answered.pop(key, None)
+                else:
+                    answered[key] = outcome
+                    not_run.discard(key)
+        requeue = sorted(waiting - answered.keys())
+        reason = _batch_errors(info)
+        if status == "not_found":
+            reason = f"the provider no longer knows batch {batch_id} (404)"
+        note = f"batch {batch_id} {status.replace('_', ' ')}" + (f" ({reason})" if reason else "")
+        collected = Collected(
+            info=info,
+            outcomes=list(answered.values()),
+            requeue=requeue,
+            requeue_kind=_REQUEUE_KIND.get(status, "batch_missing"),
+            message=reason or None,
+        )
+        n_done = sum(1 for o in collected.outcomes if o.status == "done")
+        text = f"{note}: {n_done:,} done, {len(collected.outcomes) - n_done:,} failed"
+        if requeue:
+            missing = "not in its output" if status == "completed" else "not run"
+            then = "resubmitting them now" if resubmit_now else "run the same call again to resubmit them"
+            text += f", {len(requeue):,} {missing}: back to pending, {then}"
+            collected.message = f"{note}: {len(requeue):,} rows {missing}, back to pending"
+        self.say(text)
+        return collected
+
+    async def _write(self, ended: list[Collected]) -> None:
+        if not ended:
+            return
+        await self._thread(record_collections, self.store, ended)
+        stats = self.stats
+        for c in ended:
+            for o in c.outcomes:
+                if o.status == "done":
+                    stats.done += 1
+                else:
+                    stats.failed += 1
+                    self.failed_now.add(o.key)
+                stats.tokens_in += o.tokens_in or 0
+                stats.tokens_out += o.tokens_out or 0
+                stats.cost += o.cost or 0.0
+
+    # -- submit ----------------------------------------------------------------------------------------------
+
+    async def submit(self, keys: pl.Series, prompts: pl.Series) -> None:
+        """Upload and submit ``keys``/``prompts`` in as many batches as the limits need."""
+        if not self.probed:
+            if not await self.client.supports_batches():
+                raise _unsupported(self.cfg)
+            self.probed = True
+        await self._thread(self.store.register, jobs_frame(self.cfg, keys, prompts))
+        too_big: list[tuple[str, int]] = []
+        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+        for n, file in enumerate(batch_files(self.cfg, keys, prompts, too_big), 1):
+            reserve(self.cfg, file)
+            uploaded = await self.client.upload(file.data, f"polars_llm_{stamp}_{n}.jsonl")
+            info = await self._create(str(uploaded["id"]), file)
+            self.stats.requests += len(file)
+            if isinstance(self.stats, BatchStats):
+                self.stats.submitted += len(file)
+                self.stats.live_batches += 1
+                self.stats.in_batches += len(file)
+            self.say(f"submitted batch {info['id']}: {len(file):,} requests ({len(file.data) / 1e6:,.1f} MB)")
+        if too_big:
+            limit = self.cfg.batch_max_bytes
+            outcomes = [
+                _outcome(
+                    key,
+                    "failed",
+                    error_kind="bad_request",
+                    error=f"the batch request is {size:,} bytes, more than batch_max_bytes={limit:,}",
+                )
+                for key, size in too_big
+            ]
+            await self._thread(self.store.write_outcomes, outcomes)
+            self.stats.failed += len(outcomes)
+            self.failed_now.update(o.key for o in outcomes)
+
+    async def _create(self, file_id: str, file: BatchFile) -> dict[str, Any]:
+        """``POST /batches`` and record the batch in the same shielded step; a lost answer is looked up
+        by its input file before trying again, so one file never becomes two batches."""
+        cfg = self.cfg
+        metadata = {"source": "polars_llm", "requests": str(len(file))}
+        attempts = 0
+        while True:
+            attempts += 1
+            with anyio.CancelScope(shield=True):
+                try:
+                    info = await self.client.create_once(file_id, metadata)
+                except exc.APIError as e:
+                    error = e
+                else:
+                    await self._record(info, file)
+                    return info
+            error.attempts = attempts
+            if isinstance(error, exc.NotFoundError):
+                raise _unsupported(cfg) from None
+            delay = next_delay(error, attempts, max_attempts=cfg.max_attempts, max_backoff=cfg.max_backoff)
+            if delay is None:
+                raise error
+            await anyio.sleep(delay)
+            refused = isinstance(error, exc.APIConnectionError) and error.refused
+            if not refused:  # the batch may have been created and only the answer lost
+                with anyio.CancelScope(shield=True):
+                    found = await self.client.find_by_input_file(file_id)
+                    if found is not None:
+                        await self._record(found, file)
+                        return found
+
+    async def _record(self, info: dict[str, Any], file: BatchFile) -> None:
+        await anyio.to_thread.run_sync(
+            lambda: record_submission(
+                self.store,
+                info,
+                file.keys,
+                base_url=self.cfg.url,
+                model=self.cfg.request.model,
+                size=len(file.data),
+            )
+        )
+
+    # -- wait ------------------------------------------------------------------------------------------------
+
+    async def wait(self) -> None:
+        """Poll the live batches of these keys, collecting each as it ends, until none is left."""
+        interval = self.cfg.poll_interval
+        ceiling = max(self.cfg.poll_interval, _MAX_POLL)
+        for n in itertools.count():
+            if await self.collect_pass(resubmit_now=False) == 0:
+                return
+            if n == 0:
+                self.say(
+                    f"waiting for {self.stats.live_batches if isinstance(self.stats, BatchStats) else 'the'} "
+                    "batches; interrupting leaves them running: the same call later collects them"
+                )
+            await anyio.sleep(interval)
+            interval = min(interval * _GROWTH, ceiling)
+
+
+def _with_batch_status(state: pl.DataFrame, live: pl.DataFrame) -> pl.DataFrame:
+    return state.join(live.select("key", "batch_status"), on="key", how="left")
+
+
+async def execute_batch(
+    cfg: MapConfig,
+    keys: pl.Series,
+    prompts: pl.Series,
+    *,
+    stats: RunStats | None = None,
+    on_start: Callable[[RunStats], None] | None = None,
+) -> pl.DataFrame:
+    """Collect what finished, submit what is left, optionally wait; ``key, status, result, error,
+    batch_status`` of every key found in the store (``batch_status`` set while its batch is live).
+
+    Raises :class:`~polars_llm.BatchUnsupportedError` before any upload when the endpoint has no batch API.
+    """
+    stats = stats if stats is not None else BatchStats()
+    stats.total = len(keys)
+    store = await anyio.to_thread.run_sync(Store.open, cfg.cache_path)
+    try:
+        key_frame = pl.DataFrame(
+            {"key": keys, "prompt": prompts}, schema={"key": pl.String, "prompt": pl.String}
+        )
+        only_keys = key_frame.select("key")
+        known = await anyio.to_thread.run_sync(store.lookup, only_keys)
+        is_done = pl.col("status") == "done"
+        stats.cached = known.filter(is_done).height
+        if stats.cached == len(keys):
+            if on_start is not None:
+                on_start(stats)
+            return known.with_columns(pl.lit(None, pl.String).alias("batch_status"))
+        check_endpoint(cfg)
+        if on_start is not None:
+            on_start(stats)
+        async with BatchClient(
+            cfg.url, cfg.key, timeout=cfg.timeout, max_attempts=cfg.max_attempts, max_backoff=cfg.max_backoff
+        ) as client:
+            run = _BatchRun(cfg, store, client, stats, only_keys)
+            await run.collect_pass(resubmit_now=True)
+            known = await anyio.to_thread.run_sync(store.lookup, only_keys)
+            live = await anyio.to_thread.run_sync(live_rows, store, only_keys)
+            skip = pl.concat(
+                [
+                    known.filter(is_done).select("key"),
+                    live.select("key"),
+                    pl.DataFrame({"key": sorted(run.failed_now)}, schema={"key": pl.String}),
+                ]
+            )
+            todo = key_frame.join(skip, on="key", how="anti", maintain_order="left")
+            del known, live, skip
+            if todo.height:
+                await run.submit(todo.get_column("key"), todo.get_column("prompt"))
+            del todo
+            if cfg.wait:
+                await run.wait()
+        state = await anyio.to_thread.run_sync(store.lookup, only_keys)
+        live = await anyio.to_thread.run_sync(live_rows, store, only_keys)
+        return _with_batch_status(state, live)
+    finally:
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(store.close)
