@@ -24,6 +24,18 @@ Endpoints: ``POST /v1/chat/completions`` (also ``/chat/completions``), ``GET /v1
 ``GET /stats`` and ``GET /v1/stats`` (``?per_prompt=0`` to leave out the per-prompt counts),
 ``POST /reset``, ``GET /config`` and ``POST /configure`` (JSON body of option changes).
 
+Batch API (OpenAI's protocol, for ``mode="batch"``): ``POST /v1/files`` (multipart, ``purpose=batch``),
+``GET /v1/files/{id}`` and ``/content``, ``POST /v1/batches``, ``GET /v1/batches/{id}``,
+``POST /v1/batches/{id}/cancel`` and ``GET /v1/batches``. A batch finishes ``batch_seconds`` after it was
+created (default 0: at once; ``None``: when ``server.finish_batches(outcome)`` is called) and ends as
+``batch_outcome`` (``completed``, ``expired`` — the first ``batch_done_share`` answered, the rest
+``batch_expired`` in the error file — or ``failed``); a cancel ends it ``cancelled`` at the next read. Its
+requests are answered like online ones (same markers) with ``usage.cost`` at ``batch_price_factor``
+(0.5) of the online cost, output lines shuffled; ``[[batch_omit]]`` leaves a request out of both files.
+``batch_api=False`` answers 404 there, like a provider without one. ``server.batches()`` lists the batches;
+``stats()["batch"]`` counts ``uploads``, ``batches_created``, ``batch_requests``, ``per_prompt``, …
+See :mod:`polars_llm.sim._batches`.
+
 Answers (deterministic, no randomness):
     * the prompt is the last ``user`` message; system (and ``developer``) messages are joined;
     * plain text is :func:`expected_text`: ``f"{model}: {prompt[::-1]}"``, or

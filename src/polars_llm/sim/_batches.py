@@ -26,12 +26,12 @@ import random
 import secrets
 import threading
 import time
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 
 import orjson
 from aiohttp import web
 
+from ._batch_data import ENDPOINT, SimBatch, SimFile, output_line, parse_input
 from ._wire import JSON_HEADERS, BadRequest, ParsedRequest, error_body, error_response, parse_markers
 
 if TYPE_CHECKING:
@@ -39,86 +39,11 @@ if TYPE_CHECKING:
 
 __all__ = ["BatchAPI"]
 
-ENDPOINT: Final = "/v1/chat/completions"
 TERMINAL: Final = frozenset({"completed", "failed", "expired", "cancelled"})
 _OMIT: Final = "[[batch_omit]]"
 _EXPIRED_MESSAGE: Final = "This request could not be executed before the completion window expired."
 # transport faults have no batch form: the request fails with a 500 line instead
 _AS_500: Final = frozenset({"malformed", "truncated", "reset"})
-
-
-@dataclass
-class _File:
-    id: str
-    filename: str
-    purpose: str
-    data: bytes
-    created_at: int
-
-    def info(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "object": "file",
-            "bytes": len(self.data),
-            "created_at": self.created_at,
-            "filename": self.filename,
-            "purpose": self.purpose,
-            "status": "processed",
-        }
-
-
-@dataclass
-class _Batch:
-    id: str
-    input_file_id: str
-    metadata: Any
-    seconds: float | None
-    started: float  # monotonic
-    created_at: int
-    requests: list[tuple[str, dict[str, Any]]]  # (custom_id, body) in input order
-    invalid: list[dict[str, Any]] | None  # validation errors: the batch fails
-    model: str | None
-    status: str = "validating"
-    output_file_id: str | None = None
-    error_file_id: str | None = None
-    completed: int = 0
-    failed: int = 0
-    times: dict[str, int] = field(default_factory=dict)
-    usage: dict[str, int] = field(default_factory=lambda: {"input_tokens": 0, "output_tokens": 0})
-
-    def info(self) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "id": self.id,
-            "object": "batch",
-            "endpoint": ENDPOINT,
-            "model": self.model,
-            "errors": {"object": "list", "data": self.invalid} if self.invalid else None,
-            "input_file_id": self.input_file_id,
-            "completion_window": "24h",
-            "status": self.status,
-            "output_file_id": self.output_file_id,
-            "error_file_id": self.error_file_id,
-            "created_at": self.created_at,
-            "expires_at": self.created_at + 86_400,
-            "request_counts": {
-                "total": len(self.requests),
-                "completed": self.completed,
-                "failed": self.failed,
-            },
-            "metadata": self.metadata,
-            "usage": {**self.usage, "total_tokens": sum(self.usage.values())},
-        }
-        for name in (
-            "in_progress",
-            "finalizing",
-            "completed",
-            "failed",
-            "expired",
-            "cancelling",
-            "cancelled",
-        ):
-            out[f"{name}_at"] = self.times.get(name)
-        return out
 
 
 class BatchAPI:
@@ -129,8 +54,8 @@ class BatchAPI:
         self._lock = threading.Lock()
         self._token = secrets.token_hex(3)  # ids differ between servers, so caches never mix them up
         self._n = 0
-        self.files: dict[str, _File] = {}
-        self.batches: dict[str, _Batch] = {}
+        self.files: dict[str, SimFile] = {}
+        self.batches: dict[str, SimBatch] = {}
         self.reset()
 
     def reset(self) -> None:
@@ -145,6 +70,7 @@ class BatchAPI:
                 "batch_errors": 0,
                 "batch_cost": 0.0,
                 "cancels": 0,
+                "calls": {},
                 "per_prompt": {},
             }
 
@@ -152,6 +78,7 @@ class BatchAPI:
         with self._lock:
             out = dict(self._stats)
             out["per_prompt"] = dict(out["per_prompt"])
+            out["calls"] = dict(out["calls"])
             out["live"] = sum(1 for b in self.batches.values() if b.status not in TERMINAL)
         return out
 
@@ -189,6 +116,14 @@ class BatchAPI:
     # ------------------------------------------------------------------------------- handlers
 
     def _refused(self, request: web.Request) -> web.Response | None:
+        """Count the call (``calls``: {"POST /files": n, ...}, refused ones too), then refuse it if the
+        Batch API is off (404), the key is wrong (401) or ``fail_mode`` is set."""
+        route = request.match_info.route.resource
+        name = f"{request.method} {route.canonical if route is not None else request.path}"
+        name = name.replace("/v1/", "/")
+        with self._lock:
+            calls = self._stats["calls"]
+            calls[name] = calls.get(name, 0) + 1
         cfg = self.engine.config
         if not cfg.batch_api:
             return error_response(404, f"Not found: {request.method} {request.path}")
@@ -222,13 +157,13 @@ class BatchAPI:
         if len(data) > cfg.batch_max_bytes:
             return error_response(413, f"file is {len(data)} bytes; at most {cfg.batch_max_bytes} allowed")
         with self._lock:
-            file = _File(self._id("file-"), filename, purpose, data, int(time.time()))
+            file = SimFile(self._id("file-"), filename, purpose, data, int(time.time()))
             self.files[file.id] = file
             self._stats["uploads"] += 1
             self._stats["upload_bytes"] += len(data)
         return _json(file.info())
 
-    def _file(self, request: web.Request) -> _File | web.Response:
+    def _file(self, request: web.Request) -> SimFile | web.Response:
         refused = self._refused(request)
         if refused is not None:
             return refused
@@ -276,9 +211,9 @@ class BatchAPI:
             return error_response(
                 400, f"completion_window must be '24h', got {body.get('completion_window')!r}"
             )
-        requests, invalid, model = _parse_input(file.data, self.engine.config.batch_max_requests)
+        requests, invalid, model = parse_input(file.data, self.engine.config.batch_max_requests)
         with self._lock:
-            batch = _Batch(
+            batch = SimBatch(
                 id=self._id("batch_"),
                 input_file_id=file.id,
                 metadata=body.get("metadata"),
@@ -352,7 +287,7 @@ class BatchAPI:
 
     # ------------------------------------------------------------------------- lifecycle (lock held)
 
-    def _advance(self, batch: _Batch, now: float) -> None:
+    def _advance(self, batch: SimBatch, now: float) -> None:
         if batch.status in TERMINAL:
             return
         if batch.status == "cancelling":
@@ -378,7 +313,7 @@ class BatchAPI:
             if batch.status == "finalizing":
                 batch.times.setdefault("finalizing", stamp)
 
-    def _finalize(self, batch: _Batch, outcome: str) -> None:
+    def _finalize(self, batch: SimBatch, outcome: str) -> None:
         stamp = int(time.time())
         if outcome == "failed" or batch.invalid:
             batch.status = "failed"
@@ -400,7 +335,9 @@ class BatchAPI:
             (outputs if line["response"]["status_code"] < 400 else errors).append(orjson.dumps(line))
         if outcome == "expired":
             for custom_id, _ in batch.requests[run:]:
-                errors.append(orjson.dumps(_line(self, custom_id, None, "batch_expired", _EXPIRED_MESSAGE)))
+                errors.append(
+                    orjson.dumps(self._line(custom_id, None, code="batch_expired", message=_EXPIRED_MESSAGE))
+                )
         rng = random.Random(f"{self.engine.config.seed}:{batch.id}")
         rng.shuffle(outputs)  # the protocol promises no order
         rng.shuffle(errors)
@@ -415,17 +352,21 @@ class BatchAPI:
         batch.times.setdefault("finalizing", stamp)
         batch.times[outcome] = stamp
 
-    def _store_output(self, batch: _Batch, kind: str, lines: list[bytes]) -> str | None:
+    def _line(self, custom_id: str, status: int | None, **fields: Any) -> dict[str, Any]:
+        self._n += 1
+        return output_line(self._n, custom_id, status, **fields)
+
+    def _store_output(self, batch: SimBatch, kind: str, lines: list[bytes]) -> str | None:
         if not lines:
             return None
-        file = _File(
+        file = SimFile(
             self._id("file-"), f"{batch.id}_{kind}.jsonl", "batch_output", b"\n".join(lines) + b"\n", 0
         )
         file.created_at = int(time.time())
         self.files[file.id] = file
         return file.id
 
-    def _answer(self, batch: _Batch, custom_id: str, body: dict[str, Any]) -> dict[str, Any] | None:
+    def _answer(self, batch: SimBatch, custom_id: str, body: dict[str, Any]) -> dict[str, Any] | None:
         """One request's output line, answered like the online endpoint (``None``: left out)."""
         engine, cfg = self.engine, self.engine.config
         stats = self._stats
@@ -433,7 +374,7 @@ class BatchAPI:
             parsed = ParsedRequest(body)
         except BadRequest as exc:
             stats["batch_errors"] += 1
-            return _line(self, custom_id, 400, body=orjson.loads(error_body(400, str(exc))))
+            return self._line(custom_id, 400, body=orjson.loads(error_body(400, str(exc))))
         prompt = parsed.prompt
         if _OMIT in prompt:
             return None
@@ -452,7 +393,7 @@ class BatchAPI:
             fault, code = "status", 500
         if fault in ("status", "error") and code != 200:
             stats["batch_errors"] += 1
-            return _line(self, custom_id, code, body=orjson.loads(error_body(code)))
+            return self._line(custom_id, code, body=orjson.loads(error_body(code)))
         completion = engine._completion(
             parsed, cfg, fault if fault not in (None, "status", "stall") else "ok"
         )
@@ -466,67 +407,7 @@ class BatchAPI:
         stats["batch_cost"] += usage["cost"]
         batch.usage["input_tokens"] += usage["prompt_tokens"]
         batch.usage["output_tokens"] += usage["completion_tokens"]
-        return _line(self, custom_id, 200, body=completion)
-
-
-def _line(
-    api: BatchAPI,
-    custom_id: str,
-    status: int | None,
-    code: str | None = None,
-    message: str | None = None,
-    body: Any = None,
-) -> dict[str, Any]:
-    api._n += 1
-    n = api._n
-    response = None if status is None else {"status_code": status, "request_id": f"req_{n}", "body": body}
-    error = None if code is None else {"code": code, "message": message}
-    return {"id": f"batch_req_{n}", "custom_id": custom_id, "response": response, "error": error}
-
-
-def _parse_input(
-    data: bytes, max_requests: int
-) -> tuple[list[tuple[str, dict[str, Any]]], list[dict[str, Any]] | None, str | None]:
-    """The requests of an input file, or the validation errors that fail its batch."""
-    requests: list[tuple[str, dict[str, Any]]] = []
-    seen: set[str] = set()
-    models: set[str] = set()
-
-    def bad(line: int, message: str, code: str = "invalid_request") -> tuple[Any, Any, Any]:
-        return [], [{"code": code, "message": message, "line": line, "param": None}], None
-
-    lines = [line for line in data.split(b"\n") if line.strip()]
-    if not lines:
-        return bad(1, "the input file is empty", "empty_file")
-    if len(lines) > max_requests:
-        return bad(1, f"{len(lines)} requests; a batch takes at most {max_requests}", "too_many_requests")
-    for number, raw in enumerate(lines, 1):
-        try:
-            item = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            return bad(number, "this line is not valid JSON", "invalid_json_line")
-        if not isinstance(item, dict):
-            return bad(number, "each line must be a JSON object")
-        custom_id = item.get("custom_id")
-        if not isinstance(custom_id, str) or not custom_id:
-            return bad(number, "custom_id must be a non-empty string", "missing_custom_id")
-        if custom_id in seen:
-            return bad(number, f"custom_id {custom_id!r} is used more than once", "duplicate_custom_id")
-        if item.get("method") != "POST":
-            return bad(number, f"method must be 'POST', got {item.get('method')!r}", "invalid_method")
-        if item.get("url") != ENDPOINT:
-            return bad(
-                number, f"url must be {ENDPOINT!r} like the batch, got {item.get('url')!r}", "mismatched_url"
-            )
-        body = item.get("body")
-        if not isinstance(body, dict):
-            return bad(number, "body must be a JSON object", "invalid_body")
-        models.add(str(body.get("model")))
-        if len(models) > 1:
-            return bad(number, "every request of a batch must use the same model", "mismatched_model")
-        seen.add(custom_id)
-        requests.append((custom_id, body))
-    return requests, None, next(iter(models))
+        return self._line(custom_id, 200, body=completion)
 
 
 def _json(data: Any) -> web.Response:
