@@ -4,6 +4,8 @@ process and holds each batch until the test ends it; the tests wait on its state
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -54,15 +56,22 @@ def test_submit_in_one_kernel_collect_in_a_fresh_one(tmp_path: Path) -> None:
 
 
 def test_interrupting_the_wait_leaves_the_batch_running_and_recorded(tmp_path: Path) -> None:
+    """While the cell waits, the cache is free between checks (another process can list the batches);
+    an interrupt leaves the batch running and recorded, and the same cell later collects it."""
     cache = tmp_path / "cache.duckdb"
-    waiting_cell = CELL.replace("wait=False", "poll_interval=0.05")
+    waiting_cell = CELL.replace("wait=False", "poll_interval=30")
     with sim.serve(batch_seconds=None) as server, start_kernel(cwd=tmp_path) as kernel:
         setup(kernel, server, cache)
         msg_id = kernel.submit(waiting_cell)
-        wait_until(lambda: len(server.batches()) == 1, "the batch to be submitted")
-        # and polled at least once: the kernel is waiting
-        wait_until(lambda: server.stats(per_prompt=False)["batch"]["calls"].get("GET /batches/{id}", 0) >= 2,
-                   "the kernel to poll the batch")  # fmt: skip
+        # submitted and checked once: the cell now sleeps 30 s before the next check
+        wait_until(lambda: server.stats(per_prompt=False)["batch"]["calls"].get("GET /batches/{id}", 0) >= 1,
+                   "the kernel to check the batch")  # fmt: skip
+        listing = subprocess.run(
+            [sys.executable, "-m", "polars_llm.cli", "batches", "--cache", str(cache)],
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        assert listing.returncode == 0, listing.stderr
+        assert server.batches()[0]["id"] in listing.stdout and "yes" in listing.stdout
         kernel.interrupt()
         result = kernel.collect(msg_id, timeout=30)
         assert result.ename == "KeyboardInterrupt", result.traceback
@@ -79,6 +88,6 @@ def test_interrupting_the_wait_leaves_the_batch_running_and_recorded(tmp_path: P
         assert live and requests == N and batch_id == server.batches()[0]["id"]
         assert server.batches()[0]["status"] == "in_progress"
         server.finish_batches()
-        kernel.run(waiting_cell)
+        kernel.run(waiting_cell)  # checks at once: collected
         assert kernel.value("out['status'].unique().to_list()") == ["done"]
     assert batches_created(server) == 1 and set(per_prompt(server).values()) == {1}

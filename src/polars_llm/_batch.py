@@ -48,6 +48,7 @@ from ._config import MapConfig
 from ._engine import RunStats, jobs_frame
 from ._retry import next_delay
 from ._store import Outcome, Store
+from .exceptions import StoreError
 
 __all__ = ["BATCH_PRICE_FACTOR", "BatchFile", "check_endpoint", "execute_batch", "reserve"]
 
@@ -330,8 +331,24 @@ class _BatchRun:
                     f"waiting for {self.stats.live_batches if isinstance(self.stats, BatchStats) else 'the'} "
                     "batches; interrupting leaves them running: the same call later collects them"
                 )
+            # the cache is closed while we sleep: other processes (`polars-llm batches`…) may use it
+            await self._thread(self.store.close)
             await anyio.sleep(interval)
+            self.store = await self._reopen(interval)
             interval = min(interval * _GROWTH, ceiling)
+
+    async def _reopen(self, interval: float) -> Store:
+        told = False
+        while True:
+            try:
+                return await self._thread(Store.open, self.cfg.cache_path)
+            except StoreError as error:
+                if error.holder is None:
+                    raise
+                if not told:
+                    self.say(f"the cache is in use by {error.holder}; collecting once it is free")
+                    told = True
+                await anyio.sleep(interval)
 
 
 def _with_batch_status(state: pl.DataFrame, live: pl.DataFrame) -> pl.DataFrame:
@@ -354,6 +371,7 @@ async def execute_batch(
     stats = stats if stats is not None else BatchStats()
     stats.total = len(keys)
     store = await anyio.to_thread.run_sync(Store.open, cfg.cache_path)
+    run: _BatchRun | None = None
     try:
         key_frame = pl.DataFrame(
             {"key": keys, "prompt": prompts}, schema={"key": pl.String, "prompt": pl.String}
@@ -390,9 +408,12 @@ async def execute_batch(
             del todo
             if cfg.wait:
                 await run.wait()
+                store = run.store  # reopened between polls
         state = await anyio.to_thread.run_sync(store.lookup, only_keys)
         live = await anyio.to_thread.run_sync(live_rows, store, only_keys)
         return _with_batch_status(state, live)
     finally:
         with anyio.CancelScope(shield=True):
             await anyio.to_thread.run_sync(store.close)
+            if run is not None:
+                await anyio.to_thread.run_sync(run.store.close)

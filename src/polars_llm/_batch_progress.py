@@ -55,6 +55,7 @@ class BatchProgress(Progress):
     """A :class:`Progress` bar over a batch-mode run (rows, not HTTP requests)."""
 
     stats: BatchStats
+    unit = "row"
 
     def __init__(self, stats: BatchStats, *, enabled: bool = True, desc: str = "llm batch") -> None:
         super().__init__(stats, enabled=enabled, desc=desc)
