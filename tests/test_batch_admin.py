@@ -202,3 +202,26 @@ def test_online_rows_and_batch_rows_share_one_cache(cache_path: Path) -> None:
         assert batch["request_counts"]["total"] == 1  # only z
         back = run(server, cache_path, ["z"], mode="online")
         assert back["status"].to_list() == ["done"] and server.stats(per_prompt=False)["requests"] == 2
+
+
+def test_a_batch_the_provider_forgot_is_given_up_only_when_old(
+    cache_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    with sim.serve(batch_seconds=None) as server:
+        run(server, cache_path, ["a", "b"], wait=False)
+        [batch] = server.batches()
+        server._engine.batches.batches.pop(batch["id"])  # the provider no longer knows it (404)
+        young = run(server, cache_path, ["a", "b"], wait=False)
+        assert set(young["status"]) == {"submitted"}  # just submitted: maybe not visible yet; kept
+        assert server.stats(per_prompt=False)["batch"]["batches_created"] == 1
+        with duckdb.connect(str(cache_path)) as con:
+            con.execute("UPDATE batches SET submitted_at = submitted_at - INTERVAL 1 HOUR")
+        capfd.readouterr()
+        old = run(server, cache_path, ["a", "b"], wait=False, progress=True)
+        assert set(old["status"]) == {"submitted"}  # given up, resubmitted in a new batch
+        assert f"batch {batch['id']} not found" in capfd.readouterr().err
+        assert server.stats(per_prompt=False)["batch"]["batches_created"] == 2
+    [(status, requeued)] = query(
+        cache_path, f"SELECT status, rows_requeued FROM batches WHERE batch_id = '{batch['id']}'"
+    )
+    assert (status, requeued) == ("not_found", 2)

@@ -60,6 +60,7 @@ BATCH_PRICE_FACTOR: Final = 0.5
 TERMINAL: Final = frozenset({"completed", "failed", "expired", "cancelled"})
 _GROWTH: Final = 1.5
 _MAX_POLL: Final = 60.0
+_LOST_AFTER: Final = 600.0  # a batch the provider answers 404 for is given up only after this many seconds
 _WRITE_ROWS: Final = 100_000  # collected rows held before a write, when many batches end at once
 _NO_BATCH_API: Final = ("openrouter.ai",)
 _REQUEUE_KIND: Final = {
@@ -107,6 +108,31 @@ def _unsupported(cfg: MapConfig) -> exc.BatchUnsupportedError:
     )
 
 
+def _ended(info: dict[str, Any]) -> bool:
+    """Whether a batch has ended and its files can be collected.
+
+    A batch reported ended with answers counted but no file id yet is not collected now (its files may
+    appear a moment later): collecting it would put answered rows back to pending and pay for them twice.
+
+    >>> _ended({"status": "completed", "output_file_id": "f", "request_counts": {"completed": 2}})
+    True
+    >>> _ended({"status": "completed", "output_file_id": None, "request_counts": {"completed": 2}})
+    False
+    >>> _ended({"status": "in_progress"}), _ended({"status": "not_found"})
+    (False, True)
+    """
+    status = info.get("status")
+    if status == "not_found":
+        return True
+    if status not in TERMINAL:
+        return False
+    counts = info.get("request_counts")
+    answered = 0
+    if isinstance(counts, dict):
+        answered = sum(n for n in (counts.get("completed"), counts.get("failed")) if isinstance(n, int))
+    return bool(answered == 0 or info.get("output_file_id") or info.get("error_file_id"))
+
+
 # -- the run -------------------------------------------------------------------------------------------------
 
 
@@ -141,7 +167,9 @@ class _BatchRun:
         held = running = in_batches = completed = failed = 0
         for batch in live:
             info = await self._retrieve(batch["batch_id"])
-            if info.get("status") in TERMINAL or info.get("status") == "not_found":
+            if info["status"] == "not_found" and time.time() - (batch["submitted"] or 0) < _LOST_AFTER:
+                info = {"id": batch["batch_id"], "status": batch["status"]}  # maybe not visible yet
+            if _ended(info):
                 collected = await self._collect(info, resubmit_now=resubmit_now)
                 ended.append(collected)
                 held += len(collected.outcomes)
@@ -185,7 +213,6 @@ class _BatchRun:
         batch_id, status = str(info["id"]), str(info.get("status"))
         waiting = set(await self._thread(batch_keys, self.store, batch_id))
         answered: dict[str, Outcome] = {}
-        not_run: set[str] = set()
         # the error file first: a request found in both files keeps its answer
         for file_id in (info.get("error_file_id"), info.get("output_file_id")):
             raw = await self._download(file_id, batch_id)
@@ -194,12 +221,10 @@ class _BatchRun:
                 if not isinstance(key, str) or key not in waiting:
                     continue
                 outcome = outcome_of(key, line, self.validate)
-                if outcome is None:
-                    not_run.add(key)
+                if outcome is None:  # not run (batch_expired): back to pending
                     answered.pop(key, None)
                 else:
                     answered[key] = outcome
-                    not_run.discard(key)
         requeue = sorted(waiting - answered.keys())
         reason = batch_errors(info)
         if status == "not_found":

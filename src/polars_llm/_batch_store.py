@@ -115,21 +115,23 @@ def live_rows(store: Store, keys: pl.DataFrame) -> pl.DataFrame:
 
 
 def live_batches(store: Store, keys: pl.DataFrame | None = None) -> list[dict[str, Any]]:
-    """The live batches (oldest first); with ``keys``, only those holding one of its keys."""
+    """The live batches (oldest first): ``batch_id``, ``status``, ``requests``, ``submitted`` (unix
+    seconds); with ``keys``, only those holding one of its keys."""
     with store._locked() as con:
         if keys is None:
             rows = con.execute(
-                "SELECT batch_id, status, requests FROM batches WHERE collected_at IS NULL "
-                "ORDER BY submitted_at, batch_id"
+                "SELECT batch_id, status, requests, epoch(submitted_at) FROM batches "
+                "WHERE collected_at IS NULL ORDER BY submitted_at, batch_id"
             ).fetchall()
         else:
             with store._registered(con, "_pl_keys", keys.select(pl.col("key").cast(pl.String))):
                 rows = con.execute(
-                    "SELECT b.batch_id, b.status, b.requests FROM batches AS b WHERE b.collected_at IS NULL "
+                    "SELECT b.batch_id, b.status, b.requests, epoch(b.submitted_at) FROM batches AS b "
+                    "WHERE b.collected_at IS NULL "
                     "AND b.batch_id IN (SELECT r.batch_id FROM requests AS r SEMI JOIN _pl_keys AS q "
                     "ON r.key = q.key WHERE r.batch_id IS NOT NULL) ORDER BY b.submitted_at, b.batch_id"
                 ).fetchall()
-    return [{"batch_id": b, "status": s, "requests": n} for b, s, n in rows]
+    return [{"batch_id": b, "status": s, "requests": n, "submitted": t} for b, s, n, t in rows]
 
 
 def batch_keys(store: Store, batch_id: str) -> list[str]:
