@@ -216,6 +216,26 @@ def test_expiry_seen_while_waiting_leaves_rows_pending_for_the_next_run(
     assert batches_created(server) == 2
 
 
+def test_a_failed_batch_puts_its_rows_back_and_says_why(
+    cache_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    with sim.serve(batch_seconds=None) as server:
+        run(server, cache_path, ["x", "y"], wait=False)
+        [failed_id] = server.finish_batches("failed")
+        capfd.readouterr()
+        out = run(server, cache_path, ["x", "y"], wait=False, progress=True)
+        said = capfd.readouterr().err
+        assert f"batch {failed_id} failed (batch_failed: The batch failed (simulated).)" in said
+        assert "2 not run: back to pending, resubmitting them now" in said
+        assert set(out["status"]) == {"submitted"}
+        server.finish_batches("completed")
+        assert set(run(server, cache_path, ["x", "y"])["status"]) == {"done"}
+    [(status, requeued, message)] = query(
+        cache_path, f"SELECT status, rows_requeued, message FROM batches WHERE batch_id = '{failed_id}'"
+    )
+    assert (status, requeued) == ("failed", 2) and "back to pending" in message
+
+
 def test_per_request_errors_fail_their_rows_with_the_providers_message(cache_path: Path) -> None:
     prompts = [
         "fine",
