@@ -334,3 +334,24 @@ def test_batch_mode_with_a_worker_or_an_unknown_option_is_a_config_error(cache_p
             pl.col("prompt").llm.map("m", api_key=KEY, mode="batch", worker=worker)
         assert calls(server) == {} and server.stats(per_prompt=False)["requests"] == 0
     assert not cache_path.exists()
+
+
+def test_the_budget_seam_can_stop_submission_before_a_file_is_uploaded(
+    cache_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """``_BatchRun.reserve`` is where ``max_cost`` plugs in: refusing a file leaves it and the rest
+    pending, unpaid, with a line saying so."""
+    from polars_llm._batch import BatchFile, _BatchRun
+
+    seen: list[int] = []
+
+    async def only_the_first(self: _BatchRun, file: BatchFile) -> bool:
+        seen.append(len(file))
+        return len(seen) == 1
+
+    monkeypatch.setattr(_BatchRun, "reserve", only_the_first)
+    with sim.serve() as server:
+        out = run(server, cache_path, [f"q{i}" for i in range(5)], batch_max_requests=2, progress=True)
+        assert seen == [2, 2] and calls(server)["POST /files"] == 1
+    assert out["status"].to_list() == ["done", "done", "pending", "pending", "pending"]
+    assert "stopped submitting: the budget does not cover batch file 2 (2 requests)" in capfd.readouterr().err

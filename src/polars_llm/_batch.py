@@ -44,13 +44,14 @@ from ._batch_store import (
     record_status,
     record_submission,
 )
+from ._client import Completion
 from ._config import MapConfig
 from ._engine import RunStats, jobs_frame
 from ._retry import next_delay
 from ._store import Outcome, Store
 from .exceptions import StoreError
 
-__all__ = ["BATCH_PRICE_FACTOR", "BatchFile", "check_endpoint", "execute_batch", "reserve"]
+__all__ = ["BATCH_PRICE_FACTOR", "BatchFile", "check_endpoint", "execute_batch"]
 
 log = logging.getLogger("polars_llm")
 
@@ -70,15 +71,6 @@ _REQUEUE_KIND: Final = {
     "failed": "batch_failed",
     "not_found": "batch_lost",
 }
-
-
-def reserve(cfg: MapConfig, batch: BatchFile) -> None:
-    """Called before each batch file is uploaded; raise to stop before anything of it is paid for.
-
-    The seam for ``max_cost``: a budget reserves the whole batch here (its requests at the batch price,
-    :data:`BATCH_PRICE_FACTOR` of the online one). Nothing is reserved yet.
-    """
-    return None
 
 
 def check_endpoint(cfg: MapConfig) -> None:
@@ -154,6 +146,23 @@ class _BatchRun:
     def say(self, text: str) -> None:
         say(text, show=self.cfg.progress)
 
+    # -- the seams for cost (max_cost, price) ----------------------------------------------------------------
+
+    async def reserve(self, file: BatchFile) -> bool:
+        """Called before each batch file is uploaded: ``False`` stops submitting (this file and the rest
+        stay pending, nothing of them is paid for).
+
+        The seam for ``max_cost``: a budget reserves the whole file here, its requests' worst case at the
+        batch price (:data:`BATCH_PRICE_FACTOR` of the online one), and settles each row when its batch is
+        collected (:meth:`cost_of`). Without a budget every file is submitted.
+        """
+        return True
+
+    def cost_of(self, completion: Completion) -> float | None:
+        """A batch answer's cost: the provider's ``usage.cost`` (already the batch price). The seam for
+        ``price=``: without ``usage.cost``, tokens × price × :data:`BATCH_PRICE_FACTOR`."""
+        return completion.cost
+
     async def _thread(self, fn: Callable[..., Any], *args: Any) -> Any:
         with anyio.CancelScope(shield=True):  # a store write under way is never abandoned halfway
             return await anyio.to_thread.run_sync(fn, *args)
@@ -220,7 +229,7 @@ class _BatchRun:
                 key = line.get("custom_id")
                 if not isinstance(key, str) or key not in waiting:
                     continue
-                outcome = outcome_of(key, line, self.validate)
+                outcome = outcome_of(key, line, self.validate, self.cost_of)
                 if outcome is None:  # not run (batch_expired): back to pending
                     answered.pop(key, None)
                 else:
@@ -275,7 +284,11 @@ class _BatchRun:
         too_big: list[tuple[str, int]] = []
         stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
         for n, file in enumerate(batch_files(self.cfg, keys, prompts, too_big), 1):
-            reserve(self.cfg, file)
+            if not await self.reserve(file):
+                self.say(
+                    f"stopped submitting: the budget does not cover batch file {n} ({len(file):,} requests)"
+                )
+                break
             uploaded = await self.client.upload(file.data, f"polars_llm_{stamp}_{n}.jsonl")
             info = await self._create(str(uploaded["id"]), file)
             self.stats.requests += len(file)

@@ -15,7 +15,7 @@ import polars as pl
 
 from . import exceptions as exc
 from ._batch_client import ENDPOINT
-from ._client import error_for_status, parse_completion
+from ._client import Completion, error_for_status, parse_completion
 from ._config import MapConfig
 from ._engine import error_text, interpret
 from ._store import Outcome
@@ -120,7 +120,10 @@ def _failed(key: str, error: exc.APIError, **usage: Any) -> Outcome:
 
 
 def outcome_of(
-    key: str, line: dict[str, Any], validate: Callable[[str | None], str] | None
+    key: str,
+    line: dict[str, Any],
+    validate: Callable[[str | None], str] | None,
+    cost_of: Callable[[Completion], float | None] | None = None,
 ) -> Outcome | None:
     """One output or error line as the row's outcome, interpreted as the online path would; ``None`` when
     the request was not run (``batch_expired``) and must be sent again.
@@ -149,7 +152,7 @@ def outcome_of(
         usage = {
             "tokens_in": completion.tokens_in,
             "tokens_out": completion.tokens_out,
-            "cost": completion.cost,
+            "cost": completion.cost if cost_of is None else cost_of(completion),
         }
         try:
             result = interpret(completion, validate)
