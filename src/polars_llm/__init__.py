@@ -15,6 +15,7 @@ and ``pl.LazyFrame``.
 from __future__ import annotations
 
 from . import _namespace  # noqa: F401  (registers the namespaces)
+from ._batch_admin import batches, cancel_batch
 from ._config import DEFAULT_BASE_URL, DEFAULT_CACHE, DEFAULT_CACHE_PATH, MapConfig, Secret, resolve_config
 from ._cost import Estimate
 from ._map import MapOptions, estimate, llm_map, llm_map_async, llm_map_frame, llm_map_series, output_dtype
@@ -24,6 +25,7 @@ from .exceptions import (
     APITimeoutError,
     AuthenticationError,
     BadRequestError,
+    BatchUnsupportedError,
     BudgetExceededError,
     ColumnTypeError,
     ConfigError,
@@ -57,6 +59,7 @@ __all__ = [
     "APITimeoutError",
     "AuthenticationError",
     "BadRequestError",
+    "BatchUnsupportedError",
     "BudgetExceededError",
     "ColumnTypeError",
     "ConfigError",
@@ -80,6 +83,8 @@ __all__ = [
     "StoreError",
     "TransientError",
     "__version__",
+    "batches",
+    "cancel_batch",
     "estimate",
     "export_jsonl",
     "export_parquet",

@@ -134,6 +134,7 @@ def add_run_arguments(p: argparse.ArgumentParser, *, output: bool = True) -> Non
         "--cache", default=str(DEFAULT_CACHE_PATH), help=f"cache file (default {DEFAULT_CACHE_PATH})"
     )
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar (progress=False)")
+    p.add_argument("--batch", action="store_true", help="short for --mode batch (the provider's batch API)")
     p.add_argument(
         "--price",
         nargs=2,
@@ -158,6 +159,8 @@ def _options(args: argparse.Namespace) -> dict[str, Any]:
     options["cache"] = Path(args.cache)
     options["progress"] = not args.quiet
     options["price"] = tuple(args.price) if args.price else None
+    if args.batch:
+        options["mode"] = "batch"
     options["api_key"] = _api_key(args.api_key_env)
     return options
 
@@ -314,6 +317,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     total = sum(counts.values())
     shown = " ".join(f"{k}={v}" for k, v in counts.items()) or "no rows"
     print(f"wrote {total} rows to {target} ({shown}); cache: {cfg.cache}", file=sys.stderr)
+    if counts.get("submitted"):
+        print(
+            f"{counts['submitted']} rows are in batches running at the provider: run the same command "
+            "again later to collect them (`polars-llm batches` lists them)",
+            file=sys.stderr,
+        )
     if stop is not None:
         raise stop  # exit 1 with the budget message, after the output with what finished is written
     return 0

@@ -50,6 +50,7 @@ DEFAULT_CACHE_PATH: Final = Path(".polars_llm") / "cache.duckdb"
 
 Worker = Callable[[str], Awaitable[str]]
 Transport = Literal["aiohttp", "openai"]
+Mode = Literal["online", "batch"]
 
 
 class _DefaultCache:
@@ -310,6 +311,23 @@ class MapConfig:
         ck.optional(_check_worker),
         cli=False,
     )
+    mode: Mode = option(
+        "online",
+        "'online', or 'batch': the provider's batch API (about half the price, answers within 24 h)",
+        ck.choice("online", "batch"),
+    )
+    wait: bool = option(
+        True, "batch mode: wait for the batches and collect them (False: submit and return)", ck.boolean
+    )
+    poll_interval: float = option(
+        5.0, "batch mode: first seconds between status checks (grows to 60 s)", ck.seconds()
+    )
+    batch_max_requests: int = option(
+        50_000, "batch mode: requests per uploaded batch file at most", ck.integer(1, 10_000_000)
+    )
+    batch_max_bytes: int = option(
+        200_000_000, "batch mode: bytes per uploaded batch file at most", ck.integer(1024, 10**12)
+    )
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -319,6 +337,16 @@ class MapConfig:
                 checked = check(f.name, value)
                 if checked is not value:
                     object.__setattr__(self, f.name, checked)
+        if self.mode == "batch" and self.worker is not None:
+            raise ConfigError(
+                "mode='batch' sends the requests through the provider's batch API; it cannot run a "
+                "worker= callable (drop worker=, or use mode='online')"
+            )
+        if self.mode == "batch" and self.cache is None:
+            raise ConfigError(
+                "mode='batch' needs a cache file to remember its batches between calls; "
+                "pass cache=<path> (or leave the default) instead of cache=None"
+            )
         if self.worker is None:
             if not self.model:
                 raise ConfigError(

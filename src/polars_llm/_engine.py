@@ -21,6 +21,7 @@ import anyio.lowlevel
 import polars as pl
 
 from . import exceptions as exc
+from ._batch_store import live_rows
 from ._client import Completion, Transport, make_transport
 from ._config import MapConfig
 from ._cost import Budget, Costing, plan_costs
@@ -28,7 +29,7 @@ from ._ratelimit import AdaptiveConcurrency, Cooldown, TokenBucket
 from ._retry import backoff_delay, next_delay
 from ._store import DETAIL_SCHEMA, Outcome, Store
 
-__all__ = ["RunStats", "execute", "jobs_frame"]
+__all__ = ["RunStats", "error_text", "execute", "interpret", "jobs_frame"]
 
 log = logging.getLogger("polars_llm")
 
@@ -103,6 +104,36 @@ class _Usage:
         )
 
 
+def interpret(completion: Completion, validate: Callable[[str | None], str] | None) -> str:
+    """The row's result from one answer, or the :class:`~polars_llm.APIError` that fails it.
+
+    Shared by the online workers and batch collection, so an answer means the same whichever way it came:
+    content filter, truncated structured output, ``response_model`` validation, missing text.
+    """
+    if completion.finish_reason == "content_filter":
+        raise exc.ContentFilterError(
+            "the provider's content filter stopped this answer", body=completion.text
+        )
+    if validate is not None:
+        if completion.finish_reason == "length":
+            raise exc.OutputTruncatedError(
+                "output cut at max_tokens before the JSON was complete; raise max_tokens",
+                body=completion.text,
+            )
+        return validate(completion.text)
+    if completion.text is None:
+        raise exc.MalformedResponseError("the answer has no text content")
+    return completion.text
+
+
+def error_text(error: exc.APIError) -> str:
+    """The ``error`` stored for a failed row (validation failures keep the raw output)."""
+    message = str(error)
+    if error.body and isinstance(error, exc.OutputValidationError | exc.OutputTruncatedError):
+        message = f"{message}\nraw output: {error.body}"
+    return message
+
+
 class _Run:
     """State shared by the workers of one run."""
 
@@ -143,20 +174,7 @@ class _Run:
             self.cancel()
 
     def interpret(self, completion: Completion) -> str:
-        if completion.finish_reason == "content_filter":
-            raise exc.ContentFilterError(
-                "the provider's content filter stopped this answer", body=completion.text
-            )
-        if self.validate is not None:
-            if completion.finish_reason == "length":
-                raise exc.OutputTruncatedError(
-                    "output cut at max_tokens before the JSON was complete; raise max_tokens",
-                    body=completion.text,
-                )
-            return self.validate(completion.text)
-        if completion.text is None:
-            raise exc.MalformedResponseError("the answer has no text content")
-        return completion.text
+        return interpret(completion, self.validate)
 
     def _note_refused(self, error: exc.APIError) -> None:
         now = time.monotonic()
@@ -255,10 +273,7 @@ class _Run:
                     stats.retrying -= 1
                 continue
             stats.failed += 1
-            message = str(error)
-            if error.body and isinstance(error, exc.OutputValidationError | exc.OutputTruncatedError):
-                message = f"{message}\nraw output: {error.body}"
-            return usage.outcome(key, "failed", attempts, error=message, error_kind=error.kind)
+            return usage.outcome(key, "failed", attempts, error=error_text(error), error_kind=error.kind)
 
     def _account(self, completion: Completion, cost: float | None, estimate: float) -> None:
         stats = self.stats
@@ -390,10 +405,13 @@ async def execute(
             {"key": keys, "prompt": prompts}, schema={"key": pl.String, "prompt": pl.String}
         )
 
-        async def final_state(cached: pl.Series | None) -> pl.DataFrame:
+        async def final_state(cached: pl.Series | None, live: pl.DataFrame | None = None) -> pl.DataFrame:
             state = await anyio.to_thread.run_sync(store.lookup, key_frame.select("key"), details)
             flag = pl.col("key").is_in(cached.implode()) if cached is not None else pl.lit(True)
-            return state.with_columns(flag.alias("cached"))
+            state = state.with_columns(flag.alias("cached"))
+            if live is not None and live.height:  # batch mode: rows in a batch still running
+                state = state.join(live.select("key", "batch_status"), on="key", how="left")
+            return state
 
         known = await anyio.to_thread.run_sync(store.lookup, key_frame.select("key"))
         is_done = pl.col("status") == "done"
@@ -404,11 +422,20 @@ async def execute(
             return await final_state(None) if cfg.include else known.with_columns(cached=pl.lit(True))
         done = known.filter(is_done).get_column("key")
         todo = key_frame.join(done.to_frame(), on="key", how="anti", maintain_order="left")
-        stats.cached = len(keys) - todo.height
+        live = await anyio.to_thread.run_sync(live_rows, store, todo.select("key"))
+        if live.height:  # in a batch still running at the provider (mode="batch"): never sent twice
+            todo = todo.join(live, on="key", how="anti", maintain_order="left")
+            stats.total -= live.height
+            log.warning(
+                "%d rows are in batches still running at the provider: not sent again (status 'submitted'); "
+                "collect them with mode='batch'",
+                live.height,
+            )
+        stats.cached = stats.total - todo.height
         if todo.height == 0:
             if on_start is not None:
                 on_start(stats)
-            return await final_state(done)
+            return await final_state(done, live)
         costing, spent = await anyio.to_thread.run_sync(plan_costs, cfg, store, key_frame.select("key"))
         budget = Budget(cfg.max_cost, spent) if cfg.max_cost is not None and spent is not None else None
         if budget is not None:
@@ -422,9 +449,9 @@ async def execute(
         try:
             await _run_pool(cfg, store, todo_keys, todo_prompts, stats, costing, budget)
         except exc.BudgetExceededError as error:
-            error.state = await final_state(done)
+            error.state = await final_state(done, live)
             raise
-        return await final_state(done)
+        return await final_state(done, live)
     finally:
         with anyio.CancelScope(shield=True):
             await anyio.to_thread.run_sync(store.close)

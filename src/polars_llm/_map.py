@@ -15,7 +15,7 @@ import polars as pl
 from pydantic import BaseModel
 
 from ._bridge import surfaced
-from ._config import CacheArg, MapConfig, Secret, Transport, Worker, resolve_config, with_options
+from ._config import CacheArg, MapConfig, Mode, Secret, Transport, Worker, resolve_config, with_options
 from ._cost import Estimate
 from ._pipeline import amap_series, estimate_series, map_series
 from .exceptions import BudgetExceededError, ConfigError
@@ -62,6 +62,11 @@ class MapOptions(TypedDict, total=False):
     progress: bool
     transport: Transport
     worker: Worker | None
+    mode: Mode
+    wait: bool
+    poll_interval: float
+    batch_max_requests: int
+    batch_max_bytes: int
 
 
 def output_dtype(cfg: MapConfig) -> pl.Struct:

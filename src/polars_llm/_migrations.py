@@ -71,7 +71,35 @@ CREATE TABLE IF NOT EXISTS model_prices (
 );
 """
 
-MIGRATIONS: Final[tuple[Migration, ...]] = ((1, _V1), (2, _V2), (3, _V3))
+# Batch mode: the batches submitted to a provider's batch API, and the batch each request was last sent in.
+# Idempotent (IF NOT EXISTS) so that branches adding migrations in parallel can be renumbered on merge.
+_V4: Final = """
+CREATE TABLE IF NOT EXISTS batches (
+    batch_id       VARCHAR NOT NULL,
+    base_url       VARCHAR,
+    model          VARCHAR,
+    endpoint       VARCHAR,
+    input_file_id  VARCHAR,
+    output_file_id VARCHAR,
+    error_file_id  VARCHAR,
+    status         VARCHAR,
+    requests       INTEGER,
+    bytes          BIGINT,
+    completed      INTEGER,
+    failed         INTEGER,
+    rows_done      INTEGER,
+    rows_failed    INTEGER,
+    rows_requeued  INTEGER,
+    message        VARCHAR,
+    submitted_at   TIMESTAMP,
+    checked_at     TIMESTAMP,
+    finished_at    TIMESTAMP,
+    collected_at   TIMESTAMP
+);
+ALTER TABLE requests ADD COLUMN IF NOT EXISTS batch_id VARCHAR;
+"""
+
+MIGRATIONS: Final[tuple[Migration, ...]] = ((1, _V1), (2, _V2), (3, _V3), (4, _V4))
 CURRENT_VERSION: Final = MIGRATIONS[-1][0]
 
 State = Literal["empty", "ours", "foreign"]

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 import anyio
 import polars as pl
 
+from ._batch import execute_batch
+from ._batch_progress import BatchProgress, BatchStats, batch_note
 from ._bridge import run_async, run_sync
 from ._config import INCLUDE_DTYPES, MapConfig
 from ._cost import Estimate, TokenModel, build_estimate
@@ -43,8 +45,10 @@ __all__ = [
     "stopped",
 ]
 
-EMPTY_STATE = pl.DataFrame(schema={"key": pl.String, "status": pl.String, "result": pl.String})
-_DETAILS = frozenset(INCLUDE_DTYPES)
+EMPTY_STATE = pl.DataFrame(
+    schema={"key": pl.String, "status": pl.String, "result": pl.String, "batch_status": pl.String}
+)
+_DETAILS = frozenset(INCLUDE_DTYPES) | {"batch_status"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,8 +92,8 @@ def prepare(series: pl.Series, cfg: MapConfig) -> Prepared:
 
 
 def per_row(prepared: Prepared, state: pl.DataFrame) -> pl.DataFrame:
-    """``prompt, key, status, result`` (and any other state columns) for every input row, in order
-    (``key`` null for a null prompt)."""
+    """``prompt, key, status, result`` (and any other state columns: ``include`` details, ``batch_status``)
+    for every input row, in order (``key`` null for a null prompt)."""
     rows = prepared.rows
     per_prompt = pl.DataFrame({"prompt": prepared.unique, "key": prepared.keys})
     answers = state.select("key", "status", "result", *(c for c in state.columns if c in _DETAILS))
@@ -103,12 +107,14 @@ def per_row(prepared: Prepared, state: pl.DataFrame) -> pl.DataFrame:
 def assemble(prepared: Prepared, state: pl.DataFrame, cfg: MapConfig) -> pl.Series:
     """The ``Struct{result, status, <include>}`` column.
 
-    ``status`` is ``done``, ``failed``, ``null`` where the prompt is null, or ``pending`` for a row a
-    stopped run did not send (e.g. ``max_cost`` reached).
+    ``status`` is ``done``, ``failed``, ``null`` where the prompt is null, ``submitted`` while the row's
+    batch is running (batch mode), or ``pending`` for a row not sent yet (a stopped run: ``max_cost``
+    reached; a batch that expired, to be resubmitted).
     """
     rows = per_row(prepared, state)
     done = pl.col("status") == "done"
     null = pl.col("prompt").is_null()
+    submitted = pl.col("batch_status").is_not_null() if "batch_status" in rows.columns else pl.lit(False)
     details = [
         (pl.lit(None, dtype) if name not in rows.columns else pl.when(~null).then(pl.col(name)))
         .cast(dtype)
@@ -120,8 +126,12 @@ def assemble(prepared: Prepared, state: pl.DataFrame, cfg: MapConfig) -> pl.Seri
         pl.when(done).then(pl.col("result")).alias("result"),
         pl.when(null)
         .then(pl.lit("null"))
-        .when(done | (pl.col("status") == "failed"))
-        .then(pl.col("status"))
+        .when(done)
+        .then(pl.lit("done"))
+        .when(submitted)
+        .then(pl.lit("submitted"))
+        .when(pl.col("status") == "failed")
+        .then(pl.lit("failed"))
         .otherwise(pl.lit("pending"))
         .alias("status"),
         *details,
@@ -131,15 +141,19 @@ def assemble(prepared: Prepared, state: pl.DataFrame, cfg: MapConfig) -> pl.Seri
 
 
 def progress_for(prepared: Prepared, cfg: MapConfig) -> Progress:
-    return Progress(RunStats(total=len(prepared)), enabled=cfg.progress and len(prepared) > 0)
+    enabled = cfg.progress and len(prepared) > 0
+    if cfg.mode == "batch":
+        return BatchProgress(BatchStats(total=len(prepared)), enabled=enabled)
+    return Progress(RunStats(total=len(prepared)), enabled=enabled)
 
 
 async def _execute(prepared: Prepared, cfg: MapConfig, reporter: Reporter) -> pl.DataFrame:
-    """The engine with the progress display refreshing beside it."""
+    """The engine (or batch mode) with the progress display refreshing beside it."""
+    runner = execute_batch if cfg.mode == "batch" else execute
     async with anyio.create_task_group() as tg:
         tg.start_soon(reporter.run)
         try:
-            return await execute(
+            return await runner(
                 cfg, prepared.keys, prepared.unique, stats=reporter.stats, on_start=reporter.started
             )
         finally:
@@ -168,6 +182,8 @@ def stopped(error: BaseException, stats: RunStats, cfg: MapConfig) -> BaseExcept
         f"stopped after {stats.finished:,} of {to_send:,} requests "
         f"({stats.done:,} done, {stats.failed:,} failed); {where}"
     )
+    if cfg.mode == "batch":
+        note = batch_note(stats, cfg)
     if isinstance(error, KeyboardInterrupt):
         return KeyboardInterrupt(note)
     if isinstance(error, PolarsLLMError):

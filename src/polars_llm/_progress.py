@@ -140,6 +140,8 @@ def format_postfix(stats: RunStats, rpm: float) -> str:
 class Progress:
     """A progress bar over one run. ``enabled=False`` makes every method a no-op."""
 
+    unit = "req"
+
     def __init__(self, stats: RunStats, *, enabled: bool = True, desc: str = "llm") -> None:
         self.stats = stats
         self.enabled = enabled
@@ -153,7 +155,7 @@ class Progress:
         options: dict[str, Any] = {
             "total": self.stats.total or None,
             "desc": self.desc,
-            "unit": "req",
+            "unit": self.unit,
             "dynamic_ncols": True,
             "mininterval": _TICK,
             "file": sys.stderr,

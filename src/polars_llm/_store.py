@@ -7,7 +7,9 @@ Tables (also in :data:`TABLES_DOC`):
     (JSON text), ``schema_name``, ``schema`` (JSON text), ``status`` (``pending`` | ``done`` | ``failed``),
     ``result``, ``error``, ``error_kind``, ``attempts`` (summed over runs), ``tokens_in``, ``tokens_out``,
     ``tokens_reasoning``, ``tokens_cached``, ``cost``, ``created_at``, ``updated_at``, ``finished_at`` (UTC
-    ``TIMESTAMP``). No API key is ever stored.
+    ``TIMESTAMP``), ``batch_id``. No API key is ever stored.
+``batches``
+    one row per batch submitted in batch mode (see :mod:`polars_llm._batch_store`).
 ``model_prices``
     the provider's price list (``base_url``, ``model``, ``price_in``/``price_out`` in USD per million
     tokens, ``max_output``, ``fetched_at``), fetched once and reused.
@@ -41,7 +43,7 @@ from . import _migrations
 from ._store_files import connect, path_lock, prepare_file, probe
 from .exceptions import ConfigError, StoreError
 
-__all__ = ["DETAIL_SCHEMA", "TABLES_DOC", "Outcome", "Store"]
+__all__ = ["DETAIL_SCHEMA", "TABLES_DOC", "Outcome", "Store", "apply_outcomes"]
 
 TABLES_DOC: Final = """\
 The cache is one DuckDB file (default `.polars_llm/cache.duckdb`); open it with any DuckDB client
@@ -67,6 +69,22 @@ while no run is using it.
 | `tokens_cached` | BIGINT | prompt tokens served from the provider's cache (part of `tokens_in`) |
 | `cost` | DOUBLE | USD: the provider's `usage.cost`, else tokens × price when a price is known, else NULL |
 | `created_at`, `updated_at`, `finished_at` | TIMESTAMP | UTC times |
+| `batch_id` | VARCHAR | batch mode: the batch the request was last sent in, or NULL |
+
+**`batches`**: one row per batch submitted with `mode="batch"`. A batch is *live* until its results are
+collected (`collected_at` NULL); a request in a live batch is never sent again.
+
+| column | type | meaning |
+|---|---|---|
+| `batch_id` | VARCHAR | the provider's batch id |
+| `base_url`, `model`, `endpoint` | VARCHAR | where it was submitted (`/v1/chat/completions`) |
+| `input_file_id`, `output_file_id`, `error_file_id` | VARCHAR | the provider's file ids |
+| `status` | VARCHAR | provider status last seen (`in_progress`, `completed`, `expired`, …) |
+| `requests`, `bytes` | INTEGER, BIGINT | requests in the input file and its size |
+| `completed`, `failed` | INTEGER | the provider's request counts, last seen |
+| `rows_done`, `rows_failed`, `rows_requeued` | INTEGER | collected: answers, failures, rows back to pending |
+| `message` | VARCHAR | batch-level errors, or why rows were put back to pending |
+| `submitted_at`, `checked_at`, `finished_at`, `collected_at` | TIMESTAMP | UTC times |
 
 **`model_prices`**: the provider's model list, fetched once per base URL and reused: `base_url`,
 `model` VARCHAR, `price_in`, `price_out` DOUBLE (USD per million tokens), `max_output` BIGINT (longest
@@ -147,6 +165,43 @@ class Outcome:
 
 def _now_us() -> int:
     return int(time.time() * 1_000_000)
+
+
+def apply_outcomes(con: duckdb.DuckDBPyConnection, outcomes: Sequence[Outcome]) -> None:
+    """Write ``outcomes`` inside the caller's transaction (see :meth:`Store.write_outcomes`)."""
+    if not outcomes:
+        return
+    unique = list({o.key: o for o in outcomes}.values())  # the last outcome wins for a repeated key
+    batch = pa.table(
+        {name: [getattr(o, name) for o in unique] for name in _BATCH_SCHEMA.names}, schema=_BATCH_SCHEMA
+    )
+    now = _now_us()
+    con.register("_pl_batch", batch)
+    try:
+        updated = con.execute(
+            "UPDATE requests SET status = b.status, result = b.result, error = b.error, "
+            "error_kind = b.error_kind, attempts = requests.attempts + b.attempts, "
+            "tokens_in = b.tokens_in, tokens_out = b.tokens_out, tokens_reasoning = b.tokens_reasoning, "
+            "tokens_cached = b.tokens_cached, cost = b.cost, "
+            "updated_at = make_timestamp(?::BIGINT), "
+            "finished_at = make_timestamp((b.finished_at * 1000000)::BIGINT) "
+            "FROM _pl_batch AS b WHERE requests.key = b.key",
+            [now],
+        ).fetchall()
+        if updated and int(updated[0][0]) == batch.num_rows:
+            return  # the usual case: every key was registered (keys are unique, so no second scan)
+        # Keys that were never registered (should not happen) are kept rather than lost.
+        con.execute(
+            "INSERT INTO requests (key, status, result, error, error_kind, attempts, tokens_in, "
+            "tokens_out, tokens_reasoning, tokens_cached, cost, created_at, updated_at, finished_at) "
+            "SELECT b.key, b.status, b.result, b.error, b.error_kind, b.attempts, b.tokens_in, "
+            "b.tokens_out, b.tokens_reasoning, b.tokens_cached, b.cost, make_timestamp(?::BIGINT), "
+            "make_timestamp(?::BIGINT), make_timestamp((b.finished_at * 1000000)::BIGINT) "
+            "FROM _pl_batch AS b ANTI JOIN requests AS r ON r.key = b.key",
+            [now, now],
+        )
+    finally:
+        con.unregister("_pl_batch")
 
 
 class Store:
@@ -332,35 +387,8 @@ class Store:
         """Record a batch of outcomes in one transaction (the last outcome wins for a repeated key)."""
         if not outcomes:
             return
-        unique = list({o.key: o for o in outcomes}.values())  # the last outcome wins for a repeated key
-        batch = pa.table(
-            {name: [getattr(o, name) for o in unique] for name in _BATCH_SCHEMA.names}, schema=_BATCH_SCHEMA
-        )
-        now = _now_us()
-        with self._transaction() as con, self._registered(con, "_pl_batch", batch):
-            updated = con.execute(
-                "UPDATE requests SET status = b.status, result = b.result, error = b.error, "
-                "error_kind = b.error_kind, attempts = requests.attempts + b.attempts, "
-                "tokens_in = b.tokens_in, tokens_out = b.tokens_out, tokens_reasoning = b.tokens_reasoning, "
-                "tokens_cached = b.tokens_cached, cost = b.cost, "
-                "updated_at = make_timestamp(?::BIGINT), "
-                "finished_at = make_timestamp((b.finished_at * 1000000)::BIGINT) "
-                "FROM _pl_batch AS b WHERE requests.key = b.key",
-                [now],
-            ).fetchall()
-            if updated and int(updated[0][0]) == batch.num_rows:
-                return  # the usual case: every key was registered (keys are unique, so no second scan)
-            # Keys that were never registered (should not happen) are kept rather than lost.
-            con.execute(
-                "INSERT INTO requests (key, status, result, error, error_kind, attempts, tokens_in, "
-                "tokens_out, tokens_reasoning, tokens_cached, cost, created_at, updated_at, finished_at) "
-                "SELECT b.key, b.status, b.result, b.error, b.error_kind, b.attempts, b.tokens_in, "
-                "b.tokens_out, b.tokens_reasoning, b.tokens_cached, b.cost, make_timestamp(?::BIGINT), "
-                "make_timestamp(?::BIGINT), "
-                "make_timestamp((b.finished_at * 1000000)::BIGINT) "
-                "FROM _pl_batch AS b ANTI JOIN requests AS r ON r.key = b.key",
-                [now, now],
-            )
+        with self._transaction() as con:
+            apply_outcomes(con, outcomes)
 
     def counts(self) -> dict[str, int]:
         """Number of rows per status."""

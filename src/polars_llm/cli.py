@@ -4,6 +4,7 @@ polars-llm run prompts.csv --column prompt --output results.parquet   # a file o
 polars-llm estimate prompts.csv --column prompt --model M [--price IN OUT]  # tokens and cost, sends nothing
 polars-llm status                     # what the cache holds: counts, tokens, cost, errors
 polars-llm export --output all.jsonl  # the cache's rows as JSON Lines or Parquet
+polars-llm batches                    # the batches of batch mode (--mode batch); `batches cancel ID`
 polars-llm demo                       # the main job, on the built-in simulator
 polars-llm sim --port 8000            # an OpenAI-compatible simulator on 127.0.0.1
 
@@ -23,6 +24,7 @@ from pathlib import Path
 
 import polars as pl
 
+from ._cli_batches import add_batches_arguments, cmd_batches
 from ._cli_run import EXIT_FAILED, EXIT_USAGE, CLIError, add_run_arguments, cmd_estimate, cmd_run
 from ._cli_store import add_export_arguments, add_status_arguments, cmd_export, cmd_status
 from ._config import DEFAULT_CACHE_PATH
@@ -94,6 +96,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_export_arguments(export)
     export.set_defaults(func=cmd_export)
+
+    batches = sub.add_parser(
+        "batches",
+        allow_abbrev=False,
+        help="the batches of batch mode in a cache (live or collected); `batches cancel ID` cancels one",
+    )
+    add_batches_arguments(batches)
+    batches.set_defaults(func=cmd_batches)
 
     demo = sub.add_parser("demo", help="label a few thousand reviews on the built-in simulator")
     demo.add_argument("--rows", type=int, default=3000)

@@ -30,7 +30,9 @@ true to it and to what is retried)::
             ├── InsufficientCreditsError 402 without Retry-After
             ├── NotFoundError           404: wrong base_url or unknown model
             ├── EndpointUnreachableError the endpoint refused connections repeatedly
-            └── BudgetExceededError     ``max_cost`` reached: the rest stays pending (``.frame`` as it stands)
+            ├── BudgetExceededError     ``max_cost`` reached: the rest stays pending (``.frame`` as it stands)
+            └── BatchUnsupportedError   mode="batch" on an endpoint without a batch API (OpenRouter, or
+                                        batch endpoints not found); raised before anything is uploaded
 
 Example:
     >>> from polars_llm.exceptions import RateLimitError, TransientError
@@ -50,6 +52,7 @@ __all__ = [
     "APITimeoutError",
     "AuthenticationError",
     "BadRequestError",
+    "BatchUnsupportedError",
     "BudgetExceededError",
     "ColumnTypeError",
     "ConfigError",
@@ -257,3 +260,17 @@ class BudgetExceededError(FatalError):
         self.rows_left = rows_left
         self.state: Any = None  # the engine's per-key state when it stopped
         self.frame: Any = None  # the output as it stands (set by the entry point)
+
+
+class BatchUnsupportedError(FatalError):
+    """``mode="batch"`` on an endpoint without a batch API we can use; nothing was uploaded.
+
+    ``base_url`` names the endpoint. Raised before any request for OpenRouter, and when the endpoint
+    answers "not found" on its batch endpoints (checked before the first upload).
+    """
+
+    kind = "batch_unsupported"
+
+    def __init__(self, message: str, *, base_url: str = "", **facts: Any) -> None:
+        super().__init__(message, **facts)
+        self.base_url = base_url

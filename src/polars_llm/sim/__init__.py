@@ -24,6 +24,18 @@ Endpoints: ``POST /v1/chat/completions`` (also ``/chat/completions``), ``GET /v1
 ``GET /stats`` and ``GET /v1/stats`` (``?per_prompt=0`` to leave out the per-prompt counts),
 ``POST /reset``, ``GET /config`` and ``POST /configure`` (JSON body of option changes).
 
+Batch API (OpenAI's protocol, for ``mode="batch"``): ``POST /v1/files`` (multipart, ``purpose=batch``),
+``GET /v1/files/{id}`` and ``/content``, ``POST /v1/batches``, ``GET /v1/batches/{id}``,
+``POST /v1/batches/{id}/cancel`` and ``GET /v1/batches``. A batch finishes ``batch_seconds`` after it was
+created (default 0: at once; ``None``: when ``server.finish_batches(outcome)`` is called) and ends as
+``batch_outcome`` (``completed``, ``expired`` — the first ``batch_done_share`` answered, the rest
+``batch_expired`` in the error file — or ``failed``); a cancel ends it ``cancelled`` at the next read. Its
+requests are answered like online ones (same markers) with ``usage.cost`` at ``batch_price_factor``
+(0.5) of the online cost, output lines shuffled; ``[[batch_omit]]`` leaves a request out of both files.
+``batch_api=False`` answers 404 there, like a provider without one. ``server.batches()`` lists the batches;
+``stats()["batch"]`` counts ``uploads``, ``batches_created``, ``batch_requests``, ``per_prompt``, …
+See :mod:`polars_llm.sim._batches`.
+
 Answers (deterministic, no randomness):
     * the prompt is the last ``user`` message; system (and ``developer``) messages are joined;
     * plain text is :func:`expected_text`: ``f"{model}: {prompt[::-1]}"``, or
@@ -104,7 +116,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..exceptions import ConfigError
-from ._options import SimConfig
+from ._options import BATCH_OUTCOMES, SimConfig
 from ._outputs import count_tokens, expected_content, expected_json, expected_text
 from ._server import SimServer, serve, start
 from ._wire import parse_markers
@@ -161,6 +173,13 @@ _HELP: dict[str, str] = {
     "honor_max_tokens": "cut answers longer than max_tokens (finish_reason 'length')",
     "models": "model names listed by /v1/models",
     "shutdown_timeout": "seconds to let running requests finish on exit",
+    "batch_api": "serve the files and batches endpoints (--no-batch-api: 404, like a provider without one)",
+    "batch_seconds": "seconds a batch takes to finish ('none': until finish_batches())",
+    "batch_outcome": "how a batch ends: completed, expired or failed",
+    "batch_done_share": "share of an expired or cancelled batch's requests that were answered",
+    "batch_price_factor": "batch usage cost as a share of the online cost",
+    "batch_max_requests": "requests per batch input file at most (more fails the batch)",
+    "batch_max_bytes": "bytes per uploaded file at most (more is refused with 413)",
 }
 
 
@@ -188,8 +207,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
             parser.add_argument(flag, type=int, choices=(401, 402, 403), default=None, help=text)
         elif f.name in ("rate_limit", "tpm_limit", "max_output"):
             parser.add_argument(flag, type=_optional(int), default=default, help=text)
-        elif f.name == "error_retry_after":
+        elif f.name in ("error_retry_after", "batch_seconds"):
             parser.add_argument(flag, type=_optional(float), default=default, help=text)
+        elif f.name == "batch_outcome":
+            parser.add_argument(flag, choices=BATCH_OUTCOMES, default=default, help=text)
         elif f.name == "api_key":
             parser.add_argument(flag, default=None, help=text)
         else:

@@ -21,6 +21,7 @@ import orjson
 from aiohttp import web
 
 from ..exceptions import ConfigError
+from ._batches import BatchAPI
 from ._options import FAULT_RATES, LIVE_FIXED, SimConfig
 from ._outputs import count_tokens
 from ._wire import (
@@ -51,6 +52,7 @@ class Engine:
         self._burst_until = time.monotonic() + config.burst_seconds if config.burst_429 else 0.0
         self._started = time.monotonic()
         self._zero()
+        self.batches = BatchAPI(self)
 
     def _zero(self) -> None:
         self._requests = 0
@@ -90,6 +92,9 @@ class Engine:
             }
             if per_prompt:
                 out["per_prompt"] = dict(self._per_prompt)
+        out["batch"] = self.batches.stats()
+        if not per_prompt:
+            del out["batch"]["per_prompt"]
         return out
 
     def reset(self) -> None:
@@ -99,6 +104,7 @@ class Engine:
             self._zero()
             self._in_flight = in_flight
             self._rng = random.Random(self.config.seed)
+        self.batches.reset()
 
     def configure(self, **changes: Any) -> SimConfig:
         fixed = LIVE_FIXED.intersection(changes)
@@ -118,7 +124,7 @@ class Engine:
     # ------------------------------------------------------------------- HTTP handlers
 
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=64 * 1024 * 1024)
+        app = web.Application(client_max_size=64 * 1024 * 1024)  # batch uploads are streamed, not capped
         app.router.add_post("/v1/chat/completions", self.chat)
         app.router.add_post("/chat/completions", self.chat)
         app.router.add_get("/v1/models", self.models)
@@ -128,6 +134,7 @@ class Engine:
         app.router.add_post("/v1/reset", self.reset_endpoint)
         app.router.add_get("/config", self.config_endpoint)
         app.router.add_post("/configure", self.configure_endpoint)
+        self.batches.add_routes(app)
         return app
 
     async def models(self, request: web.Request) -> web.Response:

@@ -133,6 +133,16 @@ class SimServer(str):
         """
         return self._engine.configure(**changes)
 
+    def batches(self) -> list[dict[str, Any]]:
+        """Every batch submitted to this server (oldest first), as ``GET /v1/batches/{id}`` shows it now."""
+        return self._engine.batches.list()
+
+    def finish_batches(self, outcome: str | None = None) -> list[str]:
+        """End every running batch now: ``completed``, ``expired``, ``failed`` or ``cancelled`` (default:
+        the ``batch_outcome`` option); returns their ids. With ``batch_seconds=None`` batches wait for this.
+        """
+        return self._engine.batches.finish(outcome)
+
     def burst(self, seconds: float = 5.0, retry_after: float = 1.0) -> SimConfig:
         """Answer every chat request 429 (``Retry-After: retry_after``) for the next ``seconds``."""
         return self._engine.configure(burst_429=True, burst_seconds=seconds, burst_retry_after=retry_after)
