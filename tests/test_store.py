@@ -405,7 +405,7 @@ def test_older_schema_version_is_migrated(tmp_path: Path) -> None:
     )
     con.close()
     with Store.open(path) as store:
-        assert store.version == 2
+        assert store.version == _migrations.CURRENT_VERSION
         assert rows(store)["old"]["result"] == "r"
         assert column(store, "error_kind", "old") is None
         assert column(store, "cost", "old") is None
@@ -414,7 +414,7 @@ def test_older_schema_version_is_migrated(tmp_path: Path) -> None:
         assert column(store, "attempts", "old") == 3
         assert store._con is not None
         versions = store._con.execute("SELECT version FROM schema_version ORDER BY version").fetchall()
-        assert versions == [(1,), (2,)]
+        assert versions == [(v,) for v, _ in _migrations.MIGRATIONS]
 
 
 def test_newer_schema_version_is_refused_untouched(tmp_path: Path) -> None:

@@ -10,9 +10,10 @@ latency halved throughput (see ``benchmarks/``).
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,7 +28,7 @@ from ._ratelimit import AdaptiveConcurrency, Cooldown, TokenBucket
 from ._retry import backoff_delay, next_delay
 from ._store import Outcome, Store
 
-__all__ = ["RunStats", "execute", "jobs_frame"]
+__all__ = ["RunStats", "Work", "execute", "jobs_frame"]
 
 log = logging.getLogger("polars_llm")
 
@@ -67,6 +68,7 @@ class _NoLimit:
 
 
 _NO_LIMIT = _NoLimit()
+_RETRY, _FAIL, _STOP = object(), object(), object()  # verdicts of _Run.recover
 
 
 class _Usage:
@@ -176,9 +178,9 @@ class _Run:
         adaptive = self.adaptive
         return adaptive.limiter if adaptive.limit < adaptive.maximum else _NO_LIMIT
 
-    async def process(self, key: str, prompt: str) -> Outcome | None:
+    async def process(self, key: str, prompt: Any) -> Outcome | None:
         """Send one request, retrying what is worth retrying. ``None`` means the run is stopping."""
-        cfg, stats = self.cfg, self.stats
+        stats = self.stats
         estimate = (len(prompt) + self.system_chars) / 4 + self.out_estimate
         usage = _Usage()
         attempts = 0
@@ -204,36 +206,47 @@ class _Run:
                 finally:
                     stats.in_flight -= 1
             error.attempts = attempts
-            if isinstance(error, exc.FatalError):
-                self.set_fatal(error)
-                return None
-            if isinstance(error, exc.APIConnectionError) and error.refused:
-                self._note_refused(error)
-                if self.fatal is not None:
-                    return None
-            elif error.status is not None:
-                self.answered, self.refused_since, self.refused_count = True, None, 0
-            delay = next_delay(error, attempts, max_attempts=cfg.max_attempts, max_backoff=cfg.max_backoff)
-            if delay is not None:
-                if isinstance(error, exc.RateLimitError) or error.retry_after is not None:
-                    stats.rate_limited += 1
-                    self.adaptive.on_rate_limited()
-                    self.cooldown.extend(
-                        error.retry_after
-                        if error.retry_after is not None
-                        else backoff_delay(attempts, max_backoff=cfg.max_backoff)
-                    )
-                stats.retrying += 1
-                try:
-                    await anyio.sleep(delay)
-                finally:
-                    stats.retrying -= 1
+            verdict = await self.recover(error, attempts)
+            if verdict is _RETRY:
                 continue
+            if verdict is _STOP:
+                return None
             stats.failed += 1
             message = str(error)
             if error.body and isinstance(error, exc.OutputValidationError | exc.OutputTruncatedError):
                 message = f"{message}\nraw output: {error.body}"
             return usage.outcome(key, "failed", attempts, error=message, error_kind=error.kind)
+
+    async def recover(self, error: exc.APIError, attempts: int) -> object:
+        """After a failed attempt: ``_RETRY`` (after waiting its delay), ``_FAIL`` (this request's rows are
+        failed) or ``_STOP`` (the run is stopping). Shared by every kind of request."""
+        cfg, stats = self.cfg, self.stats
+        if isinstance(error, exc.FatalError):
+            self.set_fatal(error)
+            return _STOP
+        if isinstance(error, exc.APIConnectionError) and error.refused:
+            self._note_refused(error)
+            if self.fatal is not None:
+                return _STOP
+        elif error.status is not None:
+            self.answered, self.refused_since, self.refused_count = True, None, 0
+        delay = next_delay(error, attempts, max_attempts=cfg.max_attempts, max_backoff=cfg.max_backoff)
+        if delay is None:
+            return _FAIL
+        if isinstance(error, exc.RateLimitError) or error.retry_after is not None:
+            stats.rate_limited += 1
+            self.adaptive.on_rate_limited()
+            self.cooldown.extend(
+                error.retry_after
+                if error.retry_after is not None
+                else backoff_delay(attempts, max_backoff=cfg.max_backoff)
+            )
+        stats.retrying += 1
+        try:
+            await anyio.sleep(delay)
+        finally:
+            stats.retrying -= 1
+        return _RETRY
 
     def _account(self, completion: Completion, estimate: float) -> None:
         stats = self.stats
@@ -284,7 +297,7 @@ class _Sink:
         self.drained.set()
 
 
-async def _work(run: _Run, jobs: Iterator[tuple[str, str]], sink: _Sink) -> None:
+async def _work(run: _Run, jobs: Iterator[tuple[str, Any]], sink: _Sink) -> None:
     """One of ``concurrency`` workers; all share one iterator (safe: ``next`` never awaits)."""
     for n, (key, prompt) in enumerate(jobs, 1):
         outcome = await run.process(key, prompt)
@@ -317,28 +330,67 @@ async def _write(store: Store, sink: _Sink, cfg: MapConfig) -> None:
             await flush()
 
 
-def jobs_frame(cfg: MapConfig, keys: pl.Series, prompts: pl.Series) -> pl.DataFrame:
-    """The rows to register: ``key`` and ``prompt``, plus the request settings as constant columns.
+def jobs_frame(
+    cfg: MapConfig,
+    keys: pl.Series,
+    prompts: pl.Series,
+    *,
+    columns: Mapping[str, str | None] | None = None,
+    extra: pl.DataFrame | None = None,
+) -> pl.DataFrame:
+    """The rows to register: ``key`` and ``prompt``, plus the request settings as constant columns
+    (``columns``, default ``cfg.request.job_columns()``) and per-row ones (``extra``, aligned with ``keys``).
 
     Constants are Polars literals, not ``[value] * n`` Python lists (which cost ~0.5 GB at 1M rows).
     """
     frame = pl.DataFrame({"key": keys, "prompt": prompts}, schema={"key": pl.String, "prompt": pl.String})
-    return frame.with_columns(
-        pl.lit(value, dtype=pl.String).alias(name) for name, value in cfg.request.job_columns().items()
+    columns = cfg.request.job_columns() if columns is None else columns
+    own = set(extra.columns) if extra is not None else set()
+    frame = frame.with_columns(
+        pl.lit(value, dtype=pl.String).alias(name) for name, value in columns.items() if name not in own
     )
+    return frame if extra is None else pl.concat([frame, extra], how="horizontal")
 
 
-def _iter_jobs(keys: pl.Series, prompts: pl.Series, chunk: int = 8192) -> Iterator[tuple[str, str]]:
+def _iter_jobs(
+    keys: pl.Series, prompts: pl.Series | Sequence[Any], chunk: int = 8192
+) -> Iterator[tuple[str, Any]]:
     """``(key, prompt)`` pairs, turned into Python strings one chunk at a time (not 2 × N up front).
 
-    Sliced with pyarrow, not Polars: after a SIGINT during a Polars query every Polars call raises
-    KeyboardInterrupt until the query ends, which must not happen inside a worker task.
+    ``prompts`` may also be a list of per-row payloads (struct rows). Sliced with pyarrow, not Polars:
+    after a SIGINT during a Polars query every Polars call raises KeyboardInterrupt until the query ends,
+    which must not happen inside a worker task.
     """
-    key_arr, prompt_arr = keys.to_arrow(), prompts.to_arrow()
+    key_arr = keys.to_arrow()
+    if not isinstance(prompts, pl.Series):
+        for lo in range(0, len(key_arr), chunk):
+            yield from zip(key_arr.slice(lo, chunk).to_pylist(), prompts[lo : lo + chunk], strict=True)
+        return
+    prompt_arr = prompts.to_arrow()
     for lo in range(0, len(key_arr), chunk):
         yield from zip(
             key_arr.slice(lo, chunk).to_pylist(), prompt_arr.slice(lo, chunk).to_pylist(), strict=True
         )
+
+
+PoolRunner = Callable[[MapConfig, Store, pl.Series, "pl.Series | Sequence[Any]", RunStats], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class Work:
+    """How :func:`execute` registers and sends one call's jobs; the default is plain chat prompts.
+
+    ``columns``: job columns shared by every row (default ``cfg.request.job_columns()``); ``extra``:
+    per-job columns and ``payloads``: per-job payloads (else the prompt text), both aligned with the keys;
+    ``pool``: what sends the jobs (default: ``concurrency`` chat workers); ``vectors``: answers are
+    embeddings, read from the store's ``embedding`` column.
+    """
+
+    columns: Mapping[str, str | None] | None = None
+    extra: pl.DataFrame | None = None
+    payloads: Sequence[Any] | None = None
+    pool: PoolRunner | None = None
+    vectors: bool = False
 
 
 async def execute(
@@ -348,20 +400,27 @@ async def execute(
     *,
     stats: RunStats | None = None,
     on_start: Callable[[RunStats], None] | None = None,
+    work: Work | None = None,
 ) -> pl.DataFrame:
-    """Make sure every (key, prompt) is answered or failed; return ``key, status, result, error``.
+    """Make sure every (key, prompt) is answered or failed; return ``key, status, result, error``
+    (``embedding`` instead of ``result`` for ``work.vectors``).
 
     Rows already ``done`` in the store are not sent again; ``failed`` and unknown ones are.
     Raises a :class:`~polars_llm.exceptions.FatalError` after persisting what finished.
     """
+    work = work if work is not None else Work()
     stats = stats if stats is not None else RunStats()
     stats.total = len(keys)
     store = await anyio.to_thread.run_sync(Store.open, cfg.cache_path)
+    lookup = functools.partial(store.lookup, vectors=work.vectors)
     try:
         key_frame = pl.DataFrame(
             {"key": keys, "prompt": prompts}, schema={"key": pl.String, "prompt": pl.String}
         )
-        known = await anyio.to_thread.run_sync(store.lookup, key_frame.select("key"))
+        indexed = work.payloads is not None or work.extra is not None
+        if indexed:
+            key_frame = key_frame.with_row_index("_job")
+        known = await anyio.to_thread.run_sync(lookup, key_frame.select("key"))
         is_done = pl.col("status") == "done"
         if known.height == len(keys) and known.select(is_done.all()).item():
             stats.cached = len(keys)  # all answered already (a rerun): skip the anti-join below
@@ -377,17 +436,23 @@ async def execute(
             return known
         todo_keys = todo.get_column("key")
         todo_prompts = todo.get_column("prompt")
-        await anyio.to_thread.run_sync(store.register, jobs_frame(cfg, todo_keys, todo_prompts))
-        del todo, known
-        await _run_pool(cfg, store, todo_keys, todo_prompts, stats)
-        return await anyio.to_thread.run_sync(store.lookup, key_frame.select("key"))
+        picks = todo.get_column("_job") if indexed else None
+        extra = work.extra[picks] if work.extra is not None else None
+        jobs = jobs_frame(cfg, todo_keys, todo_prompts, columns=work.columns, extra=extra)
+        await anyio.to_thread.run_sync(store.register, jobs)
+        payloads: pl.Series | Sequence[Any] = todo_prompts
+        if work.payloads is not None and picks is not None:
+            payloads = [work.payloads[i] for i in picks.to_list()]
+        del todo, known, jobs, extra
+        await (work.pool or _run_pool)(cfg, store, todo_keys, payloads, stats)
+        return await anyio.to_thread.run_sync(lookup, key_frame.select("key"))
     finally:
         with anyio.CancelScope(shield=True):
             await anyio.to_thread.run_sync(store.close)
 
 
 async def _run_pool(
-    cfg: MapConfig, store: Store, keys: pl.Series, prompts: pl.Series, stats: RunStats
+    cfg: MapConfig, store: Store, keys: pl.Series, prompts: pl.Series | Sequence[Any], stats: RunStats
 ) -> None:
     transport = make_transport(cfg)
     workers = min(cfg.concurrency, max(1, len(keys)))

@@ -24,9 +24,15 @@ def request_fingerprint(
     system: str | None,
     params: Mapping[str, Any],
     schema: Mapping[str, Any] | None,
+    extra: Mapping[str, Any] | None = None,
 ) -> bytes:
-    """Canonical bytes describing everything about a request except the prompt."""
-    doc = {
+    """Canonical bytes describing everything about a request except the prompt.
+
+    ``extra`` describes what else a request carries beyond the prompt (a struct row's images and
+    earlier turns, or the kind of request for embeddings); it is left out of the document when ``None``,
+    so the keys of plain chat requests are those of every earlier release.
+    """
+    doc: dict[str, Any] = {
         "v": KEY_VERSION,
         "base_url": base_url.rstrip("/"),
         "model": model,
@@ -34,6 +40,8 @@ def request_fingerprint(
         "params": dict(params),
         "schema": schema,
     }
+    if extra is not None:
+        doc["extra"] = dict(extra)
     return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str).encode()
 
 

@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TypedDict, TypeVar, Unpack
 
+import orjson
 import polars as pl
 from pydantic import BaseModel
 
@@ -37,6 +38,8 @@ class MapOptions(TypedDict, total=False):
     temperature: float | None
     max_tokens: int | None
     extra_body: Mapping[str, Any] | None
+    dimensions: int | None
+    batch_size: int | None
     concurrency: int
     rpm_limit: float | None
     tpm_limit: float | None
@@ -63,7 +66,30 @@ def output_dtype(cfg: MapConfig) -> pl.Struct:
 def _config(model: str | MapConfig | None, options: Mapping[str, Any]) -> MapConfig:
     if isinstance(model, MapConfig):
         return model.replace(**options) if options else model
-    return resolve_config(model=model, **options)
+    return resolve_config(model=model, model_required=False, **options)  # the input is checked
+
+
+def names_models(expr: pl.Expr, schema: pl.Schema | None = None) -> bool:
+    """Whether ``expr`` may carry a model per row: a ``pl.struct(..., model=...)``, or (given the frame's
+    ``schema``) a column holding a struct with a ``model`` field. Then the ``model`` option may be left out.
+
+    >>> names_models(pl.struct(prompt=pl.col("p"), model=pl.col("m"))), names_models(pl.col("p"))
+    (True, False)
+    """
+    try:
+        while True:
+            tree = orjson.loads(expr.meta.serialize(format="json"))
+            if not (isinstance(tree, dict) and "Alias" in tree):
+                break
+            expr = expr.meta.pop()[0]
+        if isinstance(tree, dict) and tree.get("Function", {}).get("function") == "AsStruct":
+            return "model" in {e.meta.output_name(raise_if_undetermined=False) for e in expr.meta.pop()}
+        if schema is not None and expr.meta.is_column():
+            dtype = schema.get(expr.meta.output_name())
+            return isinstance(dtype, pl.Struct) and "model" in {f.name for f in dtype.fields}
+    except Exception:  # an expression Polars cannot serialise: require the option
+        return False
+    return False
 
 
 @surfaced
@@ -102,9 +128,11 @@ def llm_map(expr: pl.Expr | str, model: str | None = None, **options: Unpack[Map
     >>> out["status"].to_list()
     ['done', 'null', 'done']
     """
-    cfg = resolve_config(model=model, **options)
     expr = pl.col(expr) if isinstance(expr, str) else expr
+    return _map_expr(expr, resolve_config(model=model, model_required=not names_models(expr), **options))
 
+
+def _map_expr(expr: pl.Expr, cfg: MapConfig) -> pl.Expr:
     @surfaced
     def udf(series: pl.Series) -> pl.Series:
         return map_series(series, cfg)
@@ -140,13 +168,15 @@ def llm_map_frame(
     >>> out.columns
     ['q', 'result', 'status']
     """
+    source = pl.col(column) if isinstance(column, str) else column
     if isinstance(frame, pl.DataFrame):
         # Eager: map the evaluated column directly rather than through a Polars UDF, because Polars
         # rebuilds a UDF's exception from its message alone (dropping ``status``, ``path``, ``holder``…).
-        cfg = resolve_config(model=model, **options)
-        prompts = frame.select(pl.col(column) if isinstance(column, str) else column).to_series()
+        cfg = resolve_config(model=model, model_required=False, **options)  # the input is checked
+        prompts = frame.select(source).to_series()
         return _split(frame.with_columns(map_series(prompts, cfg).alias(_TMP)), result_name, status_name)
-    expr = llm_map(column, model, **options).alias(_TMP)
+    required = not names_models(source, frame.collect_schema())
+    expr = _map_expr(source, resolve_config(model=model, model_required=required, **options)).alias(_TMP)
     return _split(frame.with_columns(expr), result_name, status_name)
 
 
@@ -174,7 +204,7 @@ async def llm_map_async(
     >>> s.struct.field("status").to_list()
     ['done']
     """
-    cfg = resolve_config(model=model, **options)
+    cfg = resolve_config(model=model, model_required=False, **options)  # the input is checked
     if isinstance(data, pl.DataFrame):
         if column is None:
             raise TypeError("llm_map_async(frame, column, ...) needs the prompt column's name")

@@ -56,7 +56,14 @@ ALTER TABLE requests ADD COLUMN error_kind VARCHAR;
 ALTER TABLE requests ADD COLUMN cost DOUBLE;
 """
 
-MIGRATIONS: Final[tuple[Migration, ...]] = ((1, _V1), (2, _V2))
+# Struct input and embeddings. Idempotent (IF NOT EXISTS) so branches adding columns in parallel can be
+# renumbered when they land.
+_V3: Final = """
+ALTER TABLE requests ADD COLUMN IF NOT EXISTS input VARCHAR;
+ALTER TABLE requests ADD COLUMN IF NOT EXISTS embedding FLOAT[];
+"""
+
+MIGRATIONS: Final[tuple[Migration, ...]] = ((1, _V1), (2, _V2), (3, _V3))
 CURRENT_VERSION: Final = MIGRATIONS[-1][0]
 
 State = Literal["empty", "ours", "foreign"]

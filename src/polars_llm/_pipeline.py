@@ -21,8 +21,9 @@ import anyio
 import polars as pl
 
 from ._bridge import run_async, run_sync
-from ._config import MapConfig
-from ._engine import RunStats, execute
+from ._config import MapConfig, no_model_error
+from ._engine import RunStats, Work, execute
+from ._inputs import prepare_struct
 from ._progress import Progress, Reporter, reporting
 from .exceptions import ColumnTypeError, PolarsLLMError
 
@@ -44,11 +45,17 @@ EMPTY_STATE = pl.DataFrame(schema={"key": pl.String, "status": pl.String, "resul
 
 @dataclass(frozen=True, slots=True)
 class Prepared:
-    """One call's input: the prompt of every row, and the unique prompts to answer with their keys."""
+    """One call's input: the prompt of every row, and the unique prompts to answer with their keys.
+
+    A struct input (:mod:`polars_llm._inputs`) also has each row's key (``row_keys``) and, per unique
+    request, its payload and per-row store columns (``work``).
+    """
 
     rows: pl.Series  # String, one per input row, nulls kept, named like the input column
     unique: pl.Series  # "prompt": unique non-null prompts in first-seen order
     keys: pl.Series  # "key": their content keys
+    row_keys: pl.Series | None = None  # struct input: each row's key (null for a null prompt)
+    work: Work | None = None  # struct input: per-request payloads and store columns
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -62,7 +69,8 @@ def _prompts(series: pl.Series) -> pl.Series:
         return series.cast(pl.String)
     raise ColumnTypeError(
         f"the prompt column {series.name!r} has dtype {dtype}; llm.map needs a String column "
-        f"(cast it first, e.g. pl.col({series.name!r}).cast(pl.String))"
+        f"(cast it first, e.g. pl.col({series.name!r}).cast(pl.String)) or a struct input "
+        "(pl.struct(prompt=..., system=..., images=..., messages=..., model=...))"
     )
 
 
@@ -76,17 +84,37 @@ def prepare(series: pl.Series, cfg: MapConfig) -> Prepared:
     >>> p.unique.to_list(), len(p)
     (['b', 'a'], 2)
     """
+    if isinstance(series.dtype, pl.Struct):
+        return _prepare_struct(series, cfg)
     rows = _prompts(series)
+    if cfg.model is None and cfg.worker is None:
+        raise no_model_error()
     unique = rows.drop_nulls().unique(maintain_order=True).rename("prompt")
     keys = pl.Series("key", cfg.request.key_maker().keys(unique.to_list()), dtype=pl.String)
     return Prepared(rows, unique, keys)
 
 
+def _prepare_struct(series: pl.Series, cfg: MapConfig) -> Prepared:
+    s = prepare_struct(series, cfg)
+    extra = pl.DataFrame(s.columns, schema=dict.fromkeys(s.columns, pl.String))
+    work = Work(extra=extra, payloads=s.payloads)
+    return Prepared(
+        rows=series.struct.field("prompt").cast(pl.String).rename(series.name),
+        unique=pl.Series("prompt", s.prompts, dtype=pl.String),
+        keys=pl.Series("key", s.keys, dtype=pl.String),
+        row_keys=s.row_keys,
+        work=work,
+    )
+
+
 def per_row(prepared: Prepared, state: pl.DataFrame) -> pl.DataFrame:
     """``prompt, key, status, result`` for every input row, in order (``key`` null for a null prompt)."""
     rows = prepared.rows
-    per_prompt = pl.DataFrame({"prompt": prepared.unique, "key": prepared.keys})
     answers = state.select("key", "status", "result")
+    if prepared.row_keys is not None:  # struct input: each row's key is known
+        frame = pl.DataFrame([rows.rename("prompt"), prepared.row_keys])
+        return frame.join(answers, on="key", how="left", maintain_order="left")
+    per_prompt = pl.DataFrame({"prompt": prepared.unique, "key": prepared.keys})
     if rows.null_count() == 0 and len(prepared.unique) == len(rows):
         # every row is its own unique prompt, in the same order: no join on the prompt text needed
         return per_prompt.join(answers, on="key", how="left", maintain_order="left")
@@ -121,7 +149,12 @@ async def _execute(prepared: Prepared, cfg: MapConfig, reporter: Reporter) -> pl
         tg.start_soon(reporter.run)
         try:
             return await execute(
-                cfg, prepared.keys, prepared.unique, stats=reporter.stats, on_start=reporter.started
+                cfg,
+                prepared.keys,
+                prepared.unique,
+                stats=reporter.stats,
+                on_start=reporter.started,
+                work=prepared.work,
             )
         finally:
             tg.cancel_scope.cancel()

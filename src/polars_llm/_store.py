@@ -4,9 +4,10 @@ Tables (also in :data:`TABLES_DOC`):
 
 ``requests``
     one row per content key: ``key`` (32-hex), ``prompt``, ``base_url``, ``model``, ``system``, ``params``
-    (JSON text), ``schema_name``, ``schema`` (JSON text), ``status`` (``pending`` | ``done`` | ``failed``),
-    ``result``, ``error``, ``error_kind``, ``attempts`` (summed over runs), ``tokens_in``, ``tokens_out``,
-    ``cost``, ``created_at``, ``updated_at``, ``finished_at`` (UTC ``TIMESTAMP``). No API key is ever stored.
+    (JSON text), ``schema_name``, ``schema`` (JSON text), ``input`` (a struct row's turns and images, JSON
+    text), ``status`` (``pending`` | ``done`` | ``failed``), ``result``, ``embedding`` (``FLOAT[]``),
+    ``error``, ``error_kind``, ``attempts`` (summed over runs), ``tokens_in``, ``tokens_out``, ``cost``,
+    ``created_at``, ``updated_at``, ``finished_at`` (UTC ``TIMESTAMP``). No API key is ever stored.
 ``schema_version``
     ``version``, ``applied_at``: one row per applied migration (see :mod:`polars_llm._migrations`).
 
@@ -53,10 +54,12 @@ while no run is using it.
 | `prompt` | VARCHAR | the prompt text |
 | `base_url`, `model` | VARCHAR | endpoint and model |
 | `system` | VARCHAR | system prompt, or NULL |
+| `input` | VARCHAR | a struct row's earlier turns and images as JSON text (`data:` URLs shortened), or NULL |
 | `params` | VARCHAR | generation parameters as JSON text |
 | `schema_name`, `schema` | VARCHAR | response model name and JSON schema, or NULL |
 | `status` | VARCHAR | `pending`, `done` or `failed` |
 | `result` | VARCHAR | raw text, or validated JSON text for a response model |
+| `embedding` | FLOAT[] | the vector of an `llm.embed` request (its `params` hold `"kind": "embedding"`) |
 | `error` | VARCHAR | error message (validation failures include the raw model output) |
 | `error_kind` | VARCHAR | machine-readable kind, e.g. `rate_limit`, `output_validation` |
 | `attempts` | INTEGER | attempts made, summed over every run |
@@ -83,9 +86,15 @@ OUTPUT_COLUMNS: Final = (
     "created_at",
     "finished_at",
 )
-_JOB_COLUMNS: Final = ("key", "prompt", "base_url", "model", "system", "params", "schema_name", "schema")
+_JOB_COLUMNS: Final = (
+    "key", "prompt", "base_url", "model", "system", "params", "schema_name", "schema", "input",
+)  # fmt: skip
 _REQUIRED_JOB_COLUMNS: Final = ("key", "prompt", "base_url", "model", "params")
 _LOOKUP_SCHEMA: Final = {"key": pl.String, "status": pl.String, "result": pl.String, "error": pl.String}
+_VECTOR_SCHEMA: Final = {
+    "key": pl.String, "status": pl.String, "embedding": pl.List(pl.Float32), "error": pl.String,
+}  # fmt: skip
+_VECTOR_TYPE: Final = pa.list_(pa.float32())
 # The batch is built with pyarrow, not Polars: after a SIGINT during a Polars query, Polars raises
 # KeyboardInterrupt from every call in the process until that query ends, and this write is the final
 # flush that must still happen then.
@@ -125,6 +134,14 @@ class Outcome:
     tokens_in: int | None = None
     tokens_out: int | None = None
     cost: float | None = None
+    embedding: pa.Array | None = None  # an embedding: a length-1 ``list<float>`` slice of its response
+
+
+def _vectors(outcomes: Sequence[Outcome]) -> pa.Array:
+    """The ``embedding`` column of a batch: one ``list<float>`` per outcome (null when it has none)."""
+    empty = pa.array([None], type=_VECTOR_TYPE)
+    parts = [o.embedding if o.embedding is not None else empty for o in outcomes]
+    return pa.concat_arrays([p.cast(_VECTOR_TYPE) if p.type != _VECTOR_TYPE else p for p in parts])
 
 
 def _now_us() -> int:
@@ -305,17 +322,20 @@ class Store:
 
     # -- API -----------------------------------------------------------------------------------------------
 
-    def lookup(self, keys: pl.DataFrame) -> pl.DataFrame:
-        """``key, status, result, error`` for the keys of ``keys`` (column ``key``) present in the store."""
+    def lookup(self, keys: pl.DataFrame, *, vectors: bool = False) -> pl.DataFrame:
+        """``key, status, result, error`` for the keys of ``keys`` (column ``key``) present in the store
+        (``embedding`` instead of ``result`` with ``vectors=True``)."""
+        schema = _VECTOR_SCHEMA if vectors else _LOOKUP_SCHEMA
         frame = keys.select(pl.col("key").cast(pl.String))
         if frame.height == 0:
-            return pl.DataFrame(schema=_LOOKUP_SCHEMA)
+            return pl.DataFrame(schema=schema)
+        answer = "embedding" if vectors else "result"
         with self._locked() as con, self._registered(con, "_pl_lookup", frame):
             out = con.sql(
-                "SELECT r.key, r.status, r.result, r.error FROM requests AS r SEMI JOIN _pl_lookup AS q "
+                f"SELECT r.key, r.status, r.{answer}, r.error FROM requests AS r SEMI JOIN _pl_lookup AS q "
                 "ON r.key = q.key"
             ).pl()
-        return out.cast(_LOOKUP_SCHEMA)  # type: ignore[arg-type]
+        return out.cast(schema)  # type: ignore[arg-type]
 
     def register(self, jobs: pl.DataFrame) -> int:
         """Insert ``jobs`` as ``pending`` rows for keys not yet stored; returns the number inserted."""
@@ -350,11 +370,15 @@ class Store:
         batch = pa.table(
             {name: [getattr(o, name) for o in unique] for name in _BATCH_SCHEMA.names}, schema=_BATCH_SCHEMA
         )
+        vectors = ""
+        if any(o.embedding is not None for o in unique):
+            batch = batch.append_column("embedding", _vectors(unique))
+            vectors = "embedding = b.embedding, "
         now = _now_us()
         with self._transaction() as con, self._registered(con, "_pl_batch", batch):
             updated = con.execute(
                 "UPDATE requests SET status = b.status, result = b.result, error = b.error, "
-                "error_kind = b.error_kind, attempts = requests.attempts + b.attempts, "
+                f"error_kind = b.error_kind, attempts = requests.attempts + b.attempts, {vectors}"
                 "tokens_in = b.tokens_in, tokens_out = b.tokens_out, cost = b.cost, "
                 "updated_at = make_timestamp(?::BIGINT), "
                 "finished_at = make_timestamp((b.finished_at * 1000000)::BIGINT) "
