@@ -20,9 +20,20 @@ is a ``str`` equal to the base URL, so it can be passed directly as ``base_url``
 ...     answer["choices"][0]["message"]["content"], server.stats()["ok"]
 ('m: olleh', 1)
 
-Endpoints: ``POST /v1/chat/completions`` (also ``/chat/completions``), ``GET /v1/models``,
-``GET /stats`` and ``GET /v1/stats`` (``?per_prompt=0`` to leave out the per-prompt counts),
-``POST /reset``, ``GET /config`` and ``POST /configure`` (JSON body of option changes).
+Endpoints: ``POST /v1/chat/completions`` (also ``/chat/completions``), ``POST /v1/embeddings`` (also
+``/embeddings``), ``GET /v1/models``, ``GET /stats`` and ``GET /v1/stats`` (``?per_prompt=0`` to leave out
+the per-prompt counts), ``GET /requests`` (the last ``request_log`` request bodies, ``?limit=N``; also
+``server.requests()``), ``POST /reset``, ``GET /config`` and ``POST /configure`` (JSON body of option
+changes).
+
+Content parts: a user message may be a list of ``{"type": "text"}`` and ``{"type": "image_url",
+"image_url": {"url": ...}}`` parts (the URL an ``http(s)://`` or ``data:image/...;base64,`` URL, else 400);
+the prompt is the text of its text parts, and an image counts ~85 prompt tokens.
+
+Embeddings (``POST /v1/embeddings``, OpenAI's format; see ``polars_llm.sim._embeddings``): up to 2048
+non-empty strings per request, ``dimensions`` honoured (default ``embedding_dimensions``, 64),
+``encoding_format`` ``float`` or ``base64``; each vector is :func:`expected_embedding`. A marker in any
+input applies to the whole request (``[[status:400]]`` makes every batch holding that input a 400).
 
 Answers (deterministic, no randomness):
     * the prompt is the last ``user`` message; system (and ``developer``) messages are joined;
@@ -101,7 +112,7 @@ from typing import Any
 
 from ..exceptions import ConfigError
 from ._options import SimConfig
-from ._outputs import count_tokens, expected_content, expected_json, expected_text
+from ._outputs import count_tokens, expected_content, expected_embedding, expected_json, expected_text
 from ._server import SimServer, serve, start
 from ._wire import parse_markers
 
@@ -111,6 +122,7 @@ __all__ = [
     "add_arguments",
     "count_tokens",
     "expected_content",
+    "expected_embedding",
     "expected_json",
     "expected_text",
     "main",
@@ -153,6 +165,8 @@ _HELP: dict[str, str] = {
     "honor_max_tokens": "cut answers longer than max_tokens (finish_reason 'length')",
     "models": "model names listed by /v1/models",
     "shutdown_timeout": "seconds to let running requests finish on exit",
+    "embedding_dimensions": "vector length of /embeddings answers when the request gives no dimensions",
+    "request_log": "request bodies kept for GET /requests (0: none)",
 }
 
 

@@ -75,6 +75,8 @@ class SimConfig:
     honor_max_tokens: bool = True
     models: tuple[str, ...] = ("sim/echo",)
     shutdown_timeout: float = 0.25
+    embedding_dimensions: int = 64
+    request_log: int = 1000
 
     def __post_init__(self) -> None:
         if not isinstance(self.host, str) or not self.host:
@@ -115,6 +117,8 @@ class SimConfig:
         for name in ("truncate_close", "burst_429", "honor_max_tokens"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name} must be True or False, got {getattr(self, name)!r}")
+        _check_int("embedding_dimensions", self.embedding_dimensions, 1, 8192)
+        _check_int("request_log", self.request_log, 0, 10_000_000)
         if not isinstance(self.models, tuple) or not all(isinstance(m, str) and m for m in self.models):
             raise ConfigError("models must be a tuple of non-empty model names")
 
