@@ -16,7 +16,19 @@ from __future__ import annotations
 
 from . import _namespace  # noqa: F401  (registers the namespaces)
 from ._config import DEFAULT_BASE_URL, DEFAULT_CACHE, DEFAULT_CACHE_PATH, MapConfig, Secret, resolve_config
-from ._map import MapOptions, llm_map, llm_map_async, llm_map_frame, llm_map_series, output_dtype
+from ._map import (
+    EmbedOptions,
+    MapOptions,
+    llm_embed,
+    llm_embed_frame,
+    llm_embed_series,
+    llm_map,
+    llm_map_async,
+    llm_map_frame,
+    llm_map_series,
+    output_dtype,
+)
+from ._template import template
 from .exceptions import (
     APIConnectionError,
     APIError,
@@ -59,6 +71,7 @@ __all__ = [
     "ColumnTypeError",
     "ConfigError",
     "ContentFilterError",
+    "EmbedOptions",
     "EndpointUnreachableError",
     "FatalError",
     "InputError",
@@ -80,6 +93,9 @@ __all__ = [
     "__version__",
     "export_jsonl",
     "export_parquet",
+    "llm_embed",
+    "llm_embed_frame",
+    "llm_embed_series",
     "llm_map",
     "llm_map_async",
     "llm_map_frame",
@@ -87,4 +103,5 @@ __all__ = [
     "output_dtype",
     "prompt_map",
     "resolve_config",
+    "template",
 ]

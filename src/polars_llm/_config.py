@@ -43,6 +43,7 @@ __all__ = [
     "options_listing",
     "resolve_cache",
     "resolve_config",
+    "with_embed_options",
     "with_options",
 ]
 
@@ -388,9 +389,18 @@ def with_options(fn: F) -> F:
     ``help()``, Jupyter's Shift-Tab and ``inspect.signature`` then show the options of :class:`MapConfig`;
     type checkers read the ``Unpack[MapOptions]`` annotation of ``**options``.
     """
+    return _signed(fn, frozenset())
+
+
+def with_embed_options(fn: F) -> F:
+    """:func:`with_options` for ``llm.embed``'s entry points: every option but the chat-only ones."""
+    return _signed(fn, CHAT_ONLY)
+
+
+def _signed(fn: F, skip: frozenset[str]) -> F:
     sig = inspect.signature(fn)
     params = [p for p in sig.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
-    taken = {p.name for p in params}
+    taken = {p.name for p in params} | skip
     extra = [
         inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=f.default, annotation=f.type)
         for f in option_fields()

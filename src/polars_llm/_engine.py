@@ -124,6 +124,11 @@ class _Run:
         self.system_chars = len(cfg.system or "")
         self.validate = cfg.request.validator
 
+    def succeeded(self) -> None:
+        """Bookkeeping after an answered request of any kind: the endpoint is reachable, AIMD may grow."""
+        self.answered, self.refused_since, self.refused_count = True, None, 0
+        self.adaptive.on_success()
+
     def set_fatal(self, error: exc.FatalError) -> None:
         if self.fatal is None:
             self.fatal = error

@@ -16,10 +16,31 @@ import polars as pl
 from pydantic import BaseModel
 
 from ._bridge import surfaced
-from ._config import CacheArg, MapConfig, Secret, Transport, Worker, resolve_config, with_options
+from ._config import (
+    CacheArg,
+    MapConfig,
+    Secret,
+    Transport,
+    Worker,
+    resolve_config,
+    with_embed_options,
+    with_options,
+)
+from ._embed import EmbedSpec, check_options, embed_series
 from ._pipeline import amap_series, map_series
 
-__all__ = ["MapOptions", "llm_map", "llm_map_async", "llm_map_frame", "llm_map_series", "output_dtype"]
+__all__ = [
+    "EmbedOptions",
+    "MapOptions",
+    "llm_embed",
+    "llm_embed_frame",
+    "llm_embed_series",
+    "llm_map",
+    "llm_map_async",
+    "llm_map_frame",
+    "llm_map_series",
+    "output_dtype",
+]
 
 FrameT = TypeVar("FrameT", pl.DataFrame, pl.LazyFrame)
 _TMP = "__polars_llm_struct__"
@@ -52,6 +73,26 @@ class MapOptions(TypedDict, total=False):
     progress: bool
     transport: Transport
     worker: Worker | None
+
+
+class EmbedOptions(TypedDict, total=False):
+    """Keyword options of the ``embed`` entry points: ``MapOptions`` without the chat-only ones."""
+
+    base_url: str | None
+    api_key: str | Secret | None
+    extra_body: Mapping[str, Any] | None
+    batch_size: int | None
+    concurrency: int
+    rpm_limit: float | None
+    tpm_limit: float | None
+    max_attempts: int
+    timeout: float
+    max_backoff: float
+    cache: CacheArg | Path
+    flush_interval: float
+    flush_rows: int
+    progress: bool
+    transport: Transport
 
 
 def output_dtype(cfg: MapConfig) -> pl.Struct:
@@ -211,3 +252,81 @@ async def llm_map_async(
         mapped = await amap_series(data.get_column(column), cfg)
         return _split(data.with_columns(mapped.alias(_TMP)), result_name, status_name)
     return await amap_series(data, cfg)
+
+
+# --- embeddings ----------------------------------------------------------------------------------------
+
+
+def _embed_config(model: str | None, dimensions: int | None, options: Mapping[str, Any]) -> MapConfig:
+    check_options(options)
+    return resolve_config(model=model, dimensions=dimensions, **options)
+
+
+@surfaced
+@with_embed_options
+def llm_embed(
+    expr: pl.Expr | str,
+    model: str | None = None,
+    dimensions: int | None = None,
+    **options: Unpack[EmbedOptions],
+) -> pl.Expr:
+    """An expression embedding each row's text: ``Struct{result, status}``, ``result`` a Float32 vector.
+
+    ``result`` is ``Array(Float32, dimensions)`` with ``dimensions``, else ``List(Float32)``. Texts are sent
+    ``batch_size`` (default 2048) per ``/embeddings`` request; identical texts once; vectors already in
+    the cache are not asked again. Chat-only options (``system``, ``response_model``, ``temperature``,
+    ``max_tokens``, ``worker``) raise :class:`~polars_llm.ConfigError`.
+
+    >>> import polars as pl
+    >>> from polars_llm import sim
+    >>> with sim.serve() as url:
+    ...     df = pl.DataFrame({"text": ["a cat", None, "a cat"]}).with_columns(
+    ...         llm_embed("text", "m", 4, base_url=url, api_key="k", cache=None, progress=False).alias("e")
+    ...     ).unnest("e")
+    >>> df["result"].dtype, df["status"].to_list()
+    (Array(Float32, shape=(4,)), ['done', 'null', 'done'])
+    >>> df["result"][0].to_list() == sim.expected_embedding("m", "a cat", 4)
+    True
+    """
+    cfg = _embed_config(model, dimensions, options)
+    spec = EmbedSpec.of(cfg)
+    expr = pl.col(expr) if isinstance(expr, str) else expr
+
+    @surfaced
+    def udf(series: pl.Series) -> pl.Series:
+        return embed_series(series, cfg)
+
+    return expr.map_batches(udf, return_dtype=spec.output_dtype, is_elementwise=False)
+
+
+@surfaced
+@with_embed_options
+def llm_embed_series(
+    series: pl.Series,
+    model: str | None = None,
+    dimensions: int | None = None,
+    **options: Unpack[EmbedOptions],
+) -> pl.Series:
+    """Embed a String Series: the ``Struct{result, status}`` Series (see :func:`llm_embed`)."""
+    return embed_series(series, _embed_config(model, dimensions, options))
+
+
+@surfaced
+@with_embed_options
+def llm_embed_frame(
+    frame: FrameT,
+    column: str | pl.Expr,
+    model: str | None = None,
+    dimensions: int | None = None,
+    *,
+    result_name: str = "result",
+    status_name: str = "status",
+    **options: Unpack[EmbedOptions],
+) -> FrameT:
+    """``frame`` with ``result`` (the vectors) and ``status`` columns added (DataFrame or LazyFrame)."""
+    if isinstance(frame, pl.DataFrame):  # eager: no Polars UDF, so errors keep their attributes
+        cfg = _embed_config(model, dimensions, options)
+        texts = frame.select(pl.col(column) if isinstance(column, str) else column).to_series()
+        return _split(frame.with_columns(embed_series(texts, cfg).alias(_TMP)), result_name, status_name)
+    expr = llm_embed(column, model, dimensions, **options).alias(_TMP)
+    return _split(frame.with_columns(expr), result_name, status_name)

@@ -15,6 +15,7 @@ rows are (:func:`stopped`); the original error stays reachable as ``__context__`
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import anyio
@@ -122,8 +123,16 @@ def per_row(prepared: Prepared, state: pl.DataFrame) -> pl.DataFrame:
     return rows.rename("prompt").to_frame().join(per_prompt, on="prompt", how="left", maintain_order="left")
 
 
-def assemble(prepared: Prepared, state: pl.DataFrame, cfg: MapConfig) -> pl.Series:
-    """The ``Struct{result, status}`` column: ``done`` / ``failed``, ``null`` where the prompt is null."""
+def assemble(
+    prepared: Prepared,
+    state: pl.DataFrame,
+    cfg: MapConfig,
+    results: Callable[[pl.Series], pl.Series] | None = None,
+) -> pl.Series:
+    """The ``Struct{result, status}`` column: ``done`` / ``failed``, ``null`` where the prompt is null.
+
+    ``results`` turns the stored answers into the ``result`` column (default ``cfg.request.results``).
+    """
     rows = per_row(prepared, state)
     done = pl.col("status") == "done"
     frame = rows.select(
@@ -135,7 +144,7 @@ def assemble(prepared: Prepared, state: pl.DataFrame, cfg: MapConfig) -> pl.Seri
         .otherwise(pl.lit("failed"))
         .alias("status"),
     )
-    result = cfg.request.results(frame.get_column("result"))
+    result = (results or cfg.request.results)(frame.get_column("result"))
     return pl.DataFrame([result, frame.get_column("status")]).to_struct(prepared.rows.name)
 
 
