@@ -1,6 +1,7 @@
 """The ``polars-llm`` command line.
 
 polars-llm run prompts.csv --column prompt --output results.parquet   # a file of prompts to results
+polars-llm embed texts.csv --column text --model M --output vectors.parquet  # a file of texts to vectors
 polars-llm status                     # what the cache holds: counts, tokens, cost, errors
 polars-llm export --output all.jsonl  # the cache's rows as JSON Lines or Parquet
 polars-llm demo                       # the main job, on the built-in simulator
@@ -22,6 +23,7 @@ from pathlib import Path
 
 import polars as pl
 
+from ._cli_embed import add_embed_arguments, cmd_embed
 from ._cli_run import EXIT_FAILED, EXIT_USAGE, CLIError, add_run_arguments, cmd_run
 from ._cli_store import add_export_arguments, add_status_arguments, cmd_export, cmd_status
 from ._config import DEFAULT_CACHE_PATH
@@ -70,6 +72,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_run_arguments(run)
     run.set_defaults(func=cmd_run)
+
+    embed = sub.add_parser(
+        "embed",
+        allow_abbrev=False,
+        help="embed every row of a texts file and write the vectors",
+        description="Embed the --column of INPUT (POST /embeddings, --batch-size texts per request); write "
+        "INPUT's columns plus the vectors and status to --output. Finished vectors are cached (--cache): "
+        "rerun the same command to resume.",
+    )
+    add_embed_arguments(embed)
+    embed.set_defaults(func=cmd_embed)
 
     status = sub.add_parser(
         "status", allow_abbrev=False, help="counts by status and model, tokens, cost, errors of a cache"
