@@ -307,7 +307,7 @@ class StructPrepared:
         self,
         keys: list[str],
         prompts: list[str],
-        payloads: list[RowRequest],
+        payloads: list[RowRequest | str],
         columns: dict[str, list[str | None]],
         row_keys: pl.Series,
     ) -> None:
@@ -370,7 +370,7 @@ def prepare_struct(series: pl.Series, cfg: MapConfig) -> StructPrepared:
             )
     keys: list[str] = []
     prompts: list[str] = []
-    payloads: list[RowRequest] = []
+    payloads: list[RowRequest | str] = []  # a row asking only what a plain call asks: its prompt
     columns: dict[str, list[str | None]] = {"model": [], "system": [], "input": []}
     seen: set[str] = set()
     per_unique: list[str] = []
@@ -381,7 +381,8 @@ def prepare_struct(series: pl.Series, cfg: MapConfig) -> StructPrepared:
         seen.add(key)
         keys.append(key)
         prompts.append(request.prompt)
-        payloads.append(request)
+        plain = not (request.images or request.messages or request.error) and request.system is None
+        payloads.append(request.prompt if plain and request.model is None else request)
         for name, value in stored.items():
             columns[name].append(value)
     table = unique.with_columns(pl.Series("__key", per_unique, dtype=pl.String))
