@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from . import cached, importtime, latency, memory, overhead, ratelimits, resume
+from . import cached, importtime, inputs, latency, memory, overhead, ratelimits, resume
 from ._common import BENCH_DIR, library_versions, machine_info
 from .report import markdown
 
@@ -41,6 +41,10 @@ SCALES: dict[str, dict[str, Any]] = {
         "memory_seconds": 150,
         "memory_inflight": [64, 1024],
         "import_repeats": 7,
+        "embed_n": 100_000,
+        "embed_rounds": 2,
+        "struct_n": 20_000,
+        "struct_rounds": 3,
     },
     "quick": {
         "overhead_n": 3_000,
@@ -60,6 +64,10 @@ SCALES: dict[str, dict[str, Any]] = {
         "memory_inflight": [64, 256],
         "memory_inflight_latency": 0.5,
         "import_repeats": 2,
+        "embed_n": 20_000,
+        "embed_rounds": 1,
+        "struct_n": 3_000,
+        "struct_rounds": 1,
     },
     "smoke": {
         "overhead_n": 300,
@@ -79,10 +87,25 @@ SCALES: dict[str, dict[str, Any]] = {
         "memory_inflight": [8, 32],
         "memory_inflight_latency": 0.1,
         "import_repeats": 1,
+        "embed_n": 1_000,
+        "embed_batch": 256,
+        "embed_rounds": 1,
+        "struct_n": 300,
+        "struct_rounds": 1,
     },
 }
 
-SECTIONS = ["overhead", "latency", "rate_limits", "resume", "cached_rerun", "memory", "import_time"]
+SECTIONS = [
+    "overhead",
+    "latency",
+    "rate_limits",
+    "resume",
+    "cached_rerun",
+    "memory",
+    "import_time",
+    "embeddings",
+    "struct_input",
+]
 
 
 def _loadavg() -> list[float] | None:
@@ -136,6 +159,8 @@ def main(argv: list[str] | None = None) -> int:
         "cached_rerun": lambda: cached.run(scale, workdir),
         "memory": lambda: memory.run(scale, workdir, _rate_hint(results)),
         "import_time": lambda: importtime.run(scale, workdir),
+        "embeddings": lambda: inputs.run_embeddings(scale, workdir),
+        "struct_input": lambda: inputs.run_struct(scale, workdir),
     }
     try:
         for i, name in enumerate(only, 1):

@@ -17,6 +17,8 @@ SECTION_TITLES = {
     "cached_rerun": "5. Cached rerun",
     "memory": "6. Memory",
     "import_time": "7. Import time",
+    "embeddings": "8. Embeddings (zero latency, 256 dims)",
+    "struct_input": "9. Struct input (zero latency, c=64)",
 }
 
 

@@ -204,26 +204,29 @@ def decode(raw: bytes, n: int, dimensions: int | None) -> Reply:
     >>> r.vectors.to_pylist(), r.tokens
     ([[1.0, 2.0], [3.0, 4.0]], 6)
     """
-    text = raw.decode("utf-8", "replace")
+
+    def text() -> str:  # the body for an error message (decoded only then: answers are megabytes)
+        return raw[:4000].decode("utf-8", "replace")
+
     try:
         data = orjson.loads(raw)
     except orjson.JSONDecodeError:
-        raise exc.MalformedResponseError("response body is not valid JSON", status=200, body=text) from None
+        raise exc.MalformedResponseError("response body is not valid JSON", status=200, body=text()) from None
     if not isinstance(data, dict):
-        raise exc.MalformedResponseError("response body is not a JSON object", status=200, body=text)
+        raise exc.MalformedResponseError("response body is not a JSON object", status=200, body=text())
     if data.get("error"):
         err = data["error"]
         code = err.get("code") if isinstance(err, dict) else None
-        raise error_for_status(code if isinstance(code, int) and 400 <= code < 600 else 502, {}, text)
+        raise error_for_status(code if isinstance(code, int) and 400 <= code < 600 else 502, {}, text())
     items = data.get("data")
     if not isinstance(items, list) or len(items) != n:
         got = len(items) if isinstance(items, list) else "no"
-        raise exc.MalformedResponseError(f"expected {n} embeddings, got {got}", status=200, body=text)
+        raise exc.MalformedResponseError(f"expected {n} embeddings, got {got}", status=200, body=text())
     ordered: list[Any] = [None] * n
     for item in items:
         index = item.get("index") if isinstance(item, dict) else None
         if not isinstance(index, int) or not 0 <= index < n or ordered[index] is not None:
-            raise exc.MalformedResponseError("embeddings with missing or repeated indexes", body=text)
+            raise exc.MalformedResponseError("embeddings with missing or repeated indexes", body=text())
         ordered[index] = _values(item)
     errors: dict[int, str] = {}
     lengths = [len(v) if isinstance(v, list | array.array) else 0 for v in ordered]
@@ -235,7 +238,7 @@ def decode(raw: bytes, n: int, dimensions: int | None) -> Reply:
         flat = array.array("f", itertools.chain.from_iterable(v for v in ordered if v is not None))
     except TypeError:
         raise exc.MalformedResponseError(
-            "an embedding holds something other than numbers", body=text
+            "an embedding holds something other than numbers", body=text()
         ) from None
     offsets = pa.array(list(itertools.accumulate(lengths, initial=0)), type=pa.int32())
     values = pa.Array.from_buffers(pa.float32(), len(flat), [None, pa.py_buffer(flat)])

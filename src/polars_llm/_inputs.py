@@ -48,10 +48,10 @@ import orjson
 import polars as pl
 
 from ._config import MapConfig, no_model_error
+from ._keys import KeyMaker
 from .exceptions import ColumnTypeError, ConfigError, InputError
 
 if TYPE_CHECKING:
-    from ._keys import KeyMaker
     from ._request import RequestSpec
 
 __all__ = ["FIELDS", "ROLES", "RowRequest", "StructPrepared", "check_dtype", "prepare_struct"]
@@ -287,6 +287,7 @@ class _Keys:
 
     def __init__(self, spec: RequestSpec) -> None:
         self._spec = spec
+        self._fingerprint = spec.fingerprint_template()
         self._plain: dict[tuple[str, str | None], KeyMaker] = {}
 
     def key(self, prompt: str, model: str, system: str | None, extra: Mapping[str, Any] | None) -> str:
@@ -294,7 +295,9 @@ class _Keys:
             return self._spec.key_maker_for(model, system, extra).key(prompt)
         maker = self._plain.get((model, system))
         if maker is None:
-            maker = self._plain[(model, system)] = self._spec.key_maker_for(model, system)
+            if len(self._plain) >= 4096:  # a system prompt per row: no point keeping them all
+                self._plain.clear()
+            maker = self._plain[(model, system)] = KeyMaker(self._fingerprint(model, system))
         return maker.key(prompt)
 
 

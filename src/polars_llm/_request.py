@@ -24,7 +24,7 @@ import polars as pl
 from pydantic import BaseModel
 
 from . import _structured
-from ._keys import KeyMaker, request_fingerprint
+from ._keys import KeyMaker, fingerprint_template, request_fingerprint
 
 if TYPE_CHECKING:
     from ._config import MapConfig
@@ -81,6 +81,10 @@ class RequestSpec:
 
     def key_maker(self) -> KeyMaker:
         return KeyMaker(self.fingerprint)
+
+    def fingerprint_template(self) -> Callable[[str, str | None], bytes]:
+        """``(model, system) -> fingerprint`` of requests that differ from this call's by those two only."""
+        return fingerprint_template(base_url=self.endpoint, params=self.params, schema=self.schema)
 
     def key_maker_for(
         self, model: str, system: str | None, extra: Mapping[str, Any] | None = None
