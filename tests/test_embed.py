@@ -242,3 +242,31 @@ def test_cli_embed(sim_server: sim.SimServer, tmp_path: Path, monkeypatch: pytes
     shown = [float(x) for x in csv["embedding"][0].strip("[]").split(",")]
     assert shown == pytest.approx(sim.expected_embedding("emb", "a", 3), rel=1e-6)  # float32's shortest text
     assert main([*base, "--system", "s", "--output", "x.parquet"]) == 2  # a chat option: no such flag
+
+
+EMBED_ENTRY_POINTS: dict[str, Any] = {
+    "pl.col().llm.embed": pl.col("x").llm.embed,
+    "Series.llm.embed": pl.Series([""]).llm.embed,
+    "DataFrame.llm.embed": pl.DataFrame().llm.embed,
+    "LazyFrame.llm.embed": pl.LazyFrame().llm.embed,
+    "llm_embed": polars_llm.llm_embed,
+    "llm_embed_series": polars_llm.llm_embed_series,
+    "llm_embed_frame": polars_llm.llm_embed_frame,
+}
+
+
+@pytest.mark.parametrize("name", list(EMBED_ENTRY_POINTS))
+def test_embed_entry_points_take_every_option_but_the_chat_only_ones(name: str) -> None:
+    import dataclasses
+    import inspect
+    import typing
+
+    from polars_llm._config import CHAT_ONLY
+
+    fields = {f.name: f for f in dataclasses.fields(polars_llm.MapConfig)}
+    params = inspect.signature(EMBED_ENTRY_POINTS[name]).parameters
+    assert {p for p in params if p in fields} == set(fields) - CHAT_ONLY
+    for option in set(fields) - CHAT_ONLY:
+        assert params[option].default == fields[option].default, (name, option)
+    typed = set(typing.get_type_hints(polars_llm.EmbedOptions))
+    assert typed == set(fields) - CHAT_ONLY - {"model", "dimensions"}
