@@ -152,13 +152,19 @@ def check_dtype(dtype: pl.Struct, name: str, cfg: MapConfig) -> None:
     """Refuse a struct input whose shape is wrong, before any request (:class:`ConfigError`)."""
     fields = {f.name: f.dtype for f in dtype.fields}
     unknown = [f for f in fields if f not in FIELDS]
+    shape = (
+        f"llm.map takes a String column (cast it first, e.g. pl.col({name!r}).cast(pl.String)) or a struct "
+        f"with the fields {', '.join(FIELDS)}"
+    )
     if unknown:
-        raise ConfigError(
-            f"the struct input {name!r} has unknown field(s) {', '.join(map(repr, unknown))}; "
-            f"its fields can be {', '.join(FIELDS)}"
+        raise ColumnTypeError(
+            f"the struct input {name!r} has unknown field(s) {', '.join(map(repr, unknown))} "
+            f"(dtype {dtype}); {shape}"
         )
     if "prompt" not in fields:
-        raise ConfigError(f"the struct input {name!r} has no `prompt` field (the final user turn, String)")
+        raise ColumnTypeError(
+            f"the struct input {name!r} has no `prompt` field, the final user turn (dtype {dtype}); " + shape
+        )
     for field in ("prompt", "system", "model"):
         if field in fields and not _stringy(fields[field]):
             raise ColumnTypeError(

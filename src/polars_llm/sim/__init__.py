@@ -71,7 +71,9 @@ Options (:class:`SimConfig`; change live with ``server.configure(**changes)``):
     "Insufficient credits" without ``Retry-After``), ``api_key`` (require ``Authorization: Bearer``),
     ``seed`` (the RNG of fault rates and jitter), ``prompt_price``, ``completion_price``, ``models``
     (listed by ``/v1/models``; any model name is accepted), ``host``, ``port`` (0 = free port),
-    ``backlog``, ``shutdown_timeout``.
+    ``backlog``, ``shutdown_timeout``, ``embedding_dimensions`` (vector length when an embeddings
+    request gives no ``dimensions``; 64), ``request_log`` (request bodies kept for ``server.requests()``;
+    1000, 0 keeps none).
 
 Markers in the user prompt (``:N`` = only the first N attempts of this exact ``(model, prompt,
 response_format present?)``; without it, always; the first active marker wins):
