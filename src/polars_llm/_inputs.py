@@ -28,7 +28,7 @@ images (a local file by its bytes' SHA-256, not its path) and earlier turns ente
 >>> cfg = MapConfig(model="m", api_key="k", cache=None)
 >>> s = pl.DataFrame({"prompt": ["hi", "hi"], "system": [None, "be brief"]}).to_struct("q")
 >>> p = prepare_struct(s, cfg)
->>> p.keys[0] == cfg.request.key_maker().key("hi"), len(p)
+>>> p.keys[0] == cfg.request.key_maker().key("hi"), len(p.keys)
 (True, 2)
 >>> p.payloads[1].body(cfg.request)["messages"]
 [{'role': 'system', 'content': 'be brief'}, {'role': 'user', 'content': 'hi'}]
