@@ -217,6 +217,7 @@ def test_decode_checks_what_the_provider_sent() -> None:
         b'{"data": []}',
         b'{"data": [{"index": 5, "embedding": [1]}]}',
         b'{"data": [{"index": 0, "embedding": ["x"]}]}',
+        b'{"data": [{"index": 0, "embedding": null}]}',
     ):
         with pytest.raises(MalformedResponseError):
             decode(bad, 1, None)

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import array
 import base64
+import io
 import itertools
 import json
 import time
@@ -196,6 +197,37 @@ def _values(item: Any) -> Any:
     return vector
 
 
+_WIRE: Final = {
+    "data": pl.List(pl.Struct({"index": pl.Int64, "embedding": pl.List(pl.Float32)})),
+    "usage": pl.Struct({"prompt_tokens": pl.Int64, "total_tokens": pl.Int64, "cost": pl.Float64}),
+}
+
+
+def _fast(raw: bytes, n: int) -> tuple[pl.Series, int | None, float | None] | None:
+    """The usual answer read straight into Arrow by Polars (no Python float per value; twice as fast as
+    orjson, and off the GIL); ``None`` for anything unusual, which :func:`decode` then reads with orjson."""
+    try:
+        frame = pl.read_json(io.BytesIO(raw), schema=_WIRE)
+    except Exception:  # not JSON, base64 vectors, an error object…: the careful path says what it is
+        return None
+    data = frame.get_column("data")
+    if len(frame) != 1 or data.null_count() or data.list.len().item() != n:
+        return None
+    items = data.explode().struct.unnest()
+    index, vectors = items.get_column("index"), items.get_column("embedding")
+    if (
+        index.null_count()
+        or vectors.null_count()
+        or not index.sort().equals(pl.Series(range(n)), check_names=False)
+    ):
+        return None
+    if not index.is_sorted():
+        vectors = vectors.gather(index.arg_sort())
+    usage = frame.get_column("usage").item() or {}
+    tokens = usage.get("prompt_tokens")
+    return vectors, tokens if tokens is not None else usage.get("total_tokens"), usage.get("cost")
+
+
 def decode(raw: bytes, n: int, dimensions: int | None) -> Reply:
     """Decode a 200 body holding ``n`` vectors; a malformed one raises a (retried) ``MalformedResponseError``.
 
@@ -204,6 +236,17 @@ def decode(raw: bytes, n: int, dimensions: int | None) -> Reply:
     >>> r.vectors.to_pylist(), r.tokens
     ([[1.0, 2.0], [3.0, 4.0]], 6)
     """
+
+    fast = _fast(raw, n)
+    if fast is not None:
+        vectors, tokens, cost = fast
+        wrong: dict[int, str] = {}
+        if dimensions is not None:
+            sizes = vectors.list.len()
+            for i in (sizes != dimensions).arg_true().to_list():
+                wrong[i] = f"the provider returned {sizes[i]} values; dimensions={dimensions} was asked"
+        arrow = vectors.rechunk().to_arrow().cast(_VECTOR)
+        return Reply(vectors=arrow, tokens=tokens, cost=cost, errors=wrong)
 
     def text() -> str:  # the body for an error message (decoded only then: answers are megabytes)
         return raw[:4000].decode("utf-8", "replace")
@@ -228,8 +271,10 @@ def decode(raw: bytes, n: int, dimensions: int | None) -> Reply:
         if not isinstance(index, int) or not 0 <= index < n or ordered[index] is not None:
             raise exc.MalformedResponseError("embeddings with missing or repeated indexes", body=text())
         ordered[index] = _values(item)
+    if not all(isinstance(v, list | array.array) for v in ordered):
+        raise exc.MalformedResponseError("an embedding is missing or not a list of numbers", body=text())
+    lengths = [len(v) for v in ordered]
     errors: dict[int, str] = {}
-    lengths = [len(v) if isinstance(v, list | array.array) else 0 for v in ordered]
     if dimensions is not None:
         for i, length in enumerate(lengths):
             if length != dimensions:
@@ -299,7 +344,8 @@ class _Batch:
                 stats.requests += 1
                 try:
                     raw = await _post(run.transport, self.spec.body(texts))
-                    reply = decode(raw, len(texts), self.spec.dimensions)
+                    # off the event loop: answers are megabytes, and Polars parses them without the GIL
+                    reply = await anyio.to_thread.run_sync(decode, raw, len(texts), self.spec.dimensions)
                 except exc.APIError as e:
                     error = e
                 else:
