@@ -271,3 +271,17 @@ def test_embed_entry_points_take_every_option_but_the_chat_only_ones(name: str) 
         assert params[option].default == fields[option].default, (name, option)
     typed = set(typing.get_type_hints(polars_llm.EmbedOptions))
     assert typed == set(fields) - CHAT_ONLY - {"model", "dimensions"}
+
+
+def test_a_fatal_error_keeps_the_vectors_already_received(
+    sim_server: sim.SimServer, cache_path: Path
+) -> None:
+    items = texts(20)
+    items[17] += " [[status:401]]"  # the fourth request (texts 15-19) is refused: a bad key stops the run
+    df = pl.DataFrame({"text": items})
+    with pytest.raises(AuthenticationError, match="stopped after"):
+        df.llm.embed("text", "emb", 3, **opts(sim_server, cache=cache_path, batch_size=5, concurrency=1))
+    with duckdb.connect(str(cache_path), read_only=True) as con:
+        kept = con.execute("select prompt, embedding from requests where status = 'done'").fetchall()
+    assert sorted(p for p, _ in kept) == sorted(items[:15])
+    assert all(v == pytest.approx(sim.expected_embedding("emb", p, 3)) for p, v in kept)
