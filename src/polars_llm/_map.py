@@ -216,7 +216,7 @@ def llm_map_frame(
         cfg = resolve_config(model=model, model_required=False, **options)  # the input is checked
         prompts = frame.select(source).to_series()
         return _split(frame.with_columns(map_series(prompts, cfg).alias(_TMP)), result_name, status_name)
-    required = not names_models(source, frame.collect_schema())
+    required = model is None and not names_models(source, frame.collect_schema())
     expr = _map_expr(source, resolve_config(model=model, model_required=required, **options)).alias(_TMP)
     return _split(frame.with_columns(expr), result_name, status_name)
 
