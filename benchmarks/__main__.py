@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from . import cached, cost, importtime, latency, memory, overhead, ratelimits, resume
+from . import cached, cost, importtime, inputs, latency, memory, overhead, ratelimits, resume
 from ._common import BENCH_DIR, library_versions, machine_info
 from .report import markdown
 
@@ -42,6 +42,10 @@ SCALES: dict[str, dict[str, Any]] = {
         "memory_inflight": [64, 1024],
         "import_repeats": 7,
         "cost_n": 10_000,
+        "embed_n": 100_000,
+        "embed_rounds": 2,
+        "struct_n": 20_000,
+        "struct_rounds": 3,
     },
     "quick": {
         "overhead_n": 3_000,
@@ -62,6 +66,10 @@ SCALES: dict[str, dict[str, Any]] = {
         "memory_inflight_latency": 0.5,
         "import_repeats": 2,
         "cost_n": 2_000,
+        "embed_n": 20_000,
+        "embed_rounds": 1,
+        "struct_n": 3_000,
+        "struct_rounds": 1,
     },
     "smoke": {
         "overhead_n": 300,
@@ -82,10 +90,26 @@ SCALES: dict[str, dict[str, Any]] = {
         "memory_inflight_latency": 0.1,
         "import_repeats": 1,
         "cost_n": 300,
+        "embed_n": 1_000,
+        "embed_batch": 256,
+        "embed_rounds": 1,
+        "struct_n": 300,
+        "struct_rounds": 1,
     },
 }
 
-SECTIONS = ["overhead", "latency", "rate_limits", "resume", "cached_rerun", "memory", "import_time", "cost"]
+SECTIONS = [
+    "overhead",
+    "latency",
+    "rate_limits",
+    "resume",
+    "cached_rerun",
+    "memory",
+    "import_time",
+    "cost",
+    "embeddings",
+    "struct_input",
+]
 
 
 def _loadavg() -> list[float] | None:
@@ -140,6 +164,8 @@ def main(argv: list[str] | None = None) -> int:
         "memory": lambda: memory.run(scale, workdir, _rate_hint(results)),
         "import_time": lambda: importtime.run(scale, workdir),
         "cost": lambda: cost.run(scale, workdir),
+        "embeddings": lambda: inputs.run_embeddings(scale, workdir),
+        "struct_input": lambda: inputs.run_struct(scale, workdir),
     }
     try:
         for i, name in enumerate(only, 1):

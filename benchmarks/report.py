@@ -18,6 +18,8 @@ SECTION_TITLES = {
     "memory": "6. Memory",
     "import_time": "7. Import time",
     "cost": "8. Cost (estimate, budget)",
+    "embeddings": "9. Embeddings (zero latency, 256 dims)",
+    "struct_input": "10. Struct input (zero latency, c=64)",
 }
 
 

@@ -325,7 +325,7 @@ def test_batch_mode_with_a_worker_or_an_unknown_option_is_a_config_error(cache_p
         with pytest.raises(ConfigError, match="worker"):
             run(server, cache_path, ["a"], worker=worker)
         with pytest.raises(ConfigError, match="unknown option"):
-            run(server, cache_path, ["a"], batch_size=10)
+            run(server, cache_path, ["a"], batch_window="12h")
         with pytest.raises(ConfigError, match="mode"):
             run(server, cache_path, ["a"], mode="offline")
         with pytest.raises(ConfigError, match="cache"):

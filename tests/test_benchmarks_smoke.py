@@ -43,6 +43,10 @@ def test_benchmark_smoke_run_writes_every_section(tmp_path: Path) -> None:
             assert run["errors"] == 0 and run["wrong"] == 0, (arm, run)
     assert results["resume"]["default"]["complete_and_correct"]
     assert results["resume"]["tight_flush"]["complete_and_correct"]
+    for section in ("embeddings", "struct_input"):
+        for arm, runs in results[section]["runs"].items():
+            for run in runs:
+                assert run["errors"] == 0 and run["wrong"] == 0, (section, arm, run)
     for run in results["cached_rerun"]["runs"]:
         assert run["requests_sent"] == 0 and run["done"] == run["n"] and run["wrong"] == 0
     assert [s["section"] for s in results["summary"]] == [

@@ -18,7 +18,20 @@ from . import _namespace  # noqa: F401  (registers the namespaces)
 from ._batch_admin import batches, cancel_batch
 from ._config import DEFAULT_BASE_URL, DEFAULT_CACHE, DEFAULT_CACHE_PATH, MapConfig, Secret, resolve_config
 from ._cost import Estimate
-from ._map import MapOptions, estimate, llm_map, llm_map_async, llm_map_frame, llm_map_series, output_dtype
+from ._map import (
+    EmbedOptions,
+    MapOptions,
+    estimate,
+    llm_embed,
+    llm_embed_frame,
+    llm_embed_series,
+    llm_map,
+    llm_map_async,
+    llm_map_frame,
+    llm_map_series,
+    output_dtype,
+)
+from ._template import template
 from .exceptions import (
     APIConnectionError,
     APIError,
@@ -32,6 +45,7 @@ from .exceptions import (
     ContentFilterError,
     EndpointUnreachableError,
     FatalError,
+    InputError,
     InsufficientCreditsError,
     MalformedResponseError,
     NotFoundError,
@@ -64,9 +78,11 @@ __all__ = [
     "ColumnTypeError",
     "ConfigError",
     "ContentFilterError",
+    "EmbedOptions",
     "EndpointUnreachableError",
     "Estimate",
     "FatalError",
+    "InputError",
     "InsufficientCreditsError",
     "MalformedResponseError",
     "MapConfig",
@@ -88,6 +104,9 @@ __all__ = [
     "estimate",
     "export_jsonl",
     "export_parquet",
+    "llm_embed",
+    "llm_embed_frame",
+    "llm_embed_series",
     "llm_map",
     "llm_map_async",
     "llm_map_frame",
@@ -95,4 +114,5 @@ __all__ = [
     "output_dtype",
     "prompt_map",
     "resolve_config",
+    "template",
 ]

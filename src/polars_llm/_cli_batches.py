@@ -9,7 +9,7 @@ from typing import Any
 import polars as pl
 
 from ._batch_admin import batches, cancel_batch
-from ._cli_store import _existing
+from ._cli_store import existing_cache
 from ._config import DEFAULT_CACHE_PATH
 
 __all__ = ["add_batches_arguments", "cmd_batches", "format_batches"]
@@ -66,7 +66,7 @@ def format_batches(frame: pl.DataFrame) -> str:
 
 
 def cmd_batches(args: argparse.Namespace) -> int:
-    path = _existing(args.cache)
+    path = existing_cache(args.cache)
     if args.batches_command == "cancel":
         row = cancel_batch(args.batch_id, cache=path, api_key_env=args.api_key_env)
         if not row["live"]:

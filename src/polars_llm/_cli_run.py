@@ -17,7 +17,7 @@ import json
 import os
 import re
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Final, Literal
 
@@ -37,8 +37,11 @@ __all__ = [
     "add_run_arguments",
     "cmd_estimate",
     "cmd_run",
-    "config_from_args",
+    "config_from",
     "file_format",
+    "open_input",
+    "struct_columns",
+    "write_output",
 ]
 
 EXIT_FAILED: Final = 1
@@ -106,10 +109,10 @@ def _parser_for(f: dataclasses.Field[Any]) -> Callable[[str], Any]:
     return convert
 
 
-def add_option_flags(p: argparse.ArgumentParser) -> None:
-    """One ``--flag`` per :class:`~polars_llm.MapConfig` option declared ``cli=True``, from its metadata."""
+def add_option_flags(p: argparse.ArgumentParser, skip: frozenset[str] = frozenset()) -> None:
+    """One ``--flag`` per :class:`~polars_llm.MapConfig` option declared ``cli=True`` (but ``skip``)."""
     for f in option_fields():
-        if f.metadata["cli"] is not True:
+        if f.metadata["cli"] is not True or f.name in skip:
             continue
         flag = "--" + f.name.replace("_", "-")
         help_text = f"{f.metadata['doc']} (default: {f.default})"
@@ -150,6 +153,27 @@ def add_run_arguments(p: argparse.ArgumentParser, *, output: bool = True) -> Non
     )
     p.add_argument("--result-column", default="result", help="name of the added result column")
     p.add_argument("--status-column", default="status", help="name of the added status column")
+    struct = p.add_argument_group(
+        "per-row fields (struct input; a null cell means the option applies)",
+    )
+    for field, what in STRUCT_FLAGS.items():
+        struct.add_argument(f"--{field}-column", metavar="COL", default=None, help=what)
+
+
+# The struct-input fields the CLI takes from columns (flag --<name>-column), and what they hold.
+STRUCT_FLAGS: Final = {
+    "system": "column of per-row system prompts",
+    "image": "column of image URLs or local file paths (String, or List(String) in Parquet/JSONL)",
+    "messages": "column of earlier turns: List(Struct{role, content}) in Parquet/JSONL, or JSON text",
+    "model": "column of per-row model names (--model may then be left out if every row has one)",
+}
+_FIELD_OF_FLAG: Final = {"system": "system", "image": "images", "messages": "messages", "model": "model"}
+
+
+def struct_columns(args: argparse.Namespace) -> dict[str, str]:
+    """``{struct field: input column}`` from the ``--<field>-column`` flags given."""
+    given = {flag: getattr(args, f"{flag}_column", None) for flag in STRUCT_FLAGS}
+    return {_FIELD_OF_FLAG[flag]: col for flag, col in given.items() if col is not None}
 
 
 def _options(args: argparse.Namespace) -> dict[str, Any]:
@@ -161,7 +185,7 @@ def _options(args: argparse.Namespace) -> dict[str, Any]:
     options["price"] = tuple(args.price) if args.price else None
     if args.batch:
         options["mode"] = "batch"
-    options["api_key"] = _api_key(args.api_key_env)
+    options["api_key"] = api_key_from_env(args.api_key_env)
     return options
 
 
@@ -199,7 +223,7 @@ def load_schema(spec: str) -> type[BaseModel]:
     return model
 
 
-def _api_key(name: str) -> str:
+def api_key_from_env(name: str) -> str:
     if not _ENV_NAME.match(name):
         raise CLIError(  # the value is not echoed: it may be a key typed by mistake
             "--api-key-env takes the name of an environment variable (letters, digits and _), not a key"
@@ -255,11 +279,22 @@ def _read_statuses(path: Path, fmt: FileFormat, status_column: str) -> dict[str,
     return {str(k): int(n) for k, n in counts.iter_rows()}
 
 
+def _field(name: str, column: str, dtype: pl.DataType) -> pl.Expr:
+    if name == "messages" and dtype == pl.String:  # CSV: the turns as JSON text
+        return pl.col(column).str.json_decode(pl.List(pl.Struct({"role": pl.String, "content": pl.String})))
+    return pl.col(column)
+
+
 def _mapped(
-    lf: pl.LazyFrame, column: str, cfg: MapConfig, result_name: str, status_name: str
+    lf: pl.LazyFrame,
+    column: str,
+    cfg: MapConfig,
+    result_name: str,
+    status_name: str,
+    fields: dict[str, str] | None = None,
 ) -> tuple[pl.LazyFrame, BudgetExceededError | None]:
     """``lf`` with the result and status columns (and ``--include`` ones), in two passes over the input;
-    with the budget stop, if ``--max-cost`` was reached (the output then has the finished rows).
+    with the budget stop when ``--max-cost`` was reached (the output then holds what finished).
 
     1. The distinct prompts are collected (only that column is read) and mapped by
        :func:`~polars_llm._pipeline.map_series`, the pipeline behind ``.llm.map``, outside any Polars query.
@@ -269,41 +304,67 @@ def _mapped(
     into an abort that makes every Polars call in the process raise ``KeyboardInterrupt`` until the query
     ends, which would include the final flush of finished rows to the cache.
     """
-    prompts = lf.select(pl.col(column).unique(maintain_order=True)).collect().get_column(column)
+    fields = fields or {}
+    on = list(dict.fromkeys([column, *fields.values()]))
+    inputs = lf.select(on).unique(maintain_order=True).collect()
+    if fields:  # struct input: the distinct combinations of the prompt and the per-row columns
+        schema = inputs.schema
+        parts = {"prompt": pl.col(column), **{f: _field(f, c, schema[c]) for f, c in fields.items()}}
+        source = inputs.select(pl.struct(**parts).alias(column)).to_series()
+    else:
+        source = inputs.get_column(column)
     stop: BudgetExceededError | None = None
     try:
-        answers = map_series(prompts, cfg).struct.unnest()
+        answers = map_series(source, cfg).struct.unnest()
     except BudgetExceededError as error:  # write what finished (the rest "pending"), then report the stop
         if error.frame is None:
             raise
-        stop, answers = error, error.frame.drop(error.frame.columns[0])
-    table = answers.rename({"result": result_name, "status": status_name}).insert_column(0, prompts)
-    out = lf.join(table.lazy(), on=column, how="left", nulls_equal=True, maintain_order="left")
-    return out, stop
+        stop, answers = error, error.frame.select("result", "status", *cfg.include)
+    table = inputs.hstack(answers.rename({"result": result_name, "status": status_name}))
+    return lf.join(table.lazy(), on=on, how="left", nulls_equal=True, maintain_order="left"), stop
 
 
-def cmd_run(args: argparse.Namespace) -> int:
-    """Run the ``run`` command; raises :class:`CLIError` for the user's mistakes."""
+def open_input(args: argparse.Namespace, extra_columns: Sequence[str] = ()) -> tuple[pl.LazyFrame, Path]:
+    """The input scanned lazily and the output path, after the checks every command shares."""
     source, target = Path(args.input), Path(args.output)
-    fmt_in, fmt_out = file_format(source, "input"), file_format(target, "output")
+    fmt_in = file_format(source, "input")
+    file_format(target, "output")
     if target.exists() and source.exists() and target.resolve() == source.resolve():
         raise CLIError("--output must differ from INPUT")
     if args.result_column == args.status_column:
         raise CLIError("--result-column and --status-column must differ")
     lf = _scan(source, fmt_in, args.column)
-    taken = {args.result_column, args.status_column} & set(lf.collect_schema().names())
+    names = lf.collect_schema().names()
+    missing = [c for c in extra_columns if c not in names]
+    if missing:
+        raise CLIError(
+            f"input {str(source)!r} has no column(s) {', '.join(map(repr, missing))}; its columns are: "
+            + ", ".join(names[:20])
+        )
+    taken = {args.result_column, args.status_column} & set(names)
     if taken:
         raise CLIError(
             f"the input already has column(s) {', '.join(sorted(taken))}; choose others with "
             "--result-column / --status-column"
         )
-    cfg = config_from_args(args)
-    taken = set(cfg.include) & {*lf.collect_schema().names(), args.result_column, args.status_column}
-    if taken:
-        raise CLIError(f"--include would add column(s) {', '.join(sorted(taken))} that the input already has")
-    out, stop = _mapped(lf, args.column, cfg, args.result_column, args.status_column)
-    if cfg.response_model is not None and fmt_out == "csv":  # CSV has no nested columns: keep the JSON text
-        out = out.with_columns(pl.col(args.result_column).struct.json_encode())
+    return lf, target
+
+
+def config_from(
+    args: argparse.Namespace, options: dict[str, Any], *, model_required: bool = True
+) -> MapConfig:
+    try:
+        return resolve_config(model_required=model_required, **options)
+    except ConfigError as exc:
+        text = str(exc)
+        if text.startswith("no model"):
+            text = "no model: pass --model provider/name or set MODEL in the environment or ./.env"
+        raise CLIError(text) from None
+
+
+def write_output(out: pl.LazyFrame, target: Path, status_column: str, cfg: MapConfig) -> None:
+    """Stream ``out`` to a temporary file beside ``target``, rename it when complete; print a summary."""
+    fmt_out = file_format(target, "output")
     target = target.expanduser().absolute()
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_name(f".{target.name}.partial-{os.getpid()}")
@@ -313,7 +374,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     finally:
         if partial.exists():
             partial.unlink()
-    counts = _read_statuses(target, fmt_out, args.status_column)
+    counts = _read_statuses(target, fmt_out, status_column)
     total = sum(counts.values())
     shown = " ".join(f"{k}={v}" for k, v in counts.items()) or "no rows"
     print(f"wrote {total} rows to {target} ({shown}); cache: {cfg.cache}", file=sys.stderr)
@@ -323,20 +384,23 @@ def cmd_run(args: argparse.Namespace) -> int:
             "again later to collect them (`polars-llm batches` lists them)",
             file=sys.stderr,
         )
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Run the ``run`` command; raises :class:`CLIError` for the user's mistakes."""
+    fields = struct_columns(args)
+    lf, target = open_input(args, list(fields.values()))
+    cfg = config_from(args, _options(args), model_required="model" not in fields)
+    taken = set(cfg.include) & {*lf.collect_schema().names(), args.result_column, args.status_column}
+    if taken:
+        raise CLIError(f"--include would add column(s) {', '.join(sorted(taken))} that the input already has")
+    out, stop = _mapped(lf, args.column, cfg, args.result_column, args.status_column, fields)
+    if cfg.response_model is not None and file_format(target, "output") == "csv":
+        out = out.with_columns(pl.col(args.result_column).struct.json_encode())  # CSV: the JSON text
+    write_output(out, target, args.status_column, cfg)
     if stop is not None:
         raise stop  # exit 1 with the budget message, after the output with what finished is written
     return 0
-
-
-def config_from_args(args: argparse.Namespace) -> MapConfig:
-    """The run's :class:`MapConfig` from parsed ``run``/``estimate`` arguments (usage errors → CLIError)."""
-    try:
-        return resolve_config(**_options(args))
-    except ConfigError as exc:
-        text = str(exc)
-        if text.startswith("no model"):
-            text = "no model: pass --model provider/name or set MODEL in the environment or ./.env"
-        raise CLIError(text) from None
 
 
 def cmd_estimate(args: argparse.Namespace) -> int:
@@ -344,6 +408,5 @@ def cmd_estimate(args: argparse.Namespace) -> int:
     source = Path(args.input)
     lf = _scan(source, file_format(source, "input"), args.column)
     prompts = lf.select(args.column).collect().get_column(args.column)
-    estimate = estimate_series(prompts, config_from_args(args))
-    print(estimate)
+    print(estimate_series(prompts, config_from(args, _options(args))))
     return 0

@@ -41,7 +41,7 @@ def add_export_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--status", choices=_STATUSES, help="only rows with this status (default: all)")
 
 
-def _existing(cache: str) -> Path:
+def existing_cache(cache: str) -> Path:
     path = Path(cache).expanduser().absolute()
     if not path.exists():
         raise CLIError(f"no cache at {path}: run `polars-llm run` first, or pass --cache PATH")
@@ -104,7 +104,7 @@ def format_summary(s: dict[str, Any]) -> str:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    path = _existing(args.cache)
+    path = existing_cache(args.cache)
     if is_results_store(path):
         rows = read_results(path)
         counts = dict(rows.group_by("status").len().sort("status").iter_rows())
@@ -130,7 +130,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    path = _existing(args.cache)
+    path = existing_cache(args.cache)
     out = Path(args.output).expanduser().absolute()
     fmt = args.format or _EXPORT_EXT.get(out.suffix.lower())
     if fmt is None:

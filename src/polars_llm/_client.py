@@ -253,6 +253,28 @@ class AiohttpTransport:
             raise error_for_status(status, dict(headers), raw.decode("utf-8", "replace"))
         return decode_completion(raw)
 
+    async def post(self, path: str, body: bytes) -> bytes:
+        """POST a JSON ``body`` to ``{base_url}{path}`` (e.g. ``/embeddings``): the raw 200 body, else the
+        mapped :class:`~polars_llm.exceptions.APIError` (the same mapping as :meth:`complete`)."""
+        session = self._get_session()
+        aiohttp = self._aiohttp
+        try:
+            async with session.post(self._cfg.url + path, data=body, headers=self._headers) as resp:
+                status, raw, headers = resp.status, await resp.read(), resp.headers
+        except TimeoutError:
+            raise exc.APITimeoutError(f"no response within {self._cfg.timeout:g} s") from None
+        except aiohttp.ClientConnectorError as e:
+            raise exc.APIConnectionError(
+                f"cannot connect to {self._cfg.url}: {e.os_error}", refused=True
+            ) from None
+        except aiohttp.ClientPayloadError as e:
+            raise exc.MalformedResponseError(f"truncated response body: {e}") from None
+        except (aiohttp.ClientError, OSError) as e:
+            raise exc.APIConnectionError(f"connection error: {type(e).__name__}: {e}") from None
+        if status != 200:
+            raise error_for_status(status, dict(headers), raw.decode("utf-8", "replace"))
+        return raw
+
     async def aclose(self) -> None:
         if self._session is not None:
             await self._session.close()
@@ -306,6 +328,28 @@ class OpenAITransport:
                 f"cannot connect to {self._cfg.url}: {cause or e}", refused=refused
             ) from None
         return decode_completion(raw.content)
+
+    async def embeddings(self, body: dict[str, Any]) -> bytes:
+        """``embeddings.create`` with ``body`` (the SDK's own fields, the rest as ``extra_body``): the raw
+        200 body, else the mapped :class:`~polars_llm.exceptions.APIError`."""
+        openai = self._openai
+        known = {k: body.pop(k) for k in ("model", "input", "dimensions", "encoding_format") if k in body}
+        try:
+            with anyio.fail_after(self._cfg.timeout + 1):
+                raw = await self._client.embeddings.with_raw_response.create(**known, extra_body=body or None)
+        except TimeoutError:
+            raise exc.APITimeoutError(f"no response within {self._cfg.timeout:g} s") from None
+        except openai.APIStatusError as e:
+            raise error_for_status(e.status_code, dict(e.response.headers), e.response.text) from None
+        except openai.APITimeoutError:
+            raise exc.APITimeoutError(f"no response within {self._cfg.timeout:g} s") from None
+        except openai.APIConnectionError as e:
+            cause = e.__cause__
+            refused = isinstance(cause, ConnectionRefusedError) or "refused" in str(cause).lower()
+            raise exc.APIConnectionError(
+                f"cannot connect to {self._cfg.url}: {cause or e}", refused=refused
+            ) from None
+        return raw.content
 
     async def aclose(self) -> None:
         await self._client.close()

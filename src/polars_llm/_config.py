@@ -31,17 +31,21 @@ if TYPE_CHECKING:
     from ._request import RequestSpec
 
 __all__ = [
+    "CHAT_ONLY",
     "DEFAULT_BASE_URL",
     "DEFAULT_CACHE",
     "DEFAULT_CACHE_PATH",
+    "EMBED_ONLY",
     "MapConfig",
     "Secret",
     "Worker",
     "env_value",
+    "no_model_error",
     "option_fields",
     "options_listing",
     "resolve_cache",
     "resolve_config",
+    "with_embed_options",
     "with_options",
 ]
 
@@ -267,6 +271,14 @@ class MapConfig:
     extra_body: Mapping[str, Any] | None = option(
         None, "extra request fields (provider routing etc.); part of the content key", ck.optional(ck.mapping)
     )
+    dimensions: int | None = option(
+        None,
+        "embed only: vector length to ask for; `result` becomes Array(Float32, dimensions)",
+        ck.optional(ck.integer(1, 1_000_000)),
+    )
+    batch_size: int | None = option(
+        None, "embed only: texts per /embeddings request (None: 2048)", ck.optional(ck.integer(1, 100_000))
+    )
     concurrency: int = option(32, "requests in flight at most", ck.integer(1, 100_000))
     rpm_limit: float | None = option(None, "client-side requests per minute", ck.optional(ck.number()))
     tpm_limit: float | None = option(None, "client-side tokens per minute", ck.optional(ck.number()))
@@ -347,21 +359,21 @@ class MapConfig:
                 "mode='batch' needs a cache file to remember its batches between calls; "
                 "pass cache=<path> (or leave the default) instead of cache=None"
             )
-        if self.worker is None:
-            if not self.model:
-                raise ConfigError(
-                    "no model given: pass model='provider/name' or set MODEL in the environment or .env"
-                )
-            if self.api_key is None or not self.key:
-                raise ConfigError(
-                    "no API key: pass api_key=..., or set OPENROUTER_API_KEY in the environment or .env"
-                )
+        # a missing model is checked where the input is known (`model_required`): struct rows may name
+        # their own (see _inputs)
+        if self.worker is None and (self.api_key is None or not self.key):
+            raise ConfigError(
+                "no API key: pass api_key=..., or set OPENROUTER_API_KEY in the environment or .env"
+            )
 
     @functools.cached_property
     def request(self) -> RequestSpec:
         """What every request of this call shares (fingerprint, body, validation, result dtype)."""
         from ._request import RequestSpec  # imports pydantic-schema and Polars machinery: on first use
 
+        given = sorted(name for name in EMBED_ONLY if getattr(self, name) is not None)
+        if given:
+            raise ConfigError(f"{', '.join(given)}: option(s) of llm.embed only, not of llm.map")
         return RequestSpec.of(self)
 
     @property
@@ -409,6 +421,31 @@ def option_fields() -> Iterator[dataclasses.Field[Any]]:
 
 
 OPTION_NAMES: Final = frozenset(f.name for f in dataclasses.fields(MapConfig))
+EMBED_ONLY: Final = frozenset({"dimensions", "batch_size"})
+"""Options that only ``llm.embed`` takes (``llm.map`` refuses them)."""
+CHAT_ONLY: Final = frozenset(
+    {
+        "system",
+        "response_model",
+        "temperature",
+        "max_tokens",
+        "worker",
+        "include",
+        "mode",
+        "wait",
+        "poll_interval",
+        "batch_max_requests",
+        "batch_max_bytes",
+    }
+)
+"""Options that only ``llm.map`` takes (``llm.embed`` refuses them)."""
+
+
+def no_model_error() -> ConfigError:
+    return ConfigError(
+        "no model given: pass model='provider/name' or set MODEL in the environment or .env "
+        "(or give every row of a struct input its own `model`)"
+    )
 
 
 # --- resolving from arguments, the environment and .env -------------------------------------------------
@@ -424,11 +461,15 @@ def env_value(name: str) -> str | None:
     return os.environ.get(name) or _dotenv().get(name) or None
 
 
-def resolve_config(*, api_key_env: str = "OPENROUTER_API_KEY", **options: Any) -> MapConfig:
+def resolve_config(
+    *, api_key_env: str = "OPENROUTER_API_KEY", model_required: bool = True, **options: Any
+) -> MapConfig:
     """Build a :class:`MapConfig` from options, then the environment, then ``./.env``.
 
     ``model``, ``api_key`` and ``base_url`` left out (or ``None``) come from ``MODEL``, ``api_key_env``
-    and ``POLARS_LLM_BASE_URL``. Unknown options raise :class:`ConfigError` naming them.
+    and ``POLARS_LLM_BASE_URL``. Unknown options raise :class:`ConfigError` naming them, and so does a
+    missing model unless ``model_required=False`` (the input may name a model per row; it is checked
+    once the input is known, still before any request).
 
     >>> cfg = resolve_config(model="m", api_key="k", cache=None, concurrency=8)
     >>> (cfg.model, cfg.concurrency, cfg.cache)
@@ -441,9 +482,12 @@ def resolve_config(*, api_key_env: str = "OPENROUTER_API_KEY", **options: Any) -
         if options.get(name) is None:
             options[name] = env_value(env)
     try:
-        return MapConfig(**options)
+        cfg = MapConfig(**options)
     except TypeError as exc:  # wrong option types that dataclass itself rejects
         raise ConfigError(str(exc)) from None
+    if model_required and cfg.model is None and cfg.worker is None:
+        raise no_model_error()
+    return cfg
 
 
 # --- signatures and docs derived from the fields --------------------------------------------------------
@@ -457,9 +501,18 @@ def with_options(fn: F) -> F:
     ``help()``, Jupyter's Shift-Tab and ``inspect.signature`` then show the options of :class:`MapConfig`;
     type checkers read the ``Unpack[MapOptions]`` annotation of ``**options``.
     """
+    return _signed(fn, frozenset())
+
+
+def with_embed_options(fn: F) -> F:
+    """:func:`with_options` for ``llm.embed``'s entry points: every option but the chat-only ones."""
+    return _signed(fn, CHAT_ONLY)
+
+
+def _signed(fn: F, skip: frozenset[str]) -> F:
     sig = inspect.signature(fn)
     params = [p for p in sig.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
-    taken = {p.name for p in params}
+    taken = {p.name for p in params} | skip
     extra = [
         inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=f.default, annotation=f.type)
         for f in option_fields()

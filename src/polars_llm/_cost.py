@@ -28,7 +28,7 @@ import anyio
 import polars as pl
 
 from ._pricing import Price, PriceSource, resolve_price
-from .exceptions import ConfigError
+from .exceptions import BudgetExceededError, ConfigError
 
 if TYPE_CHECKING:
     from ._client import Completion
@@ -90,6 +90,11 @@ class Costing:
         if completion.tokens_in is None and completion.tokens_out is None:
             return None
         return self.price.cost(completion.tokens_in or 0, completion.tokens_out or 0)
+
+    def inputs_worst(self, chars: int, requests: int) -> float:
+        """The most input-only requests (embeddings) of ``chars`` characters should cost."""
+        cost = self.price.cost(self.tokens.input_tokens_max(chars, requests), 0)
+        return cost if cost is not None else math.inf
 
     def worst(self, prompt: str) -> float:
         """The most this request should cost (see the module docstring); needs a known price."""
@@ -251,14 +256,28 @@ def build_estimate(
     )
 
 
-def plan_costs(cfg: MapConfig, store: Store, keys: pl.DataFrame) -> tuple[Costing, float | None]:
+def budget_exceeded(budget: Budget, left: int) -> BudgetExceededError:
+    """The stop of a run whose next request no longer fits in ``max_cost``."""
+    return BudgetExceededError(
+        f"max_cost reached: ${budget.spent:,.4f} spent of the ${budget.limit:,.4f} budget on this call's "
+        f"rows; {left:,} rows were not sent (still pending). Raise max_cost and run again to continue",
+        spent=budget.spent,
+        budget=budget.limit,
+        rows_left=left,
+    )
+
+
+def plan_costs(
+    cfg: MapConfig, store: Store, keys: pl.DataFrame, *, answers: bool = True
+) -> tuple[Costing, float | None]:
     """The run's :class:`Costing`, and with ``max_cost`` what was already spent on ``keys`` (blocking:
     call it off the event loop; the :class:`Budget` itself is made on the loop).
 
     Raises :class:`ConfigError` before any request when ``max_cost`` cannot be kept: no known price, or
-    neither ``max_tokens`` nor a listed maximum output to bound an answer.
+    (for requests with ``answers``, i.e. not embeddings) neither ``max_tokens`` nor a listed maximum
+    output to bound an answer.
     """
-    model = cfg.request.model
+    model = cfg.model or ""
     price = resolve_price(cfg, store, fetch=cfg.max_cost is not None)
     tokens = TokenModel.learn(
         store.token_history(model), max_tokens=cfg.max_tokens, max_output=price.max_output
@@ -271,7 +290,7 @@ def plan_costs(cfg: MapConfig, store: Store, keys: pl.DataFrame) -> tuple[Costin
             f"max_cost needs a price, and none is known for {model!r} (the endpoint {cfg.url} lists none): "
             "pass price=(input, output) in USD per million tokens"
         )
-    if tokens.output_tokens_max is None:
+    if answers and tokens.output_tokens_max is None:
         raise ConfigError(
             f"max_cost needs a bound on each answer's length: pass max_tokens=... (the provider lists no "
             f"maximum output for {model!r})"

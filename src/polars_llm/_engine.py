@@ -10,9 +10,10 @@ latency halved throughput (see ``benchmarks/``).
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,12 +25,26 @@ from . import exceptions as exc
 from ._batch_store import live_rows
 from ._client import Completion, Transport, make_transport
 from ._config import MapConfig
-from ._cost import Budget, Costing, plan_costs
+from ._cost import Budget, Costing, budget_exceeded, plan_costs
 from ._ratelimit import AdaptiveConcurrency, Cooldown, TokenBucket
 from ._retry import backoff_delay, next_delay
 from ._store import DETAIL_SCHEMA, Outcome, Store
 
-__all__ = ["RunStats", "error_text", "execute", "interpret", "jobs_frame"]
+__all__ = [
+    "FAIL",
+    "RETRY",
+    "STOP",
+    "Run",
+    "RunStats",
+    "Sink",
+    "Work",
+    "error_text",
+    "execute",
+    "interpret",
+    "iter_jobs",
+    "jobs_frame",
+    "write_batches",
+]
 
 log = logging.getLogger("polars_llm")
 
@@ -71,6 +86,7 @@ class _NoLimit:
 
 
 _NO_LIMIT = _NoLimit()
+RETRY, FAIL, STOP = object(), object(), object()  # verdicts of Run.recover
 
 
 class _Usage:
@@ -134,7 +150,7 @@ def error_text(error: exc.APIError) -> str:
     return message
 
 
-class _Run:
+class Run:
     """State shared by the workers of one run."""
 
     def __init__(
@@ -167,6 +183,11 @@ class _Run:
         self.out_estimate = float(cfg.max_tokens or 64)
         self.system_chars = len(cfg.system or "")
         self.validate = cfg.request.validator
+
+    def succeeded(self) -> None:
+        """Bookkeeping after an answered request of any kind: the endpoint is reachable, AIMD may grow."""
+        self.answered, self.refused_since, self.refused_count = True, None, 0
+        self.adaptive.on_success()
 
     def set_fatal(self, error: exc.FatalError) -> None:
         if self.fatal is None:
@@ -209,9 +230,9 @@ class _Run:
         adaptive = self.adaptive
         return adaptive.limiter if adaptive.limit < adaptive.maximum else _NO_LIMIT
 
-    async def process(self, key: str, prompt: str) -> Outcome | None:
+    async def process(self, key: str, prompt: Any) -> Outcome | None:
         """Send one request, retrying what is worth retrying. ``None`` means the run is stopping."""
-        cfg, stats = self.cfg, self.stats
+        stats = self.stats
         estimate = (len(prompt) + self.system_chars) / 4 + self.out_estimate
         usage = _Usage()
         attempts = 0
@@ -247,33 +268,44 @@ class _Run:
                 if budget is not None:
                     budget.settle(reserved, cost)
             error.attempts = attempts
-            if isinstance(error, exc.FatalError):
-                self.set_fatal(error)
-                return None
-            if isinstance(error, exc.APIConnectionError) and error.refused:
-                self._note_refused(error)
-                if self.fatal is not None:
-                    return None
-            elif error.status is not None:
-                self.answered, self.refused_since, self.refused_count = True, None, 0
-            delay = next_delay(error, attempts, max_attempts=cfg.max_attempts, max_backoff=cfg.max_backoff)
-            if delay is not None:
-                if isinstance(error, exc.RateLimitError) or error.retry_after is not None:
-                    stats.rate_limited += 1
-                    self.adaptive.on_rate_limited()
-                    self.cooldown.extend(
-                        error.retry_after
-                        if error.retry_after is not None
-                        else backoff_delay(attempts, max_backoff=cfg.max_backoff)
-                    )
-                stats.retrying += 1
-                try:
-                    await anyio.sleep(delay)
-                finally:
-                    stats.retrying -= 1
+            verdict = await self.recover(error, attempts)
+            if verdict is RETRY:
                 continue
+            if verdict is STOP:
+                return None
             stats.failed += 1
             return usage.outcome(key, "failed", attempts, error=error_text(error), error_kind=error.kind)
+
+    async def recover(self, error: exc.APIError, attempts: int) -> object:
+        """After a failed attempt: ``RETRY`` (after waiting its delay), ``FAIL`` (this request's rows are
+        failed) or ``STOP`` (the run is stopping). Shared by every kind of request."""
+        cfg, stats = self.cfg, self.stats
+        if isinstance(error, exc.FatalError):
+            self.set_fatal(error)
+            return STOP
+        if isinstance(error, exc.APIConnectionError) and error.refused:
+            self._note_refused(error)
+            if self.fatal is not None:
+                return STOP
+        elif error.status is not None:
+            self.answered, self.refused_since, self.refused_count = True, None, 0
+        delay = next_delay(error, attempts, max_attempts=cfg.max_attempts, max_backoff=cfg.max_backoff)
+        if delay is None:
+            return FAIL
+        if isinstance(error, exc.RateLimitError) or error.retry_after is not None:
+            stats.rate_limited += 1
+            self.adaptive.on_rate_limited()
+            self.cooldown.extend(
+                error.retry_after
+                if error.retry_after is not None
+                else backoff_delay(attempts, max_backoff=cfg.max_backoff)
+            )
+        stats.retrying += 1
+        try:
+            await anyio.sleep(delay)
+        finally:
+            stats.retrying -= 1
+        return RETRY
 
     def _account(self, completion: Completion, cost: float | None, estimate: float) -> None:
         stats = self.stats
@@ -286,7 +318,7 @@ class _Run:
             self.tpm.adjust(completion.tokens_in + (completion.tokens_out or 0) - estimate)
 
 
-class _Sink:
+class Sink:
     """Finished outcomes waiting for the writer: a plain list (no per-row task switch), with backpressure.
 
     Workers ``put`` synchronously; the writer wakes when ``flush_rows`` are waiting, on its interval, or
@@ -324,7 +356,7 @@ class _Sink:
         self.drained.set()
 
 
-async def _work(run: _Run, jobs: Iterator[tuple[str, str]], sink: _Sink) -> None:
+async def _work(run: Run, jobs: Iterator[tuple[str, Any]], sink: Sink) -> None:
     """One of ``concurrency`` workers; all share one iterator (safe: ``next`` never awaits)."""
     for n, (key, prompt) in enumerate(jobs, 1):
         outcome = await run.process(key, prompt)
@@ -337,7 +369,7 @@ async def _work(run: _Run, jobs: Iterator[tuple[str, str]], sink: _Sink) -> None
             await anyio.lowlevel.checkpoint()  # a worker callable that never awaits still lets others run
 
 
-async def _write(store: Store, sink: _Sink, cfg: MapConfig) -> None:
+async def write_batches(store: Store, sink: Sink, cfg: MapConfig) -> None:
     """The single writer: batches outcomes into one DuckDB transaction each, off the event loop."""
 
     async def flush() -> None:
@@ -357,28 +389,71 @@ async def _write(store: Store, sink: _Sink, cfg: MapConfig) -> None:
             await flush()
 
 
-def jobs_frame(cfg: MapConfig, keys: pl.Series, prompts: pl.Series) -> pl.DataFrame:
-    """The rows to register: ``key`` and ``prompt``, plus the request settings as constant columns.
+def jobs_frame(
+    cfg: MapConfig,
+    keys: pl.Series,
+    prompts: pl.Series,
+    *,
+    columns: Mapping[str, str | None] | None = None,
+    extra: pl.DataFrame | None = None,
+) -> pl.DataFrame:
+    """The rows to register: ``key`` and ``prompt``, plus the request settings as constant columns
+    (``columns``, default ``cfg.request.job_columns()``) and per-row ones (``extra``, aligned with ``keys``).
 
     Constants are Polars literals, not ``[value] * n`` Python lists (which cost ~0.5 GB at 1M rows).
     """
     frame = pl.DataFrame({"key": keys, "prompt": prompts}, schema={"key": pl.String, "prompt": pl.String})
-    return frame.with_columns(
-        pl.lit(value, dtype=pl.String).alias(name) for name, value in cfg.request.job_columns().items()
+    columns = cfg.request.job_columns() if columns is None else columns
+    own = set(extra.columns) if extra is not None else set()
+    frame = frame.with_columns(
+        pl.lit(value, dtype=pl.String).alias(name) for name, value in columns.items() if name not in own
     )
+    return frame if extra is None else pl.concat([frame, extra], how="horizontal")
 
 
-def _iter_jobs(keys: pl.Series, prompts: pl.Series, chunk: int = 8192) -> Iterator[tuple[str, str]]:
+def iter_jobs(
+    keys: pl.Series, prompts: pl.Series | Sequence[Any], chunk: int = 8192
+) -> Iterator[tuple[str, Any]]:
     """``(key, prompt)`` pairs, turned into Python strings one chunk at a time (not 2 × N up front).
 
-    Sliced with pyarrow, not Polars: after a SIGINT during a Polars query every Polars call raises
-    KeyboardInterrupt until the query ends, which must not happen inside a worker task.
+    ``prompts`` may also be a list of per-row payloads (struct rows). Sliced with pyarrow, not Polars:
+    after a SIGINT during a Polars query every Polars call raises KeyboardInterrupt until the query ends,
+    which must not happen inside a worker task.
     """
-    key_arr, prompt_arr = keys.to_arrow(), prompts.to_arrow()
+    key_arr = keys.to_arrow()
+    if not isinstance(prompts, pl.Series):
+        for lo in range(0, len(key_arr), chunk):
+            yield from zip(key_arr.slice(lo, chunk).to_pylist(), prompts[lo : lo + chunk], strict=True)
+        return
+    prompt_arr = prompts.to_arrow()
     for lo in range(0, len(key_arr), chunk):
         yield from zip(
             key_arr.slice(lo, chunk).to_pylist(), prompt_arr.slice(lo, chunk).to_pylist(), strict=True
         )
+
+
+# (cfg, store, keys, payloads, stats, costing, budget): sends the jobs of one call (chat workers by default)
+PoolRunner = Callable[
+    [MapConfig, Store, pl.Series, "pl.Series | Sequence[Any]", RunStats, Costing, "Budget | None"],
+    Awaitable[None],
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Work:
+    """How :func:`execute` registers and sends one call's jobs; the default is plain chat prompts.
+
+    ``columns``: job columns shared by every row (default ``cfg.request.job_columns()``); ``extra``:
+    per-job columns and ``payloads``: per-job payloads (else the prompt text), both aligned with the keys;
+    ``pool``: what sends the jobs (default: ``concurrency`` chat workers); ``vectors``: answers are
+    embeddings, read from the store's ``embedding`` column.
+    """
+
+    columns: Mapping[str, str | None] | None = None
+    extra: pl.DataFrame | None = None
+    payloads: Sequence[Any] | None = None
+    pool: PoolRunner | None = None
+    vectors: bool = False
 
 
 async def execute(
@@ -388,6 +463,7 @@ async def execute(
     *,
     stats: RunStats | None = None,
     on_start: Callable[[RunStats], None] | None = None,
+    work: Work | None = None,
 ) -> pl.DataFrame:
     """Make sure every (key, prompt) is answered or failed; return its state per key.
 
@@ -396,24 +472,29 @@ async def execute(
     ones are. Raises a :class:`~polars_llm.exceptions.FatalError` after persisting what finished; a
     :class:`~polars_llm.exceptions.BudgetExceededError` carries the state as it stands (``.state``).
     """
+    work = work if work is not None else Work()
     stats = stats if stats is not None else RunStats()
     stats.total = len(keys)
     details = [d for d in cfg.include if d in DETAIL_SCHEMA]
     store = await anyio.to_thread.run_sync(Store.open, cfg.cache_path)
+    lookup = functools.partial(store.lookup, vectors=work.vectors)
     try:
         key_frame = pl.DataFrame(
             {"key": keys, "prompt": prompts}, schema={"key": pl.String, "prompt": pl.String}
         )
+        indexed = work.payloads is not None or work.extra is not None
+        if indexed:
+            key_frame = key_frame.with_row_index("_job")
 
         async def final_state(cached: pl.Series | None, live: pl.DataFrame | None = None) -> pl.DataFrame:
-            state = await anyio.to_thread.run_sync(store.lookup, key_frame.select("key"), details)
+            state = await anyio.to_thread.run_sync(lookup, key_frame.select("key"), details)
             flag = pl.col("key").is_in(cached.implode()) if cached is not None else pl.lit(True)
             state = state.with_columns(flag.alias("cached"))
             if live is not None and live.height:  # batch mode: rows in a batch still running
                 state = state.join(live.select("key", "batch_status"), on="key", how="left")
             return state
 
-        known = await anyio.to_thread.run_sync(store.lookup, key_frame.select("key"))
+        known = await anyio.to_thread.run_sync(lookup, key_frame.select("key"))
         is_done = pl.col("status") == "done"
         if known.height == len(keys) and known.select(is_done.all()).item():
             stats.cached = len(keys)  # all answered already (a rerun): skip the anti-join below
@@ -436,7 +517,9 @@ async def execute(
             if on_start is not None:
                 on_start(stats)
             return await final_state(done, live)
-        costing, spent = await anyio.to_thread.run_sync(plan_costs, cfg, store, key_frame.select("key"))
+        costing, spent = await anyio.to_thread.run_sync(
+            functools.partial(plan_costs, answers=not work.vectors), cfg, store, key_frame.select("key")
+        )
         budget = Budget(cfg.max_cost, spent) if cfg.max_cost is not None and spent is not None else None
         if budget is not None:
             stats.budget, stats.spent_before = budget.limit, budget.spent
@@ -444,10 +527,16 @@ async def execute(
             on_start(stats)
         todo_keys = todo.get_column("key")
         todo_prompts = todo.get_column("prompt")
-        await anyio.to_thread.run_sync(store.register, jobs_frame(cfg, todo_keys, todo_prompts))
-        del todo, known
+        picks = todo.get_column("_job") if indexed else None
+        extra = work.extra[picks] if work.extra is not None else None
+        jobs = jobs_frame(cfg, todo_keys, todo_prompts, columns=work.columns, extra=extra)
+        await anyio.to_thread.run_sync(store.register, jobs)
+        payloads: pl.Series | Sequence[Any] = todo_prompts
+        if work.payloads is not None and picks is not None:
+            payloads = [work.payloads[i] for i in picks.to_list()]
+        del todo, known, jobs, extra
         try:
-            await _run_pool(cfg, store, todo_keys, todo_prompts, stats, costing, budget)
+            await (work.pool or _run_pool)(cfg, store, todo_keys, payloads, stats, costing, budget)
         except exc.BudgetExceededError as error:
             error.state = await final_state(done, live)
             raise
@@ -461,21 +550,21 @@ async def _run_pool(
     cfg: MapConfig,
     store: Store,
     keys: pl.Series,
-    prompts: pl.Series,
+    prompts: pl.Series | Sequence[Any],
     stats: RunStats,
     costing: Costing,
     budget: Budget | None,
 ) -> None:
     transport = make_transport(cfg)
     workers = min(cfg.concurrency, max(1, len(keys)))
-    sink = _Sink(cfg.flush_rows)
+    sink = Sink(cfg.flush_rows)
     try:
         async with anyio.create_task_group() as outer:
-            outer.start_soon(_write, store, sink, cfg)
+            outer.start_soon(write_batches, store, sink, cfg)
             try:
                 async with anyio.create_task_group() as pool:
-                    run = _Run(cfg, transport, stats, pool.cancel_scope.cancel, costing, budget)
-                    jobs = _iter_jobs(keys, prompts)
+                    run = Run(cfg, transport, stats, pool.cancel_scope.cancel, costing, budget)
+                    jobs = iter_jobs(keys, prompts)
                     for _ in range(workers):
                         pool.start_soon(_work, run, jobs, sink)
             finally:
@@ -492,12 +581,6 @@ async def _run_pool(
         raise run.fatal
     left = len(keys) - stats.finished
     if budget is not None and budget.exhausted and left > 0:
-        raise exc.BudgetExceededError(
-            f"max_cost reached: ${budget.spent:,.4f} spent of the ${budget.limit:,.4f} budget on this call's "
-            f"rows; {left:,} rows were not sent (still pending). Raise max_cost and run again to continue",
-            spent=budget.spent,
-            budget=budget.limit,
-            rows_left=left,
-        )
+        raise budget_exceeded(budget, left)
     if left > 0:  # pragma: no cover - defensive
         raise RuntimeError(f"engine stopped early: {stats.finished} of {len(keys)} requests finished")

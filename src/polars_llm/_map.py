@@ -11,18 +11,34 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TypedDict, TypeVar, Unpack
 
+import orjson
 import polars as pl
 from pydantic import BaseModel
 
 from ._bridge import surfaced
-from ._config import CacheArg, MapConfig, Mode, Secret, Transport, Worker, resolve_config, with_options
+from ._config import (
+    CacheArg,
+    MapConfig,
+    Mode,
+    Secret,
+    Transport,
+    Worker,
+    resolve_config,
+    with_embed_options,
+    with_options,
+)
 from ._cost import Estimate
+from ._embed import EmbedSpec, check_options, embed_series
 from ._pipeline import amap_series, estimate_series, map_series
 from .exceptions import BudgetExceededError, ConfigError
 
 __all__ = [
+    "EmbedOptions",
     "MapOptions",
     "estimate",
+    "llm_embed",
+    "llm_embed_frame",
+    "llm_embed_series",
     "llm_map",
     "llm_map_async",
     "llm_map_frame",
@@ -47,6 +63,8 @@ class MapOptions(TypedDict, total=False):
     temperature: float | None
     max_tokens: int | None
     extra_body: Mapping[str, Any] | None
+    dimensions: int | None
+    batch_size: int | None
     concurrency: int
     rpm_limit: float | None
     tpm_limit: float | None
@@ -69,6 +87,28 @@ class MapOptions(TypedDict, total=False):
     batch_max_bytes: int
 
 
+class EmbedOptions(TypedDict, total=False):
+    """Keyword options of the ``embed`` entry points: ``MapOptions`` without the chat-only ones."""
+
+    base_url: str | None
+    api_key: str | Secret | None
+    extra_body: Mapping[str, Any] | None
+    batch_size: int | None
+    concurrency: int
+    rpm_limit: float | None
+    tpm_limit: float | None
+    max_attempts: int
+    timeout: float
+    max_backoff: float
+    cache: CacheArg | Path
+    flush_interval: float
+    flush_rows: int
+    max_cost: float | None
+    price: tuple[float, float] | Mapping[str, tuple[float, float]] | None
+    progress: bool
+    transport: Transport
+
+
 def output_dtype(cfg: MapConfig) -> pl.Struct:
     """``Struct{result, status}``: ``result`` is String, or a Struct shaped like ``response_model``.
 
@@ -81,7 +121,30 @@ def output_dtype(cfg: MapConfig) -> pl.Struct:
 def _config(model: str | MapConfig | None, options: Mapping[str, Any]) -> MapConfig:
     if isinstance(model, MapConfig):
         return model.replace(**options) if options else model
-    return resolve_config(model=model, **options)
+    return resolve_config(model=model, model_required=False, **options)  # the input is checked
+
+
+def names_models(expr: pl.Expr, schema: pl.Schema | None = None) -> bool:
+    """Whether ``expr`` may carry a model per row: a ``pl.struct(..., model=...)``, or (given the frame's
+    ``schema``) a column holding a struct with a ``model`` field. Then the ``model`` option may be left out.
+
+    >>> names_models(pl.struct(prompt=pl.col("p"), model=pl.col("m"))), names_models(pl.col("p"))
+    (True, False)
+    """
+    try:
+        while True:
+            tree = orjson.loads(expr.meta.serialize(format="json"))
+            if not (isinstance(tree, dict) and "Alias" in tree):
+                break
+            expr = expr.meta.pop()[0]
+        if isinstance(tree, dict) and tree.get("Function", {}).get("function") == "AsStruct":
+            return "model" in {e.meta.output_name(raise_if_undetermined=False) for e in expr.meta.pop()}
+        if schema is not None and expr.meta.is_column():
+            dtype = schema.get(expr.meta.output_name())
+            return isinstance(dtype, pl.Struct) and "model" in {f.name for f in dtype.fields}
+    except Exception:  # an expression Polars cannot serialise: require the option
+        return False
+    return False
 
 
 @surfaced
@@ -120,13 +183,11 @@ def llm_map(expr: pl.Expr | str, model: str | None = None, **options: Unpack[Map
     >>> out["status"].to_list()
     ['done', 'null', 'done']
     """
-    cfg = resolve_config(model=model, **options)
-    return _mapped(pl.col(expr) if isinstance(expr, str) else expr, cfg)
+    expr = pl.col(expr) if isinstance(expr, str) else expr
+    return _map_expr(expr, resolve_config(model=model, model_required=not names_models(expr), **options))
 
 
-def _mapped(expr: pl.Expr, cfg: MapConfig) -> pl.Expr:
-    """``expr`` mapped by the pipeline in a Polars UDF (whole column at once; dtype known up front)."""
-
+def _map_expr(expr: pl.Expr, cfg: MapConfig) -> pl.Expr:
     @surfaced
     def udf(series: pl.Series) -> pl.Series:
         return map_series(series, cfg)
@@ -172,24 +233,27 @@ def llm_map_frame(
     >>> out.columns
     ['q', 'result', 'status']
     """
-    cfg = resolve_config(model=model, **options)
+    source = pl.col(column) if isinstance(column, str) else column
     existing = frame.columns if isinstance(frame, pl.DataFrame) else frame.collect_schema().names()
-    _check_names(existing, cfg, result_name, status_name)
-    names = _names(cfg, result_name, status_name)
     if isinstance(frame, pl.DataFrame):
         # Eager: map the evaluated column directly rather than through a Polars UDF, because Polars
         # rebuilds a UDF's exception from its message alone (dropping ``status``, ``path``, ``holder``…).
-        prompts = frame.select(pl.col(column) if isinstance(column, str) else column).to_series()
+        cfg = resolve_config(model=model, model_required=False, **options)  # the input is checked
+        _check_names(existing, cfg, result_name, status_name)
+        names = _names(cfg, result_name, status_name)
         try:
-            mapped = map_series(prompts, cfg)
+            mapped = map_series(frame.select(source).to_series(), cfg)
         except BudgetExceededError as error:
             if error.frame is not None:  # the frame as it stands, finished rows filled in
                 partial = error.frame.select(*names).to_struct(_TMP)
                 error.frame = _split(frame.with_columns(partial), names)
             raise
         return _split(frame.with_columns(mapped.alias(_TMP)), names)
-    expr = _mapped(pl.col(column) if isinstance(column, str) else column, cfg)
-    return _split(frame.with_columns(expr.alias(_TMP)), names)
+    required = model is None and not names_models(source, frame.collect_schema())
+    cfg = resolve_config(model=model, model_required=required, **options)
+    _check_names(existing, cfg, result_name, status_name)
+    expr = _map_expr(source, cfg).alias(_TMP)
+    return _split(frame.with_columns(expr), _names(cfg, result_name, status_name))
 
 
 @surfaced
@@ -216,7 +280,7 @@ async def llm_map_async(
     >>> s.struct.field("status").to_list()
     ['done']
     """
-    cfg = resolve_config(model=model, **options)
+    cfg = resolve_config(model=model, model_required=False, **options)  # the input is checked
     if isinstance(data, pl.DataFrame):
         if column is None:
             raise TypeError("llm_map_async(frame, column, ...) needs the prompt column's name")
@@ -254,3 +318,82 @@ def estimate(
     expr = pl.col(column) if isinstance(column, str) else column
     series = data.lazy().select(expr).collect().to_series()
     return estimate_series(series, cfg)
+
+
+# --- embeddings ----------------------------------------------------------------------------------------
+
+
+def _embed_config(model: str | None, dimensions: int | None, options: Mapping[str, Any]) -> MapConfig:
+    check_options(options)
+    return resolve_config(model=model, dimensions=dimensions, **options)
+
+
+@surfaced
+@with_embed_options
+def llm_embed(
+    expr: pl.Expr | str,
+    model: str | None = None,
+    dimensions: int | None = None,
+    **options: Unpack[EmbedOptions],
+) -> pl.Expr:
+    """An expression embedding each row's text: ``Struct{result, status}``, ``result`` a Float32 vector.
+
+    ``result`` is ``Array(Float32, dimensions)`` with ``dimensions``, else ``List(Float32)``. Texts are sent
+    ``batch_size`` (default 2048) per ``/embeddings`` request; identical texts once; vectors already in
+    the cache are not asked again. Chat-only options (``system``, ``response_model``, ``temperature``,
+    ``max_tokens``, ``worker``) raise :class:`~polars_llm.ConfigError`.
+
+    >>> import polars as pl
+    >>> from polars_llm import sim
+    >>> with sim.serve() as url:
+    ...     df = pl.DataFrame({"text": ["a cat", None, "a cat"]}).with_columns(
+    ...         llm_embed("text", "m", 4, base_url=url, api_key="k", cache=None, progress=False).alias("e")
+    ...     ).unnest("e")
+    >>> df["result"].dtype, df["status"].to_list()
+    (Array(Float32, shape=(4,)), ['done', 'null', 'done'])
+    >>> df["result"][0].to_list() == sim.expected_embedding("m", "a cat", 4)
+    True
+    """
+    cfg = _embed_config(model, dimensions, options)
+    spec = EmbedSpec.of(cfg)
+    expr = pl.col(expr) if isinstance(expr, str) else expr
+
+    @surfaced
+    def udf(series: pl.Series) -> pl.Series:
+        return embed_series(series, cfg)
+
+    return expr.map_batches(udf, return_dtype=spec.output_dtype, is_elementwise=False)
+
+
+@surfaced
+@with_embed_options
+def llm_embed_series(
+    series: pl.Series,
+    model: str | None = None,
+    dimensions: int | None = None,
+    **options: Unpack[EmbedOptions],
+) -> pl.Series:
+    """Embed a String Series: the ``Struct{result, status}`` Series (see :func:`llm_embed`)."""
+    return embed_series(series, _embed_config(model, dimensions, options))
+
+
+@surfaced
+@with_embed_options
+def llm_embed_frame(
+    frame: FrameT,
+    column: str | pl.Expr,
+    model: str | None = None,
+    dimensions: int | None = None,
+    *,
+    result_name: str = "result",
+    status_name: str = "status",
+    **options: Unpack[EmbedOptions],
+) -> FrameT:
+    """``frame`` with ``result`` (the vectors) and ``status`` columns added (DataFrame or LazyFrame)."""
+    if isinstance(frame, pl.DataFrame):  # eager: no Polars UDF, so errors keep their attributes
+        cfg = _embed_config(model, dimensions, options)
+        texts = frame.select(pl.col(column) if isinstance(column, str) else column).to_series()
+        names = _names(cfg, result_name, status_name)
+        return _split(frame.with_columns(embed_series(texts, cfg).alias(_TMP)), names)
+    expr = llm_embed(column, model, dimensions, **options).alias(_TMP)
+    return _split(frame.with_columns(expr), {"result": result_name, "status": status_name})

@@ -99,7 +99,13 @@ CREATE TABLE IF NOT EXISTS batches (
 ALTER TABLE requests ADD COLUMN IF NOT EXISTS batch_id VARCHAR;
 """
 
-MIGRATIONS: Final[tuple[Migration, ...]] = ((1, _V1), (2, _V2), (3, _V3), (4, _V4))
+# Struct input and embeddings: the other fields of a struct row (JSON), and the embedding vector.
+_V5: Final = """
+ALTER TABLE requests ADD COLUMN IF NOT EXISTS input VARCHAR;
+ALTER TABLE requests ADD COLUMN IF NOT EXISTS embedding FLOAT[];
+"""
+
+MIGRATIONS: Final[tuple[Migration, ...]] = ((1, _V1), (2, _V2), (3, _V3), (4, _V4), (5, _V5))
 CURRENT_VERSION: Final = MIGRATIONS[-1][0]
 
 State = Literal["empty", "ours", "foreign"]

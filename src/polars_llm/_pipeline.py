@@ -15,6 +15,7 @@ rows are (:func:`stopped`); the original error stays reachable as ``__context__`
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import anyio
@@ -23,13 +24,14 @@ import polars as pl
 from ._batch import execute_batch
 from ._batch_progress import BatchProgress, BatchStats, batch_note
 from ._bridge import run_async, run_sync
-from ._config import INCLUDE_DTYPES, MapConfig
+from ._config import INCLUDE_DTYPES, MapConfig, no_model_error
 from ._cost import Estimate, TokenModel, build_estimate
-from ._engine import RunStats, execute
+from ._engine import RunStats, Work, execute
+from ._inputs import prepare_struct
 from ._pricing import resolve_price
 from ._progress import Progress, Reporter, reporting
 from ._store import Store
-from .exceptions import BudgetExceededError, ColumnTypeError, PolarsLLMError
+from .exceptions import BudgetExceededError, ColumnTypeError, ConfigError, PolarsLLMError
 
 __all__ = [
     "EMPTY_STATE",
@@ -53,11 +55,17 @@ _DETAILS = frozenset(INCLUDE_DTYPES) | {"batch_status"}
 
 @dataclass(frozen=True, slots=True)
 class Prepared:
-    """One call's input: the prompt of every row, and the unique prompts to answer with their keys."""
+    """One call's input: the prompt of every row, and the unique prompts to answer with their keys.
+
+    A struct input (:mod:`polars_llm._inputs`) also has each row's key (``row_keys``) and, per unique
+    request, its payload and per-row store columns (``work``).
+    """
 
     rows: pl.Series  # String, one per input row, nulls kept, named like the input column
     unique: pl.Series  # "prompt": unique non-null prompts in first-seen order
     keys: pl.Series  # "key": their content keys
+    row_keys: pl.Series | None = None  # struct input: each row's key (null for a null prompt)
+    work: Work | None = None  # struct input: per-request payloads and store columns
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -71,7 +79,8 @@ def _prompts(series: pl.Series) -> pl.Series:
         return series.cast(pl.String)
     raise ColumnTypeError(
         f"the prompt column {series.name!r} has dtype {dtype}; llm.map needs a String column "
-        f"(cast it first, e.g. pl.col({series.name!r}).cast(pl.String))"
+        f"(cast it first, e.g. pl.col({series.name!r}).cast(pl.String)) or a struct input "
+        "(pl.struct(prompt=..., system=..., images=..., messages=..., model=...))"
     )
 
 
@@ -85,18 +94,38 @@ def prepare(series: pl.Series, cfg: MapConfig) -> Prepared:
     >>> p.unique.to_list(), len(p)
     (['b', 'a'], 2)
     """
+    if isinstance(series.dtype, pl.Struct):
+        return _prepare_struct(series, cfg)
     rows = _prompts(series)
+    if cfg.model is None and cfg.worker is None:
+        raise no_model_error()
     unique = rows.drop_nulls().unique(maintain_order=True).rename("prompt")
     keys = pl.Series("key", cfg.request.key_maker().keys(unique.to_list()), dtype=pl.String)
     return Prepared(rows, unique, keys)
+
+
+def _prepare_struct(series: pl.Series, cfg: MapConfig) -> Prepared:
+    s = prepare_struct(series, cfg)
+    extra = pl.DataFrame(s.columns, schema=dict.fromkeys(s.columns, pl.String))
+    work = Work(extra=extra, payloads=s.payloads)
+    return Prepared(
+        rows=series.struct.field("prompt").cast(pl.String).rename(series.name),
+        unique=pl.Series("prompt", s.prompts, dtype=pl.String),
+        keys=pl.Series("key", s.keys, dtype=pl.String),
+        row_keys=s.row_keys,
+        work=work,
+    )
 
 
 def per_row(prepared: Prepared, state: pl.DataFrame) -> pl.DataFrame:
     """``prompt, key, status, result`` (and any other state columns: ``include`` details, ``batch_status``)
     for every input row, in order (``key`` null for a null prompt)."""
     rows = prepared.rows
-    per_prompt = pl.DataFrame({"prompt": prepared.unique, "key": prepared.keys})
     answers = state.select("key", "status", "result", *(c for c in state.columns if c in _DETAILS))
+    if prepared.row_keys is not None:  # struct input: each row's key is known
+        frame = pl.DataFrame([rows.rename("prompt"), prepared.row_keys])
+        return frame.join(answers, on="key", how="left", maintain_order="left")
+    per_prompt = pl.DataFrame({"prompt": prepared.unique, "key": prepared.keys})
     if rows.null_count() == 0 and len(prepared.unique) == len(rows):
         # every row is its own unique prompt, in the same order: no join on the prompt text needed
         return per_prompt.join(answers, on="key", how="left", maintain_order="left")
@@ -104,12 +133,18 @@ def per_row(prepared: Prepared, state: pl.DataFrame) -> pl.DataFrame:
     return rows.rename("prompt").to_frame().join(per_prompt, on="prompt", how="left", maintain_order="left")
 
 
-def assemble(prepared: Prepared, state: pl.DataFrame, cfg: MapConfig) -> pl.Series:
+def assemble(
+    prepared: Prepared,
+    state: pl.DataFrame,
+    cfg: MapConfig,
+    results: Callable[[pl.Series], pl.Series] | None = None,
+) -> pl.Series:
     """The ``Struct{result, status, <include>}`` column.
 
     ``status`` is ``done``, ``failed``, ``null`` where the prompt is null, ``submitted`` while the row's
     batch is running (batch mode), or ``pending`` for a row not sent yet (a stopped run: ``max_cost``
-    reached; a batch that expired, to be resubmitted).
+    reached; a batch that expired, to be resubmitted). ``results`` turns the stored answers into the
+    ``result`` column (default ``cfg.request.results``).
     """
     rows = per_row(prepared, state)
     done = pl.col("status") == "done"
@@ -119,8 +154,7 @@ def assemble(prepared: Prepared, state: pl.DataFrame, cfg: MapConfig) -> pl.Seri
         (pl.lit(None, dtype) if name not in rows.columns else pl.when(~null).then(pl.col(name)))
         .cast(dtype)
         .alias(name)
-        for name, dtype in cfg.request.output_dtype.to_schema().items()
-        if name not in ("result", "status")
+        for name, dtype in ((name, INCLUDE_DTYPES[name]) for name in cfg.include)
     ]
     frame = rows.select(
         pl.when(done).then(pl.col("result")).alias("result"),
@@ -136,7 +170,7 @@ def assemble(prepared: Prepared, state: pl.DataFrame, cfg: MapConfig) -> pl.Seri
         .alias("status"),
         *details,
     )
-    result = cfg.request.results(frame.get_column("result"))
+    result = (results or cfg.request.results)(frame.get_column("result"))
     return frame.with_columns(result).to_struct(prepared.rows.name)
 
 
@@ -149,12 +183,25 @@ def progress_for(prepared: Prepared, cfg: MapConfig) -> Progress:
 
 async def _execute(prepared: Prepared, cfg: MapConfig, reporter: Reporter) -> pl.DataFrame:
     """The engine (or batch mode) with the progress display refreshing beside it."""
-    runner = execute_batch if cfg.mode == "batch" else execute
+    if cfg.mode == "batch" and prepared.work is not None:
+        raise ConfigError(
+            "mode='batch' takes a String prompt column; struct input (per-row system, images, messages, "
+            "model) runs online only (mode='online')"
+        )
     async with anyio.create_task_group() as tg:
         tg.start_soon(reporter.run)
         try:
-            return await runner(
-                cfg, prepared.keys, prepared.unique, stats=reporter.stats, on_start=reporter.started
+            if cfg.mode == "batch":
+                return await execute_batch(
+                    cfg, prepared.keys, prepared.unique, stats=reporter.stats, on_start=reporter.started
+                )
+            return await execute(
+                cfg,
+                prepared.keys,
+                prepared.unique,
+                stats=reporter.stats,
+                on_start=reporter.started,
+                work=prepared.work,
             )
         finally:
             tg.cancel_scope.cancel()

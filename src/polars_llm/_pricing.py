@@ -122,7 +122,7 @@ def resolve_price(cfg: MapConfig, store: Store, model: str | None = None, *, fet
     The list is fetched (one HTTP GET) when ``fetch`` and none fresher than :data:`MAX_AGE` is stored;
     otherwise only what is stored is used. Blocking: call it off the event loop.
     """
-    model = model if model is not None else cfg.request.model
+    model = model if model is not None else (cfg.model or "")
     from_option = price_from_option(cfg, model)
     if from_option is not None or cfg.worker is not None:
         return from_option or UNKNOWN

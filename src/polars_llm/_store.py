@@ -4,8 +4,9 @@ Tables (also in :data:`TABLES_DOC`):
 
 ``requests``
     one row per content key: ``key`` (32-hex), ``prompt``, ``base_url``, ``model``, ``system``, ``params``
-    (JSON text), ``schema_name``, ``schema`` (JSON text), ``status`` (``pending`` | ``done`` | ``failed``),
-    ``result``, ``error``, ``error_kind``, ``attempts`` (summed over runs), ``tokens_in``, ``tokens_out``,
+    (JSON text), ``schema_name``, ``schema`` (JSON text), ``input`` (a struct row's turns and images, JSON
+    text), ``status`` (``pending`` | ``done`` | ``failed``), ``result``, ``embedding`` (``FLOAT[]``),
+    ``error``, ``error_kind``, ``attempts`` (summed over runs), ``tokens_in``, ``tokens_out``,
     ``tokens_reasoning``, ``tokens_cached``, ``cost``, ``created_at``, ``updated_at``, ``finished_at`` (UTC
     ``TIMESTAMP``), ``batch_id``. No API key is ever stored.
 ``batches``
@@ -57,10 +58,12 @@ while no run is using it.
 | `prompt` | VARCHAR | the prompt text |
 | `base_url`, `model` | VARCHAR | endpoint and model |
 | `system` | VARCHAR | system prompt, or NULL |
+| `input` | VARCHAR | a struct row's earlier turns and images as JSON text (`data:` URLs shortened), or NULL |
 | `params` | VARCHAR | generation parameters as JSON text |
 | `schema_name`, `schema` | VARCHAR | response model name and JSON schema, or NULL |
 | `status` | VARCHAR | `pending`, `done` or `failed` |
 | `result` | VARCHAR | raw text, or validated JSON text for a response model |
+| `embedding` | FLOAT[] | the vector of an `llm.embed` request (its `params` hold `"kind": "embedding"`) |
 | `error` | VARCHAR | error message (validation failures include the raw model output) |
 | `error_kind` | VARCHAR | machine-readable kind, e.g. `rate_limit`, `output_validation` |
 | `attempts` | INTEGER | attempts made, summed over every run |
@@ -111,7 +114,9 @@ OUTPUT_COLUMNS: Final = (
     "created_at",
     "finished_at",
 )
-_JOB_COLUMNS: Final = ("key", "prompt", "base_url", "model", "system", "params", "schema_name", "schema")
+_JOB_COLUMNS: Final = (
+    "key", "prompt", "base_url", "model", "system", "params", "schema_name", "schema", "input",
+)  # fmt: skip
 _REQUIRED_JOB_COLUMNS: Final = ("key", "prompt", "base_url", "model", "params")
 _LOOKUP_SCHEMA: Final = {"key": pl.String, "status": pl.String, "result": pl.String, "error": pl.String}
 # Per-row details a lookup can add (``include=``), with their dtypes.
@@ -124,6 +129,10 @@ DETAIL_SCHEMA: Final = {
     "tokens_cached": pl.Int64,
     "cost": pl.Float64,
 }
+_VECTOR_SCHEMA: Final = {
+    "key": pl.String, "status": pl.String, "embedding": pl.List(pl.Float32), "error": pl.String,
+}  # fmt: skip
+_VECTOR_TYPE: Final = pa.list_(pa.float32())
 # The batch is built with pyarrow, not Polars: after a SIGINT during a Polars query, Polars raises
 # KeyboardInterrupt from every call in the process until that query ends, and this write is the final
 # flush that must still happen then.
@@ -161,6 +170,14 @@ class Outcome:
     tokens_reasoning: int | None = None
     tokens_cached: int | None = None
     cost: float | None = None
+    embedding: pa.Array | None = None  # an embedding: a length-1 ``list<float>`` slice of its response
+
+
+def _vectors(outcomes: Sequence[Outcome]) -> pa.Array:
+    """The ``embedding`` column of a batch: one ``list<float>`` per outcome (null when it has none)."""
+    empty = pa.array([None], type=_VECTOR_TYPE)
+    parts = [o.embedding if o.embedding is not None else empty for o in outcomes]
+    return pa.concat_arrays([p.cast(_VECTOR_TYPE) if p.type != _VECTOR_TYPE else p for p in parts])
 
 
 def _now_us() -> int:
@@ -175,12 +192,16 @@ def apply_outcomes(con: duckdb.DuckDBPyConnection, outcomes: Sequence[Outcome]) 
     batch = pa.table(
         {name: [getattr(o, name) for o in unique] for name in _BATCH_SCHEMA.names}, schema=_BATCH_SCHEMA
     )
+    vectors = ""
+    if any(o.embedding is not None for o in unique):
+        batch = batch.append_column("embedding", _vectors(unique))
+        vectors = "embedding = b.embedding, "
     now = _now_us()
     con.register("_pl_batch", batch)
     try:
         updated = con.execute(
             "UPDATE requests SET status = b.status, result = b.result, error = b.error, "
-            "error_kind = b.error_kind, attempts = requests.attempts + b.attempts, "
+            f"error_kind = b.error_kind, attempts = requests.attempts + b.attempts, {vectors}"
             "tokens_in = b.tokens_in, tokens_out = b.tokens_out, tokens_reasoning = b.tokens_reasoning, "
             "tokens_cached = b.tokens_cached, cost = b.cost, "
             "updated_at = make_timestamp(?::BIGINT), "
@@ -289,10 +310,14 @@ class Store:
 
     # -- API -----------------------------------------------------------------------------------------------
 
-    def lookup(self, keys: pl.DataFrame, details: Sequence[str] = ()) -> pl.DataFrame:
-        """``key, status, result, error`` (plus the ``details`` columns of :data:`DETAIL_SCHEMA` asked for)
-        for the keys of ``keys`` (column ``key``) present in the store."""
-        schema = {**_LOOKUP_SCHEMA, **{d: DETAIL_SCHEMA[d] for d in details}}
+    def lookup(
+        self, keys: pl.DataFrame, details: Sequence[str] = (), *, vectors: bool = False
+    ) -> pl.DataFrame:
+        """``key, status, result, error`` (``embedding`` instead of ``result`` with ``vectors=True``), plus
+        the ``details`` columns of :data:`DETAIL_SCHEMA` asked for, for the keys of ``keys`` (column
+        ``key``) present in the store."""
+        base = _VECTOR_SCHEMA if vectors else _LOOKUP_SCHEMA
+        schema = {**base, **{d: DETAIL_SCHEMA[d] for d in details}}
         frame = keys.select(pl.col("key").cast(pl.String))
         if frame.height == 0:
             return pl.DataFrame(schema=schema)

@@ -2,6 +2,7 @@
 
 polars-llm run prompts.csv --column prompt --output results.parquet   # a file of prompts to results
 polars-llm estimate prompts.csv --column prompt --model M [--price IN OUT]  # tokens and cost, sends nothing
+polars-llm embed texts.csv --column text --model M --output vectors.parquet  # a file of texts to vectors
 polars-llm status                     # what the cache holds: counts, tokens, cost, errors
 polars-llm export --output all.jsonl  # the cache's rows as JSON Lines or Parquet
 polars-llm batches                    # the batches of batch mode (--mode batch); `batches cancel ID`
@@ -25,6 +26,7 @@ from pathlib import Path
 import polars as pl
 
 from ._cli_batches import add_batches_arguments, cmd_batches
+from ._cli_embed import add_embed_arguments, cmd_embed
 from ._cli_run import EXIT_FAILED, EXIT_USAGE, CLIError, add_run_arguments, cmd_estimate, cmd_run
 from ._cli_store import add_export_arguments, add_status_arguments, cmd_export, cmd_status
 from ._config import DEFAULT_CACHE_PATH
@@ -84,6 +86,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_run_arguments(estimate, output=False)
     estimate.set_defaults(func=cmd_estimate)
+
+    embed = sub.add_parser(
+        "embed",
+        allow_abbrev=False,
+        help="embed every row of a texts file and write the vectors",
+        description="Embed the --column of INPUT (POST /embeddings, --batch-size texts per request); write "
+        "INPUT's columns plus the vectors and status to --output. Finished vectors are cached (--cache): "
+        "rerun the same command to resume.",
+    )
+    add_embed_arguments(embed)
+    embed.set_defaults(func=cmd_embed)
 
     status = sub.add_parser(
         "status", allow_abbrev=False, help="counts by status and model, tokens, cost, errors of a cache"

@@ -22,6 +22,8 @@ true to it and to what is retried)::
         │   ├── BadRequestError         400, 413, 422
         │   ├── ContentFilterError      ``finish_reason == "content_filter"``, or a 403 flagged by moderation
         │   ├── OutputTruncatedError    ``finish_reason == "length"`` with a response model
+        │   ├── InputError              the row's own input cannot be sent (e.g. an unreadable image file);
+        │   │                           nothing is sent for it
         │   └── OutputValidationError   output does not match the response model: retried at once
         │                               (3 attempts at most), then the row is failed with the raw text
         └── FatalError              stops the whole run within ~1 s; finished rows are kept
@@ -59,6 +61,7 @@ __all__ = [
     "ContentFilterError",
     "EndpointUnreachableError",
     "FatalError",
+    "InputError",
     "InsufficientCreditsError",
     "MalformedResponseError",
     "NotFoundError",
@@ -206,6 +209,15 @@ class ContentFilterError(RowError):
 
 class OutputTruncatedError(RowError):
     kind = "output_truncated"
+
+
+class InputError(RowError):
+    """A row's own input cannot be turned into a request (e.g. an image file that cannot be read).
+
+    Nothing is sent for that row; the message names the struct field (``images[0]: …``).
+    """
+
+    kind = "input"
 
 
 class OutputValidationError(RowError):

@@ -20,9 +20,20 @@ is a ``str`` equal to the base URL, so it can be passed directly as ``base_url``
 ...     answer["choices"][0]["message"]["content"], server.stats()["ok"]
 ('m: olleh', 1)
 
-Endpoints: ``POST /v1/chat/completions`` (also ``/chat/completions``), ``GET /v1/models``,
-``GET /stats`` and ``GET /v1/stats`` (``?per_prompt=0`` to leave out the per-prompt counts),
-``POST /reset``, ``GET /config`` and ``POST /configure`` (JSON body of option changes).
+Endpoints: ``POST /v1/chat/completions`` (also ``/chat/completions``), ``POST /v1/embeddings`` (also
+``/embeddings``), ``GET /v1/models``, ``GET /stats`` and ``GET /v1/stats`` (``?per_prompt=0`` to leave out
+the per-prompt counts), ``GET /requests`` (the last ``request_log`` request bodies, ``?limit=N``; also
+``server.requests()``), ``POST /reset``, ``GET /config`` and ``POST /configure`` (JSON body of option
+changes).
+
+Content parts: a user message may be a list of ``{"type": "text"}`` and ``{"type": "image_url",
+"image_url": {"url": ...}}`` parts (the URL an ``http(s)://`` or ``data:image/...;base64,`` URL, else 400);
+the prompt is the text of its text parts, and an image counts ~85 prompt tokens.
+
+Embeddings (``POST /v1/embeddings``, OpenAI's format; see ``polars_llm.sim._embeddings``): up to 2048
+non-empty strings per request, ``dimensions`` honoured (default ``embedding_dimensions``, 64),
+``encoding_format`` ``float`` or ``base64``; each vector is :func:`expected_embedding`. A marker in any
+input applies to the whole request (``[[status:400]]`` makes every batch holding that input a 400).
 
 Batch API (OpenAI's protocol, for ``mode="batch"``): ``POST /v1/files`` (multipart, ``purpose=batch``),
 ``GET /v1/files/{id}`` and ``/content``, ``POST /v1/batches``, ``GET /v1/batches/{id}``,
@@ -76,7 +87,9 @@ Options (:class:`SimConfig`; change live with ``server.configure(**changes)``):
     "Insufficient credits" without ``Retry-After``), ``api_key`` (require ``Authorization: Bearer``),
     ``seed`` (the RNG of fault rates and jitter), ``prompt_price``, ``completion_price``, ``models``
     (listed by ``/v1/models``; any model name is accepted), ``host``, ``port`` (0 = free port),
-    ``backlog``, ``shutdown_timeout``.
+    ``backlog``, ``shutdown_timeout``, ``embedding_dimensions`` (vector length when an embeddings
+    request gives no ``dimensions``; 64), ``request_log`` (request bodies kept for ``server.requests()``;
+    1000, 0 keeps none).
 
 Markers in the user prompt (``:N`` = only the first N attempts of this exact ``(model, prompt,
 response_format present?)``; without it, always; the first active marker wins):
@@ -117,7 +130,7 @@ from typing import Any
 
 from ..exceptions import ConfigError
 from ._options import BATCH_OUTCOMES, SimConfig
-from ._outputs import count_tokens, expected_content, expected_json, expected_text
+from ._outputs import count_tokens, expected_content, expected_embedding, expected_json, expected_text
 from ._server import SimServer, serve, start
 from ._wire import parse_markers
 
@@ -127,6 +140,7 @@ __all__ = [
     "add_arguments",
     "count_tokens",
     "expected_content",
+    "expected_embedding",
     "expected_json",
     "expected_text",
     "main",
@@ -180,6 +194,8 @@ _HELP: dict[str, str] = {
     "batch_price_factor": "batch usage cost as a share of the online cost",
     "batch_max_requests": "requests per batch input file at most (more fails the batch)",
     "batch_max_bytes": "bytes per uploaded file at most (more is refused with 413)",
+    "embedding_dimensions": "vector length of /embeddings answers when the request gives no dimensions",
+    "request_log": "request bodies kept for GET /requests (0: none)",
 }
 
 

@@ -22,6 +22,7 @@ from aiohttp import web
 
 from ..exceptions import ConfigError
 from ._batches import BatchAPI
+from ._embeddings import handle_embeddings
 from ._options import FAULT_RATES, LIVE_FIXED, SimConfig
 from ._outputs import count_tokens
 from ._wire import (
@@ -68,6 +69,9 @@ class Engine:
         self._tokens_out = 0
         self._cost = 0.0
         self._next_id = 0
+        self._embedding_requests = 0
+        self._embedding_inputs = 0
+        self._log: deque[dict[str, Any]] = deque(maxlen=self.config.request_log)
         self._req_window: deque[float] = deque()
         self._tok_window: deque[tuple[float, int]] = deque()
         self._tok_sum = 0
@@ -89,6 +93,9 @@ class Engine:
                 "cost": self._cost,
                 "faults": dict(self._faults),
                 "burst_active": time.monotonic() < self._burst_until,
+                "embedding_requests": self._embedding_requests,
+                "embedding_inputs": self._embedding_inputs,
+                "logged_requests": len(self._log),
             }
             if per_prompt:
                 out["per_prompt"] = dict(self._per_prompt)
@@ -96,6 +103,18 @@ class Engine:
         if not per_prompt:
             del out["batch"]["per_prompt"]
         return out
+
+    def requests(self, limit: int | None = None) -> list[dict[str, Any]]:
+        """The last request bodies received (oldest first): ``{"path", "body"}`` each, at most
+        ``request_log`` of them; ``limit`` keeps the last ``limit``."""
+        with self._lock:
+            log = list(self._log)
+        return log[-limit:] if limit else log
+
+    def _record(self, path: str, body: Any) -> None:
+        if self._log.maxlen:
+            with self._lock:
+                self._log.append({"path": path, "body": body})
 
     def reset(self) -> None:
         """Zero every counter, forget per-prompt attempts and rate-limit windows, reseed the RNG."""
@@ -114,6 +133,8 @@ class Engine:
             new = self.config.replace(**changes)
             if "seed" in changes:
                 self._rng = random.Random(new.seed)
+            if "request_log" in changes:
+                self._log = deque(self._log, maxlen=new.request_log)
             if new.burst_429 and ("burst_429" in changes or "burst_seconds" in changes):
                 self._burst_until = time.monotonic() + new.burst_seconds
             elif not new.burst_429:
@@ -127,6 +148,10 @@ class Engine:
         app = web.Application(client_max_size=64 * 1024 * 1024)  # batch uploads are streamed, not capped
         app.router.add_post("/v1/chat/completions", self.chat)
         app.router.add_post("/chat/completions", self.chat)
+        app.router.add_post("/v1/embeddings", self.embeddings)
+        app.router.add_post("/embeddings", self.embeddings)
+        app.router.add_get("/requests", self.requests_endpoint)
+        app.router.add_get("/v1/requests", self.requests_endpoint)
         app.router.add_get("/v1/models", self.models)
         app.router.add_get("/stats", self.stats_endpoint)
         app.router.add_get("/v1/stats", self.stats_endpoint)
@@ -159,6 +184,16 @@ class Engine:
         per_prompt = request.query.get("per_prompt", "1").lower() not in ("0", "false", "no")
         return web.Response(body=orjson.dumps(self.stats(per_prompt=per_prompt)), headers=JSON_HEADERS)
 
+    async def requests_endpoint(self, request: web.Request) -> web.Response:
+        try:
+            limit = int(request.query.get("limit", "0")) or None
+        except ValueError:
+            return error_response(400, "limit must be an integer")
+        return web.Response(body=orjson.dumps(self.requests(limit)), headers=JSON_HEADERS)
+
+    async def embeddings(self, request: web.Request) -> web.StreamResponse:
+        return await self._counted(request, handle_embeddings)
+
     async def reset_endpoint(self, request: web.Request) -> web.Response:
         self.reset()
         return web.Response(body=b'{"ok":true}', headers=JSON_HEADERS)
@@ -177,6 +212,10 @@ class Engine:
         return web.Response(body=orjson.dumps(new.to_dict()), headers=JSON_HEADERS)
 
     async def chat(self, request: web.Request) -> web.StreamResponse:
+        return await self._counted(request, Engine._chat)
+
+    async def _counted(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        """Run ``handler(self, request, cfg)`` with the request, in-flight and status counters."""
         cfg = self.config
         lock = self._lock
         with lock:
@@ -186,7 +225,7 @@ class Engine:
                 self._max_in_flight = self._in_flight
         status = 0
         try:
-            response, status = await self._chat(request, cfg)
+            response, status = await handler(self, request, cfg)
             return response
         except asyncio.CancelledError:
             with lock:
@@ -207,7 +246,9 @@ class Engine:
         if cfg.fail_mode is not None:
             return error_response(cfg.fail_mode), cfg.fail_mode
         try:
-            parsed = ParsedRequest(orjson.loads(await request.read()))
+            body = orjson.loads(await request.read())
+            self._record(request.path, body)
+            parsed = ParsedRequest(body)
         except orjson.JSONDecodeError:
             return error_response(400, "request body is not valid JSON"), 400
         except BadRequest as exc:

@@ -88,6 +88,8 @@ class SimConfig:
     batch_price_factor: float = 0.5
     batch_max_requests: int = 50_000
     batch_max_bytes: int = 200_000_000
+    embedding_dimensions: int = 64
+    request_log: int = 1000
 
     def __post_init__(self) -> None:
         if not isinstance(self.host, str) or not self.host:
@@ -135,6 +137,8 @@ class SimConfig:
         for name in ("truncate_close", "burst_429", "honor_max_tokens", "report_cost", "batch_api"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name} must be True or False, got {getattr(self, name)!r}")
+        _check_int("embedding_dimensions", self.embedding_dimensions, 1, 8192)
+        _check_int("request_log", self.request_log, 0, 10_000_000)
         if not isinstance(self.models, tuple) or not all(isinstance(m, str) and m for m in self.models):
             raise ConfigError("models must be a tuple of non-empty model names")
 
