@@ -108,9 +108,14 @@ def test_the_uploaded_file_holds_exactly_the_online_request_bodies(tmp_path: Pat
         [batch] = server.batches()
         lines = [json.loads(line) for line in download(server, batch["input_file_id"]).splitlines()]
     cfg = polars_llm.resolve_config(
-        model="m", base_url=str(server), cache=tmp_path / "c.duckdb", response_model=Label,
-        system="Be brief.", max_tokens=50, **OPTS,
-    )  # fmt: skip
+        model="m",
+        base_url=str(server),
+        cache=tmp_path / "c.duckdb",
+        response_model=Label,
+        system="Be brief.",
+        max_tokens=50,
+        **OPTS,
+    )
     prepared = prepare(pl.Series("prompt", prompts), cfg)
     expected = {
         key: cfg.request.body(prompt)
@@ -297,9 +302,15 @@ def test_prompt_map_keeps_missing_and_its_store_while_batches_run(tmp_path: Path
     store = tmp_path / "runs.duckdb"
     with sim.serve(batch_seconds=None) as server:
         options: dict[str, Any] = {
-            "model_name": "m", "base_url": server, "openrouter_api_key": KEY, "cache_db_url": store,
-            "verbose": False, "teardown_results": True, "mode": "batch", "poll_interval": 0.01,
-        }  # fmt: skip
+            "model_name": "m",
+            "base_url": server,
+            "openrouter_api_key": KEY,
+            "cache_db_url": store,
+            "verbose": False,
+            "teardown_results": True,
+            "mode": "batch",
+            "poll_interval": 0.01,
+        }
         rows = asyncio.run(polars_llm.prompt_map(["a", "b", "a"], wait=False, **options))
         assert [r["status"] for r in rows] == ["missing"] * 3
         assert store.exists()  # not torn down: it remembers the batch
@@ -336,22 +347,51 @@ def test_batch_mode_with_a_worker_or_an_unknown_option_is_a_config_error(cache_p
     assert not cache_path.exists()
 
 
-def test_the_budget_seam_can_stop_submission_before_a_file_is_uploaded(
-    cache_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+def test_max_cost_reserves_a_whole_batch_before_submitting_it(
+    cache_path: Path, capfd: pytest.CaptureFixture[str]
 ) -> None:
-    """``_BatchRun.reserve`` is where ``max_cost`` plugs in: refusing a file leaves it and the rest
-    pending, unpaid, with a line saying so."""
-    from polars_llm._batch import BatchFile, _BatchRun
+    """Each file's worst case is reserved at the batch price before it is uploaded; a file that does not
+    fit is not uploaded, its rows stay pending, and the call stops with BudgetExceededError."""
+    import math
 
-    seen: list[int] = []
+    from polars_llm import BudgetExceededError
 
-    async def only_the_first(self: _BatchRun, file: BatchFile) -> bool:
-        seen.append(len(file))
-        return len(seen) == 1
-
-    monkeypatch.setattr(_BatchRun, "reserve", only_the_first)
+    price, max_tokens = (1.0, 2.0), 10  # USD per million tokens; "q0".."q4" are 2 characters each
+    worst_in = math.ceil((2 / 4 + 8) * 4 / 3) + 8  # the documented reservation: no history yet
+    worst = (worst_in * price[0] + max_tokens * price[1]) / 1e6 * 0.5  # at the batch price
+    budget = 2.5 * worst  # the first file of 2 requests fits, the second does not
+    prompts: list[str | None] = [f"q{i}" for i in range(5)]
     with sim.serve() as server:
-        out = run(server, cache_path, [f"q{i}" for i in range(5)], batch_max_requests=2, progress=True)
-        assert seen == [2, 2] and calls(server)["POST /files"] == 1
+        with pytest.raises(BudgetExceededError) as info:
+            run(
+                server,
+                cache_path,
+                prompts,
+                batch_max_requests=2,
+                progress=True,
+                price=price,
+                max_tokens=max_tokens,
+                max_cost=budget,
+            )
+        assert calls(server)["POST /files"] == 1
+    out = info.value.frame
     assert out["status"].to_list() == ["done", "done", "pending", "pending", "pending"]
-    assert "stopped submitting: the budget does not cover batch file 2 (2 requests)" in capfd.readouterr().err
+    assert info.value.rows_left == 3 and info.value.spent <= budget
+    assert "stopped submitting: max_cost does not cover batch file 2 (2 requests)" in capfd.readouterr().err
+
+
+def test_estimate_uses_the_batch_price_in_batch_mode(cache_path: Path) -> None:
+    with sim.serve() as server:
+        frame = pl.DataFrame({"prompt": ["a", "b"]})
+        common: dict[str, Any] = {
+            "base_url": server,
+            "cache": cache_path,
+            "api_key": "k",
+            "price": (1.0, 2.0),
+            "max_tokens": 5,
+        }
+        online = frame.llm.estimate("prompt", "m", **common)
+        batch = frame.llm.estimate("prompt", "m", mode="batch", **common)
+        assert server.stats()["requests"] == 0
+    assert batch.cost_expected == pytest.approx(online.cost_expected * 0.5)
+    assert batch.price_in == 0.5 and batch.price_out == 1.0

@@ -347,3 +347,28 @@ def test_status_says_unknown_when_no_cost_is_known(
     assert cli_main(["status"]) == 0
     text = capsys.readouterr().out
     assert "cost: unknown" in text and "$0.000000" not in text
+
+
+def test_budget_reservations_settle_and_refuse_what_cannot_fit() -> None:
+    """Unit: a reservation that does not fit waits for requests in flight, then fits or exhausts."""
+    import anyio
+
+    from polars_llm._cost import Budget
+
+    async def scenario() -> list[object]:
+        budget = Budget(limit=1.0, spent=0.25)
+        seen: list[object] = [await budget.reserve(0.5)]  # 0.75 committed
+        async with anyio.create_task_group() as tg:
+
+            async def waiter() -> None:
+                seen.append(await budget.reserve(0.5))  # must wait: 0.25 + 0.5 + 0.5 > 1
+
+            tg.start_soon(waiter)
+            await anyio.wait_all_tasks_blocked()
+            seen.append(len(seen))  # the waiter has not returned yet
+            budget.settle(0.5, 0.125)  # the first request cost less than reserved: room for the second
+        seen.append(budget.try_reserve(0.5))  # 0.375 + 0.5 reserved + 0.5 > 1: refused, no waiting
+        seen.append(budget.exhausted)
+        return seen
+
+    assert anyio.run(scenario) == [True, 1, True, False, True]

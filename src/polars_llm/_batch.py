@@ -46,9 +46,10 @@ from ._batch_store import (
 )
 from ._client import Completion
 from ._config import MapConfig
+from ._cost import Budget, Costing, budget_exceeded, plan_costs
 from ._engine import RunStats, jobs_frame
 from ._retry import next_delay
-from ._store import Outcome, Store
+from ._store import DETAIL_SCHEMA, Outcome, Store
 from .exceptions import StoreError
 
 __all__ = ["BATCH_PRICE_FACTOR", "BatchFile", "check_endpoint", "execute_batch"]
@@ -142,6 +143,22 @@ class _BatchRun:
         self.failed_now: set[str] = set()
         self.validate = cfg.request.validator
         self.probed = False
+        self.costing: Costing | None = None  # at the batch price, once planned (see plan)
+        self.budget: Budget | None = None
+        self.over_budget = 0  # requests not submitted because max_cost would not cover them
+
+    async def plan(self, key_frame: pl.DataFrame) -> None:
+        """Price the run at the batch price; with ``max_cost``, a budget that counts what was spent on
+        these rows and, as committed, the worst case of the rows in batches still running."""
+        costing, spent = await self._thread(plan_costs, self.cfg, self.store, key_frame.select("key"))
+        self.costing = Costing(costing.price.scaled(BATCH_PRICE_FACTOR), costing.tokens, costing.system_chars)
+        if spent is None:
+            return
+        live = await self._thread(live_rows, self.store, key_frame.select("key"))
+        running = key_frame.join(live.select("key"), on="key", how="semi").get_column("prompt")
+        committed = sum(self.costing.worst(p) for p in running)
+        self.budget = Budget(self.cfg.max_cost, spent + committed)  # type: ignore[arg-type]
+        self.stats.budget, self.stats.spent_before = self.budget.limit, self.budget.spent
 
     def say(self, text: str) -> None:
         say(text, show=self.cfg.progress)
@@ -154,14 +171,20 @@ class _BatchRun:
 
         The seam for ``max_cost``: a budget reserves the whole file here, its requests' worst case at the
         batch price (:data:`BATCH_PRICE_FACTOR` of the online one), and settles each row when its batch is
-        collected (:meth:`cost_of`). Without a budget every file is submitted.
+        collected (:meth:`cost_of`). Without a budget every file is submitted. The reservation is kept:
+        the batch is paid when it is collected, perhaps by another run, which counts it again from the
+        store (see :meth:`plan`).
         """
-        return True
+        if self.budget is None or self.costing is None:
+            return True
+        return self.budget.try_reserve(sum(self.costing.worst(p) for p in file.prompts))
 
     def cost_of(self, completion: Completion) -> float | None:
         """A batch answer's cost: the provider's ``usage.cost`` (already the batch price). The seam for
         ``price=``: without ``usage.cost``, tokens × price × :data:`BATCH_PRICE_FACTOR`."""
-        return completion.cost
+        if completion.cost is not None or self.costing is None:
+            return completion.cost
+        return self.costing.of(completion)
 
     async def _thread(self, fn: Callable[..., Any], *args: Any) -> Any:
         with anyio.CancelScope(shield=True):  # a store write under way is never abandoned halfway
@@ -283,12 +306,15 @@ class _BatchRun:
         await self._thread(self.store.register, jobs_frame(self.cfg, keys, prompts))
         too_big: list[tuple[str, int]] = []
         stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+        submitted = 0
         for n, file in enumerate(batch_files(self.cfg, keys, prompts, too_big), 1):
             if not await self.reserve(file):
+                self.over_budget = len(keys) - submitted - len(too_big)
                 self.say(
-                    f"stopped submitting: the budget does not cover batch file {n} ({len(file):,} requests)"
+                    f"stopped submitting: max_cost does not cover batch file {n} ({len(file):,} requests)"
                 )
                 break
+            submitted += len(file)
             uploaded = await self.client.upload(file.data, f"polars_llm_{stamp}_{n}.jsonl")
             info = await self._create(str(uploaded["id"]), file)
             self.stats.requests += len(file)
@@ -415,13 +441,15 @@ async def execute_batch(
             {"key": keys, "prompt": prompts}, schema={"key": pl.String, "prompt": pl.String}
         )
         only_keys = key_frame.select("key")
-        known = await anyio.to_thread.run_sync(store.lookup, only_keys)
+        details = [d for d in cfg.include if d in DETAIL_SCHEMA]
+        known = await anyio.to_thread.run_sync(store.lookup, only_keys, details)
         is_done = pl.col("status") == "done"
-        stats.cached = known.filter(is_done).height
+        cached = known.filter(is_done).get_column("key")
+        stats.cached = len(cached)
         if stats.cached == len(keys):
             if on_start is not None:
                 on_start(stats)
-            return known.with_columns(pl.lit(None, pl.String).alias("batch_status"))
+            return known.with_columns(pl.lit(None, pl.String).alias("batch_status"), cached=pl.lit(True))
         check_endpoint(cfg)
         if on_start is not None:
             on_start(stats)
@@ -430,6 +458,7 @@ async def execute_batch(
         ) as client:
             run = _BatchRun(cfg, store, client, stats, only_keys)
             await run.collect_pass(resubmit_now=True)
+            await run.plan(key_frame)
             known = await anyio.to_thread.run_sync(store.lookup, only_keys)
             live = await anyio.to_thread.run_sync(live_rows, store, only_keys)
             skip = pl.concat(
@@ -447,9 +476,16 @@ async def execute_batch(
             if cfg.wait:
                 await run.wait()
                 store = run.store  # reopened between polls
-        state = await anyio.to_thread.run_sync(store.lookup, only_keys)
+        state = await anyio.to_thread.run_sync(store.lookup, only_keys, details)
         live = await anyio.to_thread.run_sync(live_rows, store, only_keys)
-        return _with_batch_status(state, live)
+        state = _with_batch_status(state, live).with_columns(
+            pl.col("key").is_in(cached.implode()).alias("cached")
+        )
+        if run is not None and run.budget is not None and run.over_budget:
+            error = budget_exceeded(run.budget, run.over_budget)
+            error.state = state
+            raise error
+        return state
     finally:
         with anyio.CancelScope(shield=True):
             await anyio.to_thread.run_sync(store.close)

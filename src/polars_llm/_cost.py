@@ -127,6 +127,15 @@ class Budget:
         self._wake()
         return False
 
+    def try_reserve(self, amount: float) -> bool:
+        """Reserve ``amount`` if it fits now, without waiting for requests in flight (a batch file's
+        reservation is held until the batch is collected, perhaps by another run)."""
+        if self.exhausted or self.spent + self.reserved + amount > self.limit:
+            self.exhausted = True
+            return False
+        self.reserved += amount
+        return True
+
     def settle(self, reserved: float, cost: float | None) -> None:
         """A reserved request finished: free its reservation and count what it really cost (unknown:
         the reservation)."""

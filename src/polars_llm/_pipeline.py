@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import anyio
 import polars as pl
 
-from ._batch import execute_batch
+from ._batch import BATCH_PRICE_FACTOR, execute_batch
 from ._batch_progress import BatchProgress, BatchStats, batch_note
 from ._bridge import run_async, run_sync
 from ._config import INCLUDE_DTYPES, MapConfig, no_model_error
@@ -289,6 +289,8 @@ def estimate_series(series: pl.Series, cfg: MapConfig) -> Estimate:
     done = known.filter(pl.col("status") == "done").get_column("key")
     to_send = prepared.unique.filter(~prepared.keys.is_in(done.implode()))
     tokens = TokenModel.learn(history, max_tokens=cfg.max_tokens, max_output=price.max_output)
+    if cfg.mode == "batch":
+        price = price.scaled(BATCH_PRICE_FACTOR)
     return build_estimate(
         model=cfg.request.model,
         rows=len(prepared.rows),
