@@ -1,6 +1,6 @@
 """Batch mode (``mode="batch"``): the rows not done go through the provider's batch API, durably.
 
-:func:`execute_batch` is the batch-mode counterpart of :func:`polars_llm._engine.execute` (same
+:func:`execute_batch` is the batch-mode counterpart of :func:`polars_llm._session.execute` (same
 arguments; the result frame has a ``batch_status`` column too):
 
 1. the store is opened and the keys looked up; rows already ``done`` are the answer for them;

@@ -10,7 +10,6 @@ latency halved throughput (see ``benchmarks/``).
 
 from __future__ import annotations
 
-import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
@@ -22,13 +21,12 @@ import anyio.lowlevel
 import polars as pl
 
 from . import exceptions as exc
-from ._batch_store import live_rows
-from ._client import Completion, Transport, make_transport
+from ._client import Completion, Transport
 from ._config import MapConfig
-from ._cost import Budget, Costing, budget_exceeded, plan_costs
+from ._cost import Budget, Costing
 from ._ratelimit import AdaptiveConcurrency, Cooldown, TokenBucket
 from ._retry import backoff_delay, next_delay
-from ._store import DETAIL_SCHEMA, Outcome, Store
+from ._store import Outcome, Store
 
 __all__ = [
     "FAIL",
@@ -39,10 +37,10 @@ __all__ = [
     "Sink",
     "Work",
     "error_text",
-    "execute",
     "interpret",
     "iter_jobs",
     "jobs_frame",
+    "work_jobs",
     "write_batches",
 ]
 
@@ -161,6 +159,8 @@ class Run:
         cancel: Callable[[], None],
         costing: Costing,
         budget: Budget | None = None,
+        *,
+        limits: Any = None,
     ) -> None:
         self.cfg = cfg
         self.transport = transport
@@ -168,6 +168,7 @@ class Run:
         self.cancel = cancel
         self.costing = costing
         self.budget = budget
+        self.limits = limits  # shared limits beyond this process (Ray: the hub's permits), or None
         self.fatal: exc.FatalError | None = None
         self.cooldown = Cooldown()
         self.adaptive = AdaptiveConcurrency(cfg.concurrency)
@@ -227,6 +228,8 @@ class Run:
         The pool already caps requests at ``concurrency``: the limiter only matters once AIMD has cut it,
         and acquiring it per request cost ~10 % of throughput at zero latency.
         """
+        if self.limits is not None:
+            return self.limits.slot()
         adaptive = self.adaptive
         return adaptive.limiter if adaptive.limit < adaptive.maximum else _NO_LIMIT
 
@@ -293,6 +296,8 @@ class Run:
         if delay is None:
             return FAIL
         if isinstance(error, exc.RateLimitError) or error.retry_after is not None:
+            if self.limits is not None:
+                self.limits.refused(error.retry_after)
             stats.rate_limited += 1
             self.adaptive.on_rate_limited()
             self.cooldown.extend(
@@ -356,7 +361,7 @@ class Sink:
         self.drained.set()
 
 
-async def _work(run: Run, jobs: Iterator[tuple[str, Any]], sink: Sink) -> None:
+async def work_jobs(run: Run, jobs: Iterator[tuple[str, Any]], sink: Sink) -> None:
     """One of ``concurrency`` workers; all share one iterator (safe: ``next`` never awaits)."""
     for n, (key, prompt) in enumerate(jobs, 1):
         outcome = await run.process(key, prompt)
@@ -454,133 +459,3 @@ class Work:
     payloads: Sequence[Any] | None = None
     pool: PoolRunner | None = None
     vectors: bool = False
-
-
-async def execute(
-    cfg: MapConfig,
-    keys: pl.Series,
-    prompts: pl.Series,
-    *,
-    stats: RunStats | None = None,
-    on_start: Callable[[RunStats], None] | None = None,
-    work: Work | None = None,
-) -> pl.DataFrame:
-    """Make sure every (key, prompt) is answered or failed; return its state per key.
-
-    Columns: ``key, status, result, error``, the details ``cfg.include`` asks for, and ``cached`` (the
-    row was ``done`` before this run). Rows already ``done`` are not sent again; ``failed`` and unknown
-    ones are. Raises a :class:`~polars_llm.exceptions.FatalError` after persisting what finished; a
-    :class:`~polars_llm.exceptions.BudgetExceededError` carries the state as it stands (``.state``).
-    """
-    work = work if work is not None else Work()
-    stats = stats if stats is not None else RunStats()
-    stats.total = len(keys)
-    details = [d for d in cfg.include if d in DETAIL_SCHEMA]
-    store = await anyio.to_thread.run_sync(Store.open, cfg.cache_path)
-    lookup = functools.partial(store.lookup, vectors=work.vectors)
-    try:
-        key_frame = pl.DataFrame(
-            {"key": keys, "prompt": prompts}, schema={"key": pl.String, "prompt": pl.String}
-        )
-        indexed = work.payloads is not None or work.extra is not None
-        if indexed:
-            key_frame = key_frame.with_row_index("_job")
-
-        async def final_state(cached: pl.Series | None, live: pl.DataFrame | None = None) -> pl.DataFrame:
-            state = await anyio.to_thread.run_sync(lookup, key_frame.select("key"), details)
-            flag = pl.col("key").is_in(cached.implode()) if cached is not None else pl.lit(True)
-            state = state.with_columns(flag.alias("cached"))
-            if live is not None and live.height:  # batch mode: rows in a batch still running
-                state = state.join(live.select("key", "batch_status"), on="key", how="left")
-            return state
-
-        known = await anyio.to_thread.run_sync(lookup, key_frame.select("key"))
-        is_done = pl.col("status") == "done"
-        if known.height == len(keys) and known.select(is_done.all()).item():
-            stats.cached = len(keys)  # all answered already (a rerun): skip the anti-join below
-            if on_start is not None:
-                on_start(stats)
-            return await final_state(None) if cfg.include else known.with_columns(cached=pl.lit(True))
-        done = known.filter(is_done).get_column("key")
-        todo = key_frame.join(done.to_frame(), on="key", how="anti", maintain_order="left")
-        live = await anyio.to_thread.run_sync(live_rows, store, todo.select("key"))
-        if live.height:  # in a batch still running at the provider (mode="batch"): never sent twice
-            todo = todo.join(live, on="key", how="anti", maintain_order="left")
-            stats.total -= live.height
-            log.warning(
-                "%d rows are in batches still running at the provider: not sent again (status 'submitted'); "
-                "collect them with mode='batch'",
-                live.height,
-            )
-        stats.cached = stats.total - todo.height
-        if todo.height == 0:
-            if on_start is not None:
-                on_start(stats)
-            return await final_state(done, live)
-        costing, spent = await anyio.to_thread.run_sync(
-            functools.partial(plan_costs, answers=not work.vectors), cfg, store, key_frame.select("key")
-        )
-        budget = Budget(cfg.max_cost, spent) if cfg.max_cost is not None and spent is not None else None
-        if budget is not None:
-            stats.budget, stats.spent_before = budget.limit, budget.spent
-        if on_start is not None:
-            on_start(stats)
-        todo_keys = todo.get_column("key")
-        todo_prompts = todo.get_column("prompt")
-        picks = todo.get_column("_job") if indexed else None
-        extra = work.extra[picks] if work.extra is not None else None
-        jobs = jobs_frame(cfg, todo_keys, todo_prompts, columns=work.columns, extra=extra)
-        await anyio.to_thread.run_sync(store.register, jobs)
-        payloads: pl.Series | Sequence[Any] = todo_prompts
-        if work.payloads is not None and picks is not None:
-            payloads = [work.payloads[i] for i in picks.to_list()]
-        del todo, known, jobs, extra
-        try:
-            await (work.pool or _run_pool)(cfg, store, todo_keys, payloads, stats, costing, budget)
-        except exc.BudgetExceededError as error:
-            error.state = await final_state(done, live)
-            raise
-        return await final_state(done, live)
-    finally:
-        with anyio.CancelScope(shield=True):
-            await anyio.to_thread.run_sync(store.close)
-
-
-async def _run_pool(
-    cfg: MapConfig,
-    store: Store,
-    keys: pl.Series,
-    prompts: pl.Series | Sequence[Any],
-    stats: RunStats,
-    costing: Costing,
-    budget: Budget | None,
-) -> None:
-    transport = make_transport(cfg)
-    workers = min(cfg.concurrency, max(1, len(keys)))
-    sink = Sink(cfg.flush_rows)
-    try:
-        async with anyio.create_task_group() as outer:
-            outer.start_soon(write_batches, store, sink, cfg)
-            try:
-                async with anyio.create_task_group() as pool:
-                    run = Run(cfg, transport, stats, pool.cancel_scope.cancel, costing, budget)
-                    jobs = iter_jobs(keys, prompts)
-                    for _ in range(workers):
-                        pool.start_soon(_work, run, jobs, sink)
-            finally:
-                sink.close()
-    finally:
-        with anyio.CancelScope(shield=True):
-            # the writer has stopped; if it was cancelled before it ever ran, this keeps what finished
-            batch = sink.take()
-            if batch:
-                await anyio.to_thread.run_sync(store.write_outcomes, batch)
-                log.debug("stored %d finished rows", len(batch))
-            await transport.aclose()
-    if run.fatal is not None:
-        raise run.fatal
-    left = len(keys) - stats.finished
-    if budget is not None and budget.exhausted and left > 0:
-        raise budget_exceeded(budget, left)
-    if left > 0:  # pragma: no cover - defensive
-        raise RuntimeError(f"engine stopped early: {stats.finished} of {len(keys)} requests finished")

@@ -26,10 +26,11 @@ from ._batch_progress import BatchProgress, BatchStats, batch_note
 from ._bridge import run_async, run_sync
 from ._config import INCLUDE_DTYPES, MapConfig, no_model_error
 from ._cost import Estimate, TokenModel, build_estimate
-from ._engine import RunStats, Work, execute
+from ._engine import RunStats, Work
 from ._inputs import prepare_struct
 from ._pricing import resolve_price
 from ._progress import Progress, Reporter, reporting
+from ._session import execute
 from ._store import Store
 from .exceptions import BudgetExceededError, ColumnTypeError, ConfigError, PolarsLLMError
 

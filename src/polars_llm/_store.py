@@ -326,18 +326,23 @@ class Store:
             out = con.sql(f"SELECT {cols} FROM requests AS r SEMI JOIN _pl_lookup AS q ON r.key = q.key").pl()
         return out.cast(schema)  # type: ignore[arg-type]
 
-    def spent(self, keys: pl.DataFrame, price: tuple[float, float] | None) -> float:
-        """USD already spent on ``keys``: each row's cost, else its tokens × ``price`` (per million)."""
+    def spent(
+        self, keys: pl.DataFrame, price: tuple[float, float] | None, *, before: float | None = None
+    ) -> float:
+        """USD already spent on ``keys``: each row's cost, else its tokens × ``price`` (per million); only
+        rows finished before ``before`` (epoch seconds) when given."""
         frame = keys.select(pl.col("key").cast(pl.String))
         if frame.height == 0:
             return 0.0
         pin, pout = price if price is not None else (0.0, 0.0)
+        when = "" if before is None else " WHERE r.finished_at < make_timestamp(?::BIGINT)"
+        params: list[Any] = [pin, pout] + ([] if before is None else [int(before * 1_000_000)])
         with self._locked() as con, self._registered(con, "_pl_spent", frame):
             rows = con.execute(
                 "SELECT coalesce(sum(coalesce(r.cost, (coalesce(r.tokens_in, 0) * ? + "
                 "coalesce(r.tokens_out, 0) * ?) / 1e6)), 0)::DOUBLE "
-                "FROM requests AS r SEMI JOIN _pl_spent AS q ON r.key = q.key",
-                [pin, pout],
+                f"FROM requests AS r SEMI JOIN _pl_spent AS q ON r.key = q.key{when}",
+                params,
             ).fetchall()
         return float(rows[0][0])
 
