@@ -311,6 +311,11 @@ class MapConfig:
         "per-row details added beside result/status: error, error_kind, attempts, usage, cost, cached, ...",
         _check_include,
     )
+    chunk_rows: int = option(
+        100_000,
+        "rows per chunk when a run streams (LazyFrame.llm.map, polars-llm run): memory grows with it",
+        ck.integer(100, 100_000_000),
+    )
     progress: bool = option(True, "show a progress bar", ck.boolean, cli="--quiet")
     transport: Transport = option(
         "aiohttp",
@@ -436,6 +441,7 @@ CHAT_ONLY: Final = frozenset(
         "poll_interval",
         "batch_max_requests",
         "batch_max_bytes",
+        "chunk_rows",
     }
 )
 """Options that only ``llm.map`` takes (``llm.embed`` refuses them)."""

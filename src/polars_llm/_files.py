@@ -30,10 +30,15 @@ FileFormat = Literal["csv", "parquet", "ndjson"]
 
 
 def read_chunks(lf: pl.LazyFrame, *, rows: int) -> Iterator[pl.DataFrame]:
-    """``lf`` as DataFrames of about ``rows`` rows each, in order, streamed (never all in memory)."""
+    """``lf`` as DataFrames of about ``rows`` rows each, in order, streamed (never all in memory); an input
+    without rows gives one empty chunk, so its columns still reach the output."""
+    empty = True
     for chunk in lf.collect_batches(chunk_size=rows, maintain_order=True):
         if chunk.height:
+            empty = False
             yield chunk
+    if empty:
+        yield lf.head(0).collect()
 
 
 class ChunkWriter:

@@ -30,6 +30,7 @@ from ._config import (
 from ._cost import Estimate
 from ._embed import EmbedSpec, check_options, embed_series
 from ._pipeline import amap_series, estimate_series, map_series
+from ._stream import stream_frame
 from .exceptions import BudgetExceededError, ConfigError
 
 __all__ = [
@@ -77,6 +78,7 @@ class MapOptions(TypedDict, total=False):
     max_cost: float | None
     price: tuple[float, float] | Mapping[str, tuple[float, float]] | None
     include: tuple[str, ...] | list[str] | str
+    chunk_rows: int
     progress: bool
     transport: Transport
     worker: Worker | None
@@ -252,8 +254,11 @@ def llm_map_frame(
     required = model is None and not names_models(source, frame.collect_schema())
     cfg = resolve_config(model=model, model_required=required, **options)
     _check_names(existing, cfg, result_name, status_name)
-    expr = _map_expr(source, cfg).alias(_TMP)
-    return _split(frame.with_columns(expr), _names(cfg, result_name, status_name))
+    names = _names(cfg, result_name, status_name)
+    if cfg.mode == "batch":  # batches hold a whole run's rows: the column at once, not streamed
+        return _split(frame.with_columns(_map_expr(source, cfg).alias(_TMP)), names)
+    # streamed, cfg.chunk_rows rows at a time: a LazyFrame over a big scan runs out of core
+    return stream_frame(frame, source, cfg, names)
 
 
 @surfaced
