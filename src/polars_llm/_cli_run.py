@@ -17,15 +17,17 @@ import json
 import os
 import re
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Final, Literal
+from typing import Any, Final
 
 import polars as pl
 from pydantic import BaseModel
 
 from ._config import DEFAULT_CACHE_PATH, MapConfig, env_value, option_fields, resolve_config
+from ._files import ChunkWriter, FileFormat, read_chunks
 from ._pipeline import estimate_series, map_series
+from ._stream import map_chunks
 from .exceptions import BudgetExceededError, ConfigError
 
 __all__ = [
@@ -46,7 +48,6 @@ __all__ = [
 
 EXIT_FAILED: Final = 1
 EXIT_USAGE: Final = 2
-FileFormat = Literal["csv", "parquet", "ndjson"]
 _EXTENSIONS: Final[dict[str, FileFormat]] = {
     ".csv": "csv",
     ".parquet": "parquet",
@@ -285,43 +286,41 @@ def _field(name: str, column: str, dtype: pl.DataType) -> pl.Expr:
     return pl.col(column)
 
 
-def _mapped(
-    lf: pl.LazyFrame,
-    column: str,
-    cfg: MapConfig,
-    result_name: str,
-    status_name: str,
-    fields: dict[str, str] | None = None,
-) -> tuple[pl.LazyFrame, BudgetExceededError | None]:
-    """``lf`` with the result and status columns (and ``--include`` ones), in two passes over the input;
-    with the budget stop when ``--max-cost`` was reached (the output then holds what finished).
+def _source(column: str, fields: dict[str, str], schema: pl.Schema) -> pl.Expr:
+    """The mapped input: the prompt column, or a struct of it and the per-row field columns."""
+    if not fields:
+        return pl.col(column)
+    parts = {"prompt": pl.col(column), **{f: _field(f, c, schema[c]) for f, c in fields.items()}}
+    return pl.struct(**parts).alias(column)
 
-    1. The distinct prompts are collected (only that column is read) and mapped by
-       :func:`~polars_llm._pipeline.map_series`, the pipeline behind ``.llm.map``, outside any Polars query.
-    2. The input is streamed again and joined with those answers, keeping its row order.
 
-    Running the engine outside a Polars query matters for Ctrl-C: while a query runs, Polars turns SIGINT
-    into an abort that makes every Polars call in the process raise ``KeyboardInterrupt`` until the query
-    ends, which would include the final flush of finished rows to the cache.
-    """
-    fields = fields or {}
-    on = list(dict.fromkeys([column, *fields.values()]))
-    inputs = lf.select(on).unique(maintain_order=True).collect()
-    if fields:  # struct input: the distinct combinations of the prompt and the per-row columns
-        schema = inputs.schema
-        parts = {"prompt": pl.col(column), **{f: _field(f, c, schema[c]) for f, c in fields.items()}}
-        source = inputs.select(pl.struct(**parts).alias(column)).to_series()
-    else:
-        source = inputs.get_column(column)
+def _batch_answers(lf: pl.LazyFrame, source: pl.Expr, cfg: MapConfig, names: dict[str, str]) -> pl.DataFrame:
+    """Batch mode does not stream: its batches hold a whole run's rows, submitted before any is waited for."""
+    frame = lf.collect()
+    answers = map_series(frame.select(source).to_series(), cfg).struct.unnest()
+    return frame.hstack(answers.select(*names).rename(names))
+
+
+def _stream_output(
+    chunks: Iterator[pl.DataFrame], target: Path, fmt: FileFormat
+) -> BudgetExceededError | None:
+    """Write ``chunks`` to a temporary file beside ``target``, renamed when complete. A budget stop still
+    writes every row (the unsent ones ``pending``) and is returned; any other error leaves no file."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(f".{target.name}.partial-{os.getpid()}")
     stop: BudgetExceededError | None = None
     try:
-        answers = map_series(source, cfg).struct.unnest()
-    except BudgetExceededError as error:  # write what finished (the rest "pending"), then report the stop
-        if error.frame is None:
-            raise
-        stop, answers = error, error.frame.select("result", "status", *cfg.include)
-    table = inputs.hstack(answers.rename({"result": result_name, "status": status_name}))
-    return lf.join(table.lazy(), on=on, how="left", nulls_equal=True, maintain_order="left"), stop
+        with ChunkWriter(partial, fmt) as writer:
+            try:
+                for chunk in chunks:
+                    writer.write(chunk)
+            except BudgetExceededError as error:
+                stop = error
+        os.replace(partial, target)
+    finally:
+        if partial.exists():
+            partial.unlink()
+    return stop
 
 
 def open_input(args: argparse.Namespace, extra_columns: Sequence[str] = ()) -> tuple[pl.LazyFrame, Path]:
@@ -374,7 +373,11 @@ def write_output(out: pl.LazyFrame, target: Path, status_column: str, cfg: MapCo
     finally:
         if partial.exists():
             partial.unlink()
-    counts = _read_statuses(target, fmt_out, status_column)
+    _summary(target, fmt_out, status_column, cfg)
+
+
+def _summary(target: Path, fmt_out: FileFormat, status_column: str, cfg: MapConfig) -> None:
+    counts = _read_statuses(target, fmt_out, status_column) if target.stat().st_size else {}
     total = sum(counts.values())
     shown = " ".join(f"{k}={v}" for k, v in counts.items()) or "no rows"
     print(f"wrote {total} rows to {target} ({shown}); cache: {cfg.cache}", file=sys.stderr)
@@ -391,13 +394,22 @@ def cmd_run(args: argparse.Namespace) -> int:
     fields = struct_columns(args)
     lf, target = open_input(args, list(fields.values()))
     cfg = config_from(args, _options(args), model_required="model" not in fields)
-    taken = set(cfg.include) & {*lf.collect_schema().names(), args.result_column, args.status_column}
+    schema = lf.collect_schema()
+    taken = set(cfg.include) & {*schema.names(), args.result_column, args.status_column}
     if taken:
         raise CLIError(f"--include would add column(s) {', '.join(sorted(taken))} that the input already has")
-    out, stop = _mapped(lf, args.column, cfg, args.result_column, args.status_column, fields)
-    if cfg.response_model is not None and file_format(target, "output") == "csv":
-        out = out.with_columns(pl.col(args.result_column).struct.json_encode())  # CSV: the JSON text
-    write_output(out, target, args.status_column, cfg)
+    names = {"result": args.result_column, "status": args.status_column, **{n: n for n in cfg.include}}
+    fmt_out = file_format(target, "output")
+    source = _source(args.column, fields, schema)
+    if cfg.mode == "batch":  # every row's batch first, then (with --wait) the answers: in one pass
+        chunks = iter([_batch_answers(lf, source, cfg, names)])
+    else:  # streamed: cfg.chunk_rows rows at a time from the input, through one session, to the output file
+        chunks = map_chunks(read_chunks(lf, rows=cfg.chunk_rows), source, cfg, names)
+    if cfg.response_model is not None and fmt_out == "csv":  # CSV has no nested columns: keep the JSON text
+        chunks = (c.with_columns(pl.col(args.result_column).struct.json_encode()) for c in chunks)
+    target = target.expanduser().absolute()
+    stop = _stream_output(chunks, target, fmt_out)
+    _summary(target, fmt_out, args.status_column, cfg)
     if stop is not None:
         raise stop  # exit 1 with the budget message, after the output with what finished is written
     return 0
