@@ -19,7 +19,19 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from . import cached, importtime, latency, memory, overhead, ratelimits, resume
+from . import (
+    cached,
+    cost,
+    importtime,
+    inputs,
+    latency,
+    memory,
+    outofcore,
+    overhead,
+    ratelimits,
+    raybench,
+    resume,
+)
 from ._common import BENCH_DIR, library_versions, machine_info
 from .report import markdown
 
@@ -38,6 +50,16 @@ SCALES: dict[str, dict[str, Any]] = {
         "memory_seconds": 150,
         "memory_inflight": [64, 1024],
         "import_repeats": 7,
+        "cost_n": 10_000,
+        "ooc_small": 250_000,
+        "ooc_big": 2_000_000,
+        "ooc_rerun": 10_000_000,
+        "ray_n": 6_000,
+        "ray_per_s": 50.0,
+        "embed_n": 100_000,
+        "embed_rounds": 2,
+        "struct_n": 20_000,
+        "struct_rounds": 3,
     },
     "quick": {
         "overhead_n": 3_000,
@@ -60,6 +82,16 @@ SCALES: dict[str, dict[str, Any]] = {
         "memory_inflight": [64, 256],
         "memory_inflight_latency": 0.5,
         "import_repeats": 2,
+        "cost_n": 2_000,
+        "ooc_small": 50_000,
+        "ooc_big": 400_000,
+        "ooc_rerun": 1_000_000,
+        "ray_n": 2_000,
+        "ray_per_s": 50.0,
+        "embed_n": 20_000,
+        "embed_rounds": 1,
+        "struct_n": 3_000,
+        "struct_rounds": 1,
     },
     "smoke": {
         "overhead_n": 300,
@@ -78,10 +110,34 @@ SCALES: dict[str, dict[str, Any]] = {
         "memory_inflight": [8, 32],
         "memory_inflight_latency": 0.1,
         "import_repeats": 1,
+        "cost_n": 300,
+        "ooc_small": 2_000,
+        "ooc_big": 10_000,
+        "ooc_rerun": 20_000,
+        "ray_n": 150,
+        "ray_per_s": 30.0,
+        "embed_n": 1_000,
+        "embed_batch": 256,
+        "embed_rounds": 1,
+        "struct_n": 300,
+        "struct_rounds": 1,
     },
 }
 
-SECTIONS = ["overhead", "latency", "rate_limits", "resume", "cached_rerun", "memory", "import_time"]
+SECTIONS = [
+    "overhead",
+    "latency",
+    "rate_limits",
+    "resume",
+    "cached_rerun",
+    "memory",
+    "import_time",
+    "cost",
+    "embeddings",
+    "struct_input",
+    "out_of_core",
+    "ray",
+]
 
 
 def _loadavg() -> list[float] | None:
@@ -135,6 +191,11 @@ def main(argv: list[str] | None = None) -> int:
         "cached_rerun": lambda: cached.run(scale, workdir),
         "memory": lambda: memory.run(scale, workdir, _rate_hint(results)),
         "import_time": lambda: importtime.run(scale, workdir),
+        "cost": lambda: cost.run(scale, workdir),
+        "embeddings": lambda: inputs.run_embeddings(scale, workdir),
+        "struct_input": lambda: inputs.run_struct(scale, workdir),
+        "out_of_core": lambda: outofcore.run(scale, workdir),
+        "ray": lambda: raybench.run(scale, workdir),
     }
     try:
         for i, name in enumerate(only, 1):

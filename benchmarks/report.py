@@ -17,6 +17,11 @@ SECTION_TITLES = {
     "cached_rerun": "5. Cached rerun",
     "memory": "6. Memory",
     "import_time": "7. Import time",
+    "cost": "8. Cost (estimate, budget)",
+    "embeddings": "9. Embeddings (zero latency, 256 dims)",
+    "struct_input": "10. Struct input (zero latency, c=64)",
+    "out_of_core": "11. Out of core (streamed runs)",
+    "ray": "12. Ray Data (one cluster-wide rate limit)",
 }
 
 

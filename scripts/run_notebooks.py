@@ -188,6 +188,9 @@ out.schema
 out.head(3)
 # %% [markdown]
 # ## Filter on fields, unnest into columns
+#
+# `category` is a `Literal` of labels, so its column is a `pl.Enum`: grouping, sorting (in the order the
+# labels are declared) and comparing are cheap, and a label outside the list cannot appear.
 # %%
 urgent = out.filter(pl.col("result").struct.field("urgency") >= 4)
 urgent.unnest("result").select("message", "category", "urgency", "needs_reply").head()

@@ -169,7 +169,7 @@ def test_structured_output_nested(server: sim.SimServer) -> None:
         {
             "name": pl.String,
             "age": pl.Int64,
-            "role": pl.String,
+            "role": pl.Enum(["admin", "user"]),  # a Literal of labels is an Enum
             "born": pl.Date,
             "addresses": pl.List(pl.Struct({"city": pl.String, "zip": pl.String})),
             "manager": pl.Struct({"city": pl.String, "zip": pl.String}),

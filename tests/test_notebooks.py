@@ -78,7 +78,8 @@ def test_notebook_executes(executed: tuple[str, nbformat.NotebookNode]) -> None:
         assert text_of(cell_with(nb, "awaited = await")).strip().endswith("True")
         assert "done=300 failed=1" in text_of(cell_with(nb, "out = reviews.llm.map"))
     elif name == "structured_extraction":
-        assert "Struct({'category': String, 'urgency': Int64" in text_of(cell_with(nb, "out.schema"))
+        labels = "Enum(categories=['billing', 'bug', 'feature', 'other'])"  # a Literal of labels is an Enum
+        assert f"Struct({{'category': {labels}, 'urgency': Int64" in text_of(cell_with(nb, "out.schema"))
         assert "output_validation" in text_of(cell_with(nb, "error_kind, error FROM requests"))
     elif name == "resume":
         interrupted = next(c for c in code if "raises-exception" in c.metadata.get("tags", []))

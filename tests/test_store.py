@@ -405,7 +405,7 @@ def test_older_schema_version_is_migrated(tmp_path: Path) -> None:
     )
     con.close()
     with Store.open(path) as store:
-        assert store.version == 2
+        assert store.version == _migrations.CURRENT_VERSION
         assert rows(store)["old"]["result"] == "r"
         assert column(store, "error_kind", "old") is None
         assert column(store, "cost", "old") is None
@@ -414,7 +414,23 @@ def test_older_schema_version_is_migrated(tmp_path: Path) -> None:
         assert column(store, "attempts", "old") == 3
         assert store._con is not None
         versions = store._con.execute("SELECT version FROM schema_version ORDER BY version").fetchall()
-        assert versions == [(1,), (2,)]
+        assert versions == [(v,) for v, _ in _migrations.MIGRATIONS]
+
+
+def test_every_migration_is_idempotent(tmp_path: Path) -> None:
+    """A step that runs twice (renumbered after landing on another branch) changes nothing the second time."""
+    con = duckdb.connect(str(tmp_path / "twice.duckdb"))
+    _migrations.migrate(con)
+    before = con.execute(
+        "SELECT table_name, column_name FROM information_schema.columns ORDER BY ALL"
+    ).fetchall()
+    for _version, step in _migrations.MIGRATIONS[1:]:  # v1 creates the tables and is never re-run
+        step(con) if callable(step) else con.execute(step)
+    after = con.execute(
+        "SELECT table_name, column_name FROM information_schema.columns ORDER BY ALL"
+    ).fetchall()
+    assert before == after
+    con.close()
 
 
 def test_newer_schema_version_is_refused_untouched(tmp_path: Path) -> None:

@@ -15,19 +15,37 @@ and ``pl.LazyFrame``.
 from __future__ import annotations
 
 from . import _namespace  # noqa: F401  (registers the namespaces)
+from ._batch_admin import batches, cancel_batch
 from ._config import DEFAULT_BASE_URL, DEFAULT_CACHE, DEFAULT_CACHE_PATH, MapConfig, Secret, resolve_config
-from ._map import MapOptions, llm_map, llm_map_async, llm_map_frame, llm_map_series, output_dtype
+from ._cost import Estimate
+from ._map import (
+    EmbedOptions,
+    MapOptions,
+    estimate,
+    llm_embed,
+    llm_embed_frame,
+    llm_embed_series,
+    llm_map,
+    llm_map_async,
+    llm_map_frame,
+    llm_map_series,
+    output_dtype,
+)
+from ._template import template
 from .exceptions import (
     APIConnectionError,
     APIError,
     APITimeoutError,
     AuthenticationError,
     BadRequestError,
+    BatchUnsupportedError,
+    BudgetExceededError,
     ColumnTypeError,
     ConfigError,
     ContentFilterError,
     EndpointUnreachableError,
     FatalError,
+    InputError,
     InsufficientCreditsError,
     MalformedResponseError,
     NotFoundError,
@@ -58,11 +76,16 @@ __all__ = [
     "APITimeoutError",
     "AuthenticationError",
     "BadRequestError",
+    "BatchUnsupportedError",
+    "BudgetExceededError",
     "ColumnTypeError",
     "ConfigError",
     "ContentFilterError",
+    "EmbedOptions",
     "EndpointUnreachableError",
+    "Estimate",
     "FatalError",
+    "InputError",
     "InsufficientCreditsError",
     "MalformedResponseError",
     "MapConfig",
@@ -82,8 +105,14 @@ __all__ = [
     "TransientError",
     "UnusableAnswerError",
     "__version__",
+    "batches",
+    "cancel_batch",
+    "estimate",
     "export_jsonl",
     "export_parquet",
+    "llm_embed",
+    "llm_embed_frame",
+    "llm_embed_series",
     "llm_map",
     "llm_map_async",
     "llm_map_frame",
@@ -91,4 +120,5 @@ __all__ = [
     "output_dtype",
     "prompt_map",
     "resolve_config",
+    "template",
 ]

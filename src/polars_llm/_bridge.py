@@ -31,7 +31,7 @@ from anyio.from_thread import start_blocking_portal
 
 from .exceptions import PolarsLLMError
 
-__all__ = ["run_async", "run_sync", "surfaced"]
+__all__ = ["LoopThread", "run_async", "run_sync", "surfaced"]
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -61,53 +61,91 @@ def run_sync(fn: Callable[P, Awaitable[T]], *args: P.args, **kwargs: P.kwargs) -
     3
     """
     __tracebackhide__ = True  # IPython and pytest: show the caller's line, not this wait loop
-    finished = threading.Event()
-    loops: list[asyncio.AbstractEventLoop] = []
+    with LoopThread() as loop:
+        return loop.call(fn, *args, **kwargs)
 
-    async def call() -> T:
-        loops.append(asyncio.get_running_loop())
+
+class LoopThread:
+    """An event loop on its own thread for several :meth:`call` s in a row (a streamed run's chunks).
+
+    The calling thread waits in short slices, so an interrupt is handled as in :func:`run_sync`: the
+    running call is cancelled (the engine flushes what finished) and ``KeyboardInterrupt`` is raised once
+    it has stopped. ``probe`` (a callable run on every slice) lets a thread that never sees SIGINT — a
+    Polars pool thread — notice an interrupt by raising ``KeyboardInterrupt`` itself.
+
+    >>> async def double(x):
+    ...     return 2 * x
+    >>> with LoopThread() as loop:
+    ...     loop.call(double, 1), loop.call(double, 2)
+    (2, 4)
+    """
+
+    def __init__(self, probe: Callable[[], None] | None = None) -> None:
+        self._probe = probe
+        self._loops: list[asyncio.AbstractEventLoop] = []
+        self._cm: Any = None
+        self._portal: Any = None
+
+    def __enter__(self) -> LoopThread:
+        self._cm = start_blocking_portal(backend="asyncio")
+        self._portal = self._cm.__enter__()
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
         try:
-            return await fn(*args, **kwargs)
+            self._cm.__exit__(*exc_info)
         finally:
-            finished.set()
+            _join_worker_threads(self._loops)
 
-    interrupted = False
-    error: BaseException | None = None
-    guard = _SigintGuard()
-    try:
-        with start_blocking_portal(backend="asyncio") as portal:
-            future = portal.start_task_soon(call)
+    def background(self, fn: Callable[[], Awaitable[Any]]) -> concurrent.futures.Future[Any]:
+        """Start ``fn()`` beside the calls (a progress refresh); ``.cancel()`` the result to stop it."""
+        return self._portal.start_task_soon(fn)
+
+    def call(self, fn: Callable[..., Awaitable[T]], *args: Any, probe: bool = True, **kwargs: Any) -> T:
+        """``await fn(*args, **kwargs)`` on the loop; ``probe=False``: cleanup not to be cut short."""
+        __tracebackhide__ = True
+        finished = threading.Event()
+        loops = self._loops
+
+        async def call() -> T:
+            if not loops:
+                loops.append(asyncio.get_running_loop())
             try:
-                with guard:  # only around the wait, where a KeyboardInterrupt is handled
-                    while True:
-                        done, _ = concurrent.futures.wait([future], timeout=_POLL)
-                        if done:
-                            break
-            except KeyboardInterrupt:
-                future.cancel()  # cancels the engine's scope; it flushes, then `finished` is set
-                _wait_ignoring_interrupts(finished)
-                interrupted = True
-            if not interrupted:
-                try:
-                    return future.result()
-                except BaseException as exc:
-                    error = _unwrap(exc)
-    finally:
-        _join_worker_threads(loops)
-    if error is not None:
-        # Raised here, outside any ``except``, so it does not get the task group's ExceptionGroup as
-        # its ``__context__`` (see _detach_groups).
-        raise _detach_groups(error).with_traceback(error.__traceback__)
-    if guard.active:
-        # Called from a coroutine (an ``await`` cell): tell the loop's owner about the interrupt and
-        # stop this coroutine the way it would have, by cancellation. A KeyboardInterrupt escaping a
-        # task would break the kernel's event loop.
-        guard.forward()
-        raise asyncio.CancelledError("interrupted") from None
-    # The portal thread has stopped. A fresh KeyboardInterrupt raised here carries no frames of the wait
-    # loop (concurrent.futures, threading): the cell shows a short, plain KeyboardInterrupt, and IPython
-    # does not spend most of a second rendering library source.
-    raise KeyboardInterrupt from None
+                return await fn(*args, **kwargs)
+            finally:
+                finished.set()
+
+        future = self._portal.start_task_soon(call)
+        guard = _SigintGuard()
+        try:
+            with guard:  # only around the wait, where a KeyboardInterrupt is handled
+                while True:
+                    done, _ = concurrent.futures.wait([future], timeout=_POLL)
+                    if done:
+                        break
+                    if probe and self._probe is not None:
+                        self._probe()
+        except KeyboardInterrupt:
+            future.cancel()  # cancels the engine's scope; it flushes, then `finished` is set
+            _wait_ignoring_interrupts(finished)
+        else:
+            error: BaseException | None = None
+            try:
+                return future.result()
+            except BaseException as exc:
+                error = _unwrap(exc)
+            # Raised here, outside any ``except``, so it does not get the task group's ExceptionGroup as
+            # its ``__context__`` (see _detach_groups).
+            raise _detach_groups(error).with_traceback(error.__traceback__)
+        if guard.active:
+            # Called from a coroutine (an ``await`` cell): tell the loop's owner about the interrupt and
+            # stop this coroutine the way it would have, by cancellation. A KeyboardInterrupt escaping a
+            # task would break the kernel's event loop.
+            guard.forward()
+            raise asyncio.CancelledError("interrupted") from None
+        # A fresh KeyboardInterrupt carries no frames of the wait loop (concurrent.futures, threading):
+        # the cell shows a short, plain KeyboardInterrupt.
+        raise KeyboardInterrupt from None
 
 
 class _SigintGuard:

@@ -17,16 +17,18 @@ import json
 import os
 import re
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Final, Literal
+from typing import Any, Final
 
 import polars as pl
 from pydantic import BaseModel
 
 from ._config import DEFAULT_CACHE_PATH, MapConfig, env_value, option_fields, resolve_config
-from ._pipeline import map_series
-from .exceptions import ConfigError
+from ._files import ChunkWriter, FileFormat, read_chunks
+from ._pipeline import estimate_series, map_series
+from ._stream import map_chunks
+from .exceptions import BudgetExceededError, ConfigError
 
 __all__ = [
     "EXIT_FAILED",
@@ -35,13 +37,17 @@ __all__ = [
     "CLIError",
     "add_option_flags",
     "add_run_arguments",
+    "cmd_estimate",
     "cmd_run",
+    "config_from",
     "file_format",
+    "open_input",
+    "struct_columns",
+    "write_output",
 ]
 
 EXIT_FAILED: Final = 1
 EXIT_USAGE: Final = 2
-FileFormat = Literal["csv", "parquet", "ndjson"]
 _EXTENSIONS: Final[dict[str, FileFormat]] = {
     ".csv": "csv",
     ".parquet": "parquet",
@@ -104,10 +110,10 @@ def _parser_for(f: dataclasses.Field[Any]) -> Callable[[str], Any]:
     return convert
 
 
-def add_option_flags(p: argparse.ArgumentParser) -> None:
-    """One ``--flag`` per :class:`~polars_llm.MapConfig` option declared ``cli=True``, from its metadata."""
+def add_option_flags(p: argparse.ArgumentParser, skip: frozenset[str] = frozenset()) -> None:
+    """One ``--flag`` per :class:`~polars_llm.MapConfig` option declared ``cli=True`` (but ``skip``)."""
     for f in option_fields():
-        if f.metadata["cli"] is not True:
+        if f.metadata["cli"] is not True or f.name in skip:
             continue
         flag = "--" + f.name.replace("_", "-")
         help_text = f"{f.metadata['doc']} (default: {f.default})"
@@ -117,10 +123,13 @@ def add_option_flags(p: argparse.ArgumentParser) -> None:
             p.add_argument(flag, dest=f.name, type=_parser_for(f), default=f.default, help=help_text)
 
 
-def add_run_arguments(p: argparse.ArgumentParser) -> None:
+def add_run_arguments(p: argparse.ArgumentParser, *, output: bool = True) -> None:
     p.add_argument("input", metavar="INPUT", help="prompts file: .csv, .parquet, .jsonl or .ndjson")
     p.add_argument("--column", required=True, help="name of the prompt column")
-    p.add_argument("--output", "-o", required=True, help="results file: .csv, .parquet, .jsonl or .ndjson")
+    if output:
+        p.add_argument(
+            "--output", "-o", required=True, help="results file: .csv, .parquet, .jsonl or .ndjson"
+        )
     add_option_flags(p)
     # hand-written flags standing for options (their `cli` metadata names them)
     p.add_argument("--schema", metavar="MODULE:MODEL", help="pydantic model for structured output "
@@ -129,6 +138,14 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
         "--cache", default=str(DEFAULT_CACHE_PATH), help=f"cache file (default {DEFAULT_CACHE_PATH})"
     )
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar (progress=False)")
+    p.add_argument("--batch", action="store_true", help="short for --mode batch (the provider's batch API)")
+    p.add_argument(
+        "--price",
+        nargs=2,
+        type=float,
+        metavar=("IN", "OUT"),
+        help="USD per million input and output tokens (default: the provider's model list)",
+    )
     p.add_argument(
         "--api-key-env",
         default="OPENROUTER_API_KEY",
@@ -137,6 +154,27 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--result-column", default="result", help="name of the added result column")
     p.add_argument("--status-column", default="status", help="name of the added status column")
+    struct = p.add_argument_group(
+        "per-row fields (struct input; a null cell means the option applies)",
+    )
+    for field, what in STRUCT_FLAGS.items():
+        struct.add_argument(f"--{field}-column", metavar="COL", default=None, help=what)
+
+
+# The struct-input fields the CLI takes from columns (flag --<name>-column), and what they hold.
+STRUCT_FLAGS: Final = {
+    "system": "column of per-row system prompts",
+    "image": "column of image URLs or local file paths (String, or List(String) in Parquet/JSONL)",
+    "messages": "column of earlier turns: List(Struct{role, content}) in Parquet/JSONL, or JSON text",
+    "model": "column of per-row model names (--model may then be left out if every row has one)",
+}
+_FIELD_OF_FLAG: Final = {"system": "system", "image": "images", "messages": "messages", "model": "model"}
+
+
+def struct_columns(args: argparse.Namespace) -> dict[str, str]:
+    """``{struct field: input column}`` from the ``--<field>-column`` flags given."""
+    given = {flag: getattr(args, f"{flag}_column", None) for flag in STRUCT_FLAGS}
+    return {_FIELD_OF_FLAG[flag]: col for flag, col in given.items() if col is not None}
 
 
 def _options(args: argparse.Namespace) -> dict[str, Any]:
@@ -145,7 +183,10 @@ def _options(args: argparse.Namespace) -> dict[str, Any]:
     options["response_model"] = load_schema(args.schema) if args.schema else None
     options["cache"] = Path(args.cache)
     options["progress"] = not args.quiet
-    options["api_key"] = _api_key(args.api_key_env)
+    options["price"] = tuple(args.price) if args.price else None
+    if args.batch:
+        options["mode"] = "batch"
+    options["api_key"] = api_key_from_env(args.api_key_env)
     return options
 
 
@@ -183,7 +224,7 @@ def load_schema(spec: str) -> type[BaseModel]:
     return model
 
 
-def _api_key(name: str) -> str:
+def api_key_from_env(name: str) -> str:
     if not _ENV_NAME.match(name):
         raise CLIError(  # the value is not echoed: it may be a key typed by mistake
             "--api-key-env takes the name of an environment variable (letters, digits and _), not a key"
@@ -239,56 +280,90 @@ def _read_statuses(path: Path, fmt: FileFormat, status_column: str) -> dict[str,
     return {str(k): int(n) for k, n in counts.iter_rows()}
 
 
-def _mapped(
-    lf: pl.LazyFrame, column: str, cfg: MapConfig, result_name: str, status_name: str
-) -> pl.LazyFrame:
-    """``lf`` with the result and status columns, in two passes over the input.
-
-    1. The distinct prompts are collected (only that column is read) and mapped by
-       :func:`~polars_llm._pipeline.map_series`, the pipeline behind ``.llm.map``, outside any Polars query.
-    2. The input is streamed again and joined with those answers, keeping its row order.
-
-    Running the engine outside a Polars query matters for Ctrl-C: while a query runs, Polars turns SIGINT
-    into an abort that makes every Polars call in the process raise ``KeyboardInterrupt`` until the query
-    ends, which would include the final flush of finished rows to the cache.
-    """
-    prompts = lf.select(pl.col(column).unique(maintain_order=True)).collect().get_column(column)
-    answers = map_series(prompts, cfg)
-    table = pl.DataFrame(
-        [
-            prompts,
-            answers.struct.field("result").alias(result_name),
-            answers.struct.field("status").alias(status_name),
-        ]
-    )
-    return lf.join(table.lazy(), on=column, how="left", nulls_equal=True, maintain_order="left")
+def _field(name: str, column: str, dtype: pl.DataType) -> pl.Expr:
+    if name == "messages" and dtype == pl.String:  # CSV: the turns as JSON text
+        return pl.col(column).str.json_decode(pl.List(pl.Struct({"role": pl.String, "content": pl.String})))
+    return pl.col(column)
 
 
-def cmd_run(args: argparse.Namespace) -> int:
-    """Run the ``run`` command; raises :class:`CLIError` for the user's mistakes."""
+def _source(column: str, fields: dict[str, str], schema: pl.Schema) -> pl.Expr:
+    """The mapped input: the prompt column, or a struct of it and the per-row field columns."""
+    if not fields:
+        return pl.col(column)
+    parts = {"prompt": pl.col(column), **{f: _field(f, c, schema[c]) for f, c in fields.items()}}
+    return pl.struct(**parts).alias(column)
+
+
+def _batch_answers(lf: pl.LazyFrame, source: pl.Expr, cfg: MapConfig, names: dict[str, str]) -> pl.DataFrame:
+    """Batch mode does not stream: its batches hold a whole run's rows, submitted before any is waited for."""
+    frame = lf.collect()
+    answers = map_series(frame.select(source).to_series(), cfg).struct.unnest()
+    return frame.hstack(answers.select(*names).rename(names))
+
+
+def _stream_output(
+    chunks: Iterator[pl.DataFrame], target: Path, fmt: FileFormat
+) -> BudgetExceededError | None:
+    """Write ``chunks`` to a temporary file beside ``target``, renamed when complete. A budget stop still
+    writes every row (the unsent ones ``pending``) and is returned; any other error leaves no file."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(f".{target.name}.partial-{os.getpid()}")
+    stop: BudgetExceededError | None = None
+    try:
+        with ChunkWriter(partial, fmt) as writer:
+            try:
+                for chunk in chunks:
+                    writer.write(chunk)
+            except BudgetExceededError as error:
+                stop = error
+        os.replace(partial, target)
+    finally:
+        if partial.exists():
+            partial.unlink()
+    return stop
+
+
+def open_input(args: argparse.Namespace, extra_columns: Sequence[str] = ()) -> tuple[pl.LazyFrame, Path]:
+    """The input scanned lazily and the output path, after the checks every command shares."""
     source, target = Path(args.input), Path(args.output)
-    fmt_in, fmt_out = file_format(source, "input"), file_format(target, "output")
+    fmt_in = file_format(source, "input")
+    file_format(target, "output")
     if target.exists() and source.exists() and target.resolve() == source.resolve():
         raise CLIError("--output must differ from INPUT")
     if args.result_column == args.status_column:
         raise CLIError("--result-column and --status-column must differ")
     lf = _scan(source, fmt_in, args.column)
-    taken = {args.result_column, args.status_column} & set(lf.collect_schema().names())
+    names = lf.collect_schema().names()
+    missing = [c for c in extra_columns if c not in names]
+    if missing:
+        raise CLIError(
+            f"input {str(source)!r} has no column(s) {', '.join(map(repr, missing))}; its columns are: "
+            + ", ".join(names[:20])
+        )
+    taken = {args.result_column, args.status_column} & set(names)
     if taken:
         raise CLIError(
             f"the input already has column(s) {', '.join(sorted(taken))}; choose others with "
             "--result-column / --status-column"
         )
+    return lf, target
+
+
+def config_from(
+    args: argparse.Namespace, options: dict[str, Any], *, model_required: bool = True
+) -> MapConfig:
     try:
-        cfg = resolve_config(**_options(args))
+        return resolve_config(model_required=model_required, **options)
     except ConfigError as exc:
         text = str(exc)
         if text.startswith("no model"):
             text = "no model: pass --model provider/name or set MODEL in the environment or ./.env"
         raise CLIError(text) from None
-    out = _mapped(lf, args.column, cfg, args.result_column, args.status_column)
-    if cfg.response_model is not None and fmt_out == "csv":  # CSV has no nested columns: keep the JSON text
-        out = out.with_columns(pl.col(args.result_column).struct.json_encode())
+
+
+def write_output(out: pl.LazyFrame, target: Path, status_column: str, cfg: MapConfig) -> None:
+    """Stream ``out`` to a temporary file beside ``target``, rename it when complete; print a summary."""
+    fmt_out = file_format(target, "output")
     target = target.expanduser().absolute()
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_name(f".{target.name}.partial-{os.getpid()}")
@@ -298,8 +373,52 @@ def cmd_run(args: argparse.Namespace) -> int:
     finally:
         if partial.exists():
             partial.unlink()
-    counts = _read_statuses(target, fmt_out, args.status_column)
+    _summary(target, fmt_out, status_column, cfg)
+
+
+def _summary(target: Path, fmt_out: FileFormat, status_column: str, cfg: MapConfig) -> None:
+    counts = _read_statuses(target, fmt_out, status_column) if target.stat().st_size else {}
     total = sum(counts.values())
     shown = " ".join(f"{k}={v}" for k, v in counts.items()) or "no rows"
     print(f"wrote {total} rows to {target} ({shown}); cache: {cfg.cache}", file=sys.stderr)
+    if counts.get("submitted"):
+        print(
+            f"{counts['submitted']} rows are in batches running at the provider: run the same command "
+            "again later to collect them (`polars-llm batches` lists them)",
+            file=sys.stderr,
+        )
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Run the ``run`` command; raises :class:`CLIError` for the user's mistakes."""
+    fields = struct_columns(args)
+    lf, target = open_input(args, list(fields.values()))
+    cfg = config_from(args, _options(args), model_required="model" not in fields)
+    schema = lf.collect_schema()
+    taken = set(cfg.include) & {*schema.names(), args.result_column, args.status_column}
+    if taken:
+        raise CLIError(f"--include would add column(s) {', '.join(sorted(taken))} that the input already has")
+    names = {"result": args.result_column, "status": args.status_column, **{n: n for n in cfg.include}}
+    fmt_out = file_format(target, "output")
+    source = _source(args.column, fields, schema)
+    if cfg.mode == "batch":  # every row's batch first, then (with --wait) the answers: in one pass
+        chunks = iter([_batch_answers(lf, source, cfg, names)])
+    else:  # streamed: cfg.chunk_rows rows at a time from the input, through one session, to the output file
+        chunks = map_chunks(read_chunks(lf, rows=cfg.chunk_rows), source, cfg, names)
+    if cfg.response_model is not None and fmt_out == "csv":  # CSV has no nested columns: keep the JSON text
+        chunks = (c.with_columns(pl.col(args.result_column).struct.json_encode()) for c in chunks)
+    target = target.expanduser().absolute()
+    stop = _stream_output(chunks, target, fmt_out)
+    _summary(target, fmt_out, args.status_column, cfg)
+    if stop is not None:
+        raise stop  # exit 1 with the budget message, after the output with what finished is written
+    return 0
+
+
+def cmd_estimate(args: argparse.Namespace) -> int:
+    """``polars-llm estimate``: what ``run`` would send and cost, without sending a request."""
+    source = Path(args.input)
+    lf = _scan(source, file_format(source, "input"), args.column)
+    prompts = lf.select(args.column).collect().get_column(args.column)
+    print(estimate_series(prompts, config_from(args, _options(args))))
     return 0

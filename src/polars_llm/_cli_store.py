@@ -41,7 +41,7 @@ def add_export_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--status", choices=_STATUSES, help="only rows with this status (default: all)")
 
 
-def _existing(cache: str) -> Path:
+def existing_cache(cache: str) -> Path:
     path = Path(cache).expanduser().absolute()
     if not path.exists():
         raise CLIError(f"no cache at {path}: run `polars-llm run` first, or pass --cache PATH")
@@ -54,28 +54,47 @@ def _counts(counts: dict[str, int]) -> str:
     return " ".join(f"{k}={v:,}" for k, v in counts.items()) or "(empty)"
 
 
-def format_summary(s: dict[str, Any]) -> str:
-    """Human-readable text of :meth:`Store.summary`.
+def _usd(value: float | None) -> str:
+    return "unknown" if value is None else f"${value:.6f}"
 
-    >>> print(format_summary({"path": "c.duckdb", "schema_version": 2, "total": 3,
+
+def format_summary(s: dict[str, Any]) -> str:
+    """Human-readable text of :meth:`Store.summary`. A cost nobody reported or priced is "unknown".
+
+    >>> print(format_summary({"path": "c.duckdb", "schema_version": 3, "total": 3,
     ...     "by_status": {"done": 2, "failed": 1}, "by_model": {"m": {"done": 2, "failed": 1}},
-    ...     "tokens_in": 10, "tokens_out": 20, "cost": 0.5, "error_kinds": {"rate_limit": 1},
-    ...     "last_finished_at": None}))
-    cache: c.duckdb (schema v2)
+    ...     "tokens_in": 10, "tokens_out": 20, "tokens_reasoning": 5, "tokens_cached": 0, "cost": 0.5,
+    ...     "cost_by_model": {"m": 0.5}, "cost_by_day": {"2026-12-01": 0.5},
+    ...     "error_kinds": {"rate_limit": 1}, "last_finished_at": None}))
+    cache: c.duckdb (schema v3)
     rows: 3  done=2 failed=1
     by model:
-      m: done=2 failed=1
-    tokens: in=10 out=20  cost: $0.500000
+      m: done=2 failed=1  cost: $0.500000
+    tokens: in=10 out=20 (reasoning 5) cached-in=0
+    cost: $0.500000
+    cost by day:
+      2026-12-01: $0.500000
     errors (failed rows): rate_limit=1
     """
     lines = [
         f"cache: {s['path']} (schema v{s['schema_version']})",
         f"rows: {s['total']:,}  {_counts(s['by_status'])}",
     ]
+    by_cost = s.get("cost_by_model", {})
     if s["by_model"]:
         lines.append("by model:")
-        lines.extend(f"  {model}: {_counts(counts)}" for model, counts in s["by_model"].items())
-    lines.append(f"tokens: in={s['tokens_in']:,} out={s['tokens_out']:,}  cost: ${s['cost']:.6f}")
+        lines.extend(
+            f"  {model}: {_counts(counts)}  cost: {_usd(by_cost.get(model))}"
+            for model, counts in s["by_model"].items()
+        )
+    lines.append(
+        f"tokens: in={s['tokens_in']:,} out={s['tokens_out']:,} (reasoning {s.get('tokens_reasoning', 0):,}) "
+        f"cached-in={s.get('tokens_cached', 0):,}"
+    )
+    lines.append(f"cost: {_usd(s['cost'])}")
+    if s.get("cost_by_day"):
+        lines.append("cost by day:")
+        lines.extend(f"  {day}: {_usd(cost)}" for day, cost in s["cost_by_day"].items())
     if s["error_kinds"]:
         lines.append(f"errors (failed rows): {_counts(s['error_kinds'])}")
     if s["last_finished_at"] is not None:
@@ -85,7 +104,7 @@ def format_summary(s: dict[str, Any]) -> str:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    path = _existing(args.cache)
+    path = existing_cache(args.cache)
     if is_results_store(path):
         rows = read_results(path)
         counts = dict(rows.group_by("status").len().sort("status").iter_rows())
@@ -111,7 +130,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    path = _existing(args.cache)
+    path = existing_cache(args.cache)
     out = Path(args.output).expanduser().absolute()
     fmt = args.format or _EXPORT_EXT.get(out.suffix.lower())
     if fmt is None:

@@ -54,6 +54,8 @@ class Completion:
     tokens_in: int | None = None
     tokens_out: int | None = None
     cost: float | None = None
+    tokens_reasoning: int | None = None  # part of tokens_out
+    tokens_cached: int | None = None  # part of tokens_in
     refusal: str | None = None
     unusable: str | None = None
     limits: Limits | None = None
@@ -242,10 +244,20 @@ def parse_completion(data: Any, raw: bytes | str | None = None, limits: Limits |
         tokens_in=_count(usage.get("prompt_tokens")),
         tokens_out=_count(usage.get("completion_tokens")),
         cost=parse_number(usage.get("cost")),
+        tokens_reasoning=_count(_get(usage, "completion_tokens_details", "reasoning_tokens")),
+        tokens_cached=_count(_get(usage, "prompt_tokens_details", "cached_tokens")),
         refusal=refusal if isinstance(refusal, str) and refusal.strip() else None,
         unusable=unusable,
         limits=limits,
     )
+
+
+def _get(doc: Mapping[str, Any], *path: str) -> Any:
+    for name in path:
+        if not isinstance(doc, Mapping):
+            return None
+        doc = doc.get(name)  # type: ignore[assignment]
+    return doc
 
 
 def decode_completion(raw: bytes, limits: Limits | None = None) -> Completion:
@@ -346,6 +358,28 @@ class AiohttpTransport:
             raise error_for_status(status, dict(headers), raw[:MAX_RESPONSE_BYTES].decode("utf-8", "replace"))
         return decode_completion(raw, _limits_of(headers))
 
+    async def post(self, path: str, body: bytes) -> bytes:
+        """POST a JSON ``body`` to ``{base_url}{path}`` (e.g. ``/embeddings``): the raw 200 body, else the
+        mapped :class:`~polars_llm.exceptions.APIError` (the same mapping as :meth:`complete`)."""
+        session = self._get_session()
+        aiohttp = self._aiohttp
+        try:
+            async with session.post(self._cfg.url + path, data=body, headers=self._headers) as resp:
+                status, raw, headers = resp.status, await resp.read(), resp.headers
+        except TimeoutError:
+            raise exc.APITimeoutError(f"no response within {self._cfg.timeout:g} s") from None
+        except aiohttp.ClientConnectorError as e:
+            raise exc.APIConnectionError(
+                f"cannot connect to {self._cfg.url}: {e.os_error}", refused=True
+            ) from None
+        except aiohttp.ClientPayloadError as e:
+            raise exc.MalformedResponseError(f"truncated response body: {e}") from None
+        except (aiohttp.ClientError, OSError) as e:
+            raise exc.APIConnectionError(f"connection error: {type(e).__name__}: {e}") from None
+        if status != 200:
+            raise error_for_status(status, dict(headers), raw.decode("utf-8", "replace"))
+        return raw
+
     async def aclose(self) -> None:
         if self._session is not None:
             await self._session.close()
@@ -440,6 +474,28 @@ class OpenAITransport:
         if status != 200:
             raise error_for_status(status, dict(headers), raw.decode("utf-8", "replace"))
         return decode_completion(raw, _limits_of(headers))
+
+    async def embeddings(self, body: dict[str, Any]) -> bytes:
+        """``embeddings.create`` with ``body`` (the SDK's own fields, the rest as ``extra_body``): the raw
+        200 body, else the mapped :class:`~polars_llm.exceptions.APIError`."""
+        openai = self._openai
+        known = {k: body.pop(k) for k in ("model", "input", "dimensions", "encoding_format") if k in body}
+        try:
+            with anyio.fail_after(self._cfg.timeout + 1):
+                raw = await self._client.embeddings.with_raw_response.create(**known, extra_body=body or None)
+        except TimeoutError:
+            raise exc.APITimeoutError(f"no response within {self._cfg.timeout:g} s") from None
+        except openai.APIStatusError as e:
+            raise error_for_status(e.status_code, dict(e.response.headers), e.response.text) from None
+        except openai.APITimeoutError:
+            raise exc.APITimeoutError(f"no response within {self._cfg.timeout:g} s") from None
+        except openai.APIConnectionError as e:
+            cause = e.__cause__
+            refused = isinstance(cause, ConnectionRefusedError) or "refused" in str(cause).lower()
+            raise exc.APIConnectionError(
+                f"cannot connect to {self._cfg.url}: {cause or e}", refused=refused
+            ) from None
+        return raw.content
 
     async def aclose(self) -> None:
         await self._client.close()

@@ -12,12 +12,14 @@ from __future__ import annotations
 import dataclasses
 import functools
 import inspect
+import math
 import os
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Literal, TypeVar
 
+import polars as pl
 from dotenv import dotenv_values
 from pydantic import BaseModel
 
@@ -29,17 +31,21 @@ if TYPE_CHECKING:
     from ._request import RequestSpec
 
 __all__ = [
+    "CHAT_ONLY",
     "DEFAULT_BASE_URL",
     "DEFAULT_CACHE",
     "DEFAULT_CACHE_PATH",
+    "EMBED_ONLY",
     "MapConfig",
     "Secret",
     "Worker",
     "env_value",
+    "no_model_error",
     "option_fields",
     "options_listing",
     "resolve_cache",
     "resolve_config",
+    "with_embed_options",
     "with_options",
 ]
 
@@ -48,6 +54,7 @@ DEFAULT_CACHE_PATH: Final = Path(".polars_llm") / "cache.duckdb"
 
 Worker = Callable[[str], Awaitable[str]]
 Transport = Literal["aiohttp", "openai"]
+Mode = Literal["online", "batch"]
 
 
 class _DefaultCache:
@@ -149,6 +156,58 @@ def _check_model_name(name: str, value: Any) -> str | None:
     return ck.text()(name, value)
 
 
+# Per-row details ``include=`` can add to the output, with their dtypes; ``usage`` names three of them.
+INCLUDE_DTYPES: Final[Mapping[str, pl.DataType]] = {
+    "error": pl.String(),
+    "error_kind": pl.String(),
+    "attempts": pl.Int64(),
+    "tokens_in": pl.Int64(),
+    "tokens_out": pl.Int64(),
+    "tokens_reasoning": pl.Int64(),
+    "tokens_cached": pl.Int64(),
+    "cost": pl.Float64(),
+    "cached": pl.Boolean(),
+}
+INCLUDE_GROUPS: Final[Mapping[str, tuple[str, ...]]] = {"usage": ("tokens_in", "tokens_out", "cost")}
+
+
+def _check_include(name: str, value: Any) -> tuple[str, ...]:
+    items = value.split(",") if isinstance(value, str) else value
+    try:
+        names = [str(item).strip() for item in items if str(item).strip()]
+    except TypeError:
+        raise ConfigError(f"include must be a tuple of names, got {value!r}") from None
+    out: list[str] = []
+    for item in names:
+        expanded = INCLUDE_GROUPS.get(item, (item,))
+        for field_name in expanded:
+            if field_name not in INCLUDE_DTYPES:
+                known = ", ".join([*INCLUDE_DTYPES, *INCLUDE_GROUPS])
+                raise ConfigError(f"include: unknown field {item!r}; choose from {known}")
+            if field_name not in out:
+                out.append(field_name)
+    return tuple(out)
+
+
+def _price_pair(name: str, value: Any) -> tuple[float, float]:
+    ok = isinstance(value, tuple | list) and len(value) == 2
+    ok = ok and all(ck.is_number(v) and math.isfinite(v) and v >= 0 for v in value)
+    if not ok:
+        raise ConfigError(
+            f"{name} must be (input_usd_per_million_tokens, output_usd_per_million_tokens), two "
+            f"non-negative numbers, or a mapping of model name to such a pair; got {value!r}"
+        )
+    return (float(value[0]), float(value[1]))
+
+
+def _check_price(name: str, value: Any) -> Any:
+    if isinstance(value, Mapping):
+        if not value:
+            raise ConfigError(f"{name} mapping is empty")
+        return {str(model): _price_pair(f"{name}[{model!r}]", pair) for model, pair in value.items()}
+    return _price_pair(name, value)
+
+
 def _check_worker(name: str, value: Any) -> Any:
     if not callable(value):
         raise ConfigError("worker must be an async callable taking the prompt and returning a str")
@@ -212,6 +271,14 @@ class MapConfig:
     extra_body: Mapping[str, Any] | None = option(
         None, "extra request fields (provider routing etc.); part of the content key", ck.optional(ck.mapping)
     )
+    dimensions: int | None = option(
+        None,
+        "embed only: vector length to ask for; `result` becomes Array(Float32, dimensions)",
+        ck.optional(ck.integer(1, 1_000_000)),
+    )
+    batch_size: int | None = option(
+        None, "embed only: texts per /embeddings request (None: 2048)", ck.optional(ck.integer(1, 100_000))
+    )
     concurrency: int = option(32, "requests in flight at most", ck.integer(1, 100_000))
     rpm_limit: float | None = option(None, "client-side requests per minute", ck.optional(ck.number()))
     tpm_limit: float | None = option(None, "client-side tokens per minute", ck.optional(ck.number()))
@@ -231,6 +298,27 @@ class MapConfig:
     flush_rows: int = option(
         5000, "finished rows that trigger a write before flush_interval", ck.integer(1, 10_000_000)
     )
+    max_cost: float | None = option(
+        None,
+        "USD budget for the call's rows, earlier runs' spend on them included; stops before going over",
+        ck.optional(ck.number()),
+    )
+    price: tuple[float, float] | Mapping[str, tuple[float, float]] | None = option(
+        None,
+        "(input, output) USD per million tokens, or {model: (input, output)}; else the provider's list",
+        ck.optional(_check_price),
+        cli="--price",
+    )
+    include: tuple[str, ...] = option(
+        (),
+        "per-row details added beside result/status: error, error_kind, attempts, usage, cost, cached, ...",
+        _check_include,
+    )
+    chunk_rows: int = option(
+        100_000,
+        "rows per chunk when a run streams (LazyFrame.llm.map, polars-llm run): memory grows with it",
+        ck.integer(100, 100_000_000),
+    )
     progress: bool = option(True, "show a progress bar", ck.boolean, cli="--quiet")
     transport: Transport = option(
         "aiohttp",
@@ -243,6 +331,23 @@ class MapConfig:
         ck.optional(_check_worker),
         cli=False,
     )
+    mode: Mode = option(
+        "online",
+        "'online', or 'batch': the provider's batch API (about half the price, answers within 24 h)",
+        ck.choice("online", "batch"),
+    )
+    wait: bool = option(
+        True, "batch mode: wait for the batches and collect them (False: submit and return)", ck.boolean
+    )
+    poll_interval: float = option(
+        5.0, "batch mode: first seconds between status checks (grows to 60 s)", ck.seconds()
+    )
+    batch_max_requests: int = option(
+        50_000, "batch mode: requests per uploaded batch file at most", ck.integer(1, 10_000_000)
+    )
+    batch_max_bytes: int = option(
+        200_000_000, "batch mode: bytes per uploaded batch file at most", ck.integer(1024, 10**12)
+    )
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -252,21 +357,31 @@ class MapConfig:
                 checked = check(f.name, value)
                 if checked is not value:
                     object.__setattr__(self, f.name, checked)
-        if self.worker is None:
-            if not self.model:
-                raise ConfigError(
-                    "no model given: pass model='provider/name' or set MODEL in the environment or .env"
-                )
-            if self.api_key is None or not self.key:
-                raise ConfigError(
-                    "no API key: pass api_key=..., or set OPENROUTER_API_KEY in the environment or .env"
-                )
+        if self.mode == "batch" and self.worker is not None:
+            raise ConfigError(
+                "mode='batch' sends the requests through the provider's batch API; it cannot run a "
+                "worker= callable (drop worker=, or use mode='online')"
+            )
+        if self.mode == "batch" and self.cache is None:
+            raise ConfigError(
+                "mode='batch' needs a cache file to remember its batches between calls; "
+                "pass cache=<path> (or leave the default) instead of cache=None"
+            )
+        # a missing model is checked where the input is known (`model_required`): struct rows may name
+        # their own (see _inputs)
+        if self.worker is None and (self.api_key is None or not self.key):
+            raise ConfigError(
+                "no API key: pass api_key=..., or set OPENROUTER_API_KEY in the environment or .env"
+            )
 
     @functools.cached_property
     def request(self) -> RequestSpec:
         """What every request of this call shares (fingerprint, body, validation, result dtype)."""
         from ._request import RequestSpec  # imports pydantic-schema and Polars machinery: on first use
 
+        given = sorted(name for name in EMBED_ONLY if getattr(self, name) is not None)
+        if given:
+            raise ConfigError(f"{', '.join(given)}: option(s) of llm.embed only, not of llm.map")
         return RequestSpec.of(self)
 
     @property
@@ -314,6 +429,32 @@ def option_fields() -> Iterator[dataclasses.Field[Any]]:
 
 
 OPTION_NAMES: Final = frozenset(f.name for f in dataclasses.fields(MapConfig))
+EMBED_ONLY: Final = frozenset({"dimensions", "batch_size"})
+"""Options that only ``llm.embed`` takes (``llm.map`` refuses them)."""
+CHAT_ONLY: Final = frozenset(
+    {
+        "system",
+        "response_model",
+        "temperature",
+        "max_tokens",
+        "worker",
+        "include",
+        "mode",
+        "wait",
+        "poll_interval",
+        "batch_max_requests",
+        "batch_max_bytes",
+        "chunk_rows",
+    }
+)
+"""Options that only ``llm.map`` takes (``llm.embed`` refuses them)."""
+
+
+def no_model_error() -> ConfigError:
+    return ConfigError(
+        "no model given: pass model='provider/name' or set MODEL in the environment or .env "
+        "(or give every row of a struct input its own `model`)"
+    )
 
 
 # --- resolving from arguments, the environment and .env -------------------------------------------------
@@ -329,11 +470,15 @@ def env_value(name: str) -> str | None:
     return os.environ.get(name) or _dotenv().get(name) or None
 
 
-def resolve_config(*, api_key_env: str = "OPENROUTER_API_KEY", **options: Any) -> MapConfig:
+def resolve_config(
+    *, api_key_env: str = "OPENROUTER_API_KEY", model_required: bool = True, **options: Any
+) -> MapConfig:
     """Build a :class:`MapConfig` from options, then the environment, then ``./.env``.
 
     ``model``, ``api_key`` and ``base_url`` left out (or ``None``) come from ``MODEL``, ``api_key_env``
-    and ``POLARS_LLM_BASE_URL``. Unknown options raise :class:`ConfigError` naming them.
+    and ``POLARS_LLM_BASE_URL``. Unknown options raise :class:`ConfigError` naming them, and so does a
+    missing model unless ``model_required=False`` (the input may name a model per row; it is checked
+    once the input is known, still before any request).
 
     >>> cfg = resolve_config(model="m", api_key="k", cache=None, concurrency=8)
     >>> (cfg.model, cfg.concurrency, cfg.cache)
@@ -346,9 +491,12 @@ def resolve_config(*, api_key_env: str = "OPENROUTER_API_KEY", **options: Any) -
         if options.get(name) is None:
             options[name] = env_value(env)
     try:
-        return MapConfig(**options)
+        cfg = MapConfig(**options)
     except TypeError as exc:  # wrong option types that dataclass itself rejects
         raise ConfigError(str(exc)) from None
+    if model_required and cfg.model is None and cfg.worker is None:
+        raise no_model_error()
+    return cfg
 
 
 # --- signatures and docs derived from the fields --------------------------------------------------------
@@ -362,9 +510,18 @@ def with_options(fn: F) -> F:
     ``help()``, Jupyter's Shift-Tab and ``inspect.signature`` then show the options of :class:`MapConfig`;
     type checkers read the ``Unpack[MapOptions]`` annotation of ``**options``.
     """
+    return _signed(fn, frozenset())
+
+
+def with_embed_options(fn: F) -> F:
+    """:func:`with_options` for ``llm.embed``'s entry points: every option but the chat-only ones."""
+    return _signed(fn, CHAT_ONLY)
+
+
+def _signed(fn: F, skip: frozenset[str]) -> F:
     sig = inspect.signature(fn)
     params = [p for p in sig.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
-    taken = {p.name for p in params}
+    taken = {p.name for p in params} | skip
     extra = [
         inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=f.default, annotation=f.type)
         for f in option_fields()

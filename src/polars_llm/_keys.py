@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from json.encoder import encode_basestring  # type: ignore[attr-defined]  (what json.dumps uses)
 from typing import Any
 
-__all__ = ["KEY_VERSION", "KeyMaker", "request_fingerprint"]
+__all__ = ["KEY_VERSION", "KeyMaker", "fingerprint_template", "request_fingerprint"]
 
 KEY_VERSION = 1
 
@@ -24,9 +25,15 @@ def request_fingerprint(
     system: str | None,
     params: Mapping[str, Any],
     schema: Mapping[str, Any] | None,
+    extra: Mapping[str, Any] | None = None,
 ) -> bytes:
-    """Canonical bytes describing everything about a request except the prompt."""
-    doc = {
+    """Canonical bytes describing everything about a request except the prompt.
+
+    ``extra`` describes what else a request carries beyond the prompt (a struct row's images and
+    earlier turns, or the kind of request for embeddings); it is left out of the document when ``None``,
+    so the keys of plain chat requests are those of every earlier release.
+    """
+    doc: dict[str, Any] = {
         "v": KEY_VERSION,
         "base_url": base_url.rstrip("/"),
         "model": model,
@@ -34,7 +41,45 @@ def request_fingerprint(
         "params": dict(params),
         "schema": schema,
     }
+    if extra is not None:
+        doc["extra"] = dict(extra)
     return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str).encode()
+
+
+_MODEL, _SYSTEM = "\x00model\x00", "\x00system\x00"  # placeholders no real fingerprint holds
+
+
+def fingerprint_template(
+    *, base_url: str, params: Mapping[str, Any], schema: Mapping[str, Any] | None
+) -> Callable[[str, str | None], bytes]:
+    """``(model, system) -> request_fingerprint(...)`` for one base URL, parameters and schema, without
+    a ``json.dumps`` per call (struct rows with a system prompt each): the document is dumped once with
+    placeholders, which are then replaced by the values encoded exactly as ``json.dumps`` encodes them.
+
+    >>> make = fingerprint_template(base_url="u", params={"t": 0}, schema=None)
+    >>> make("m", "be brief") == request_fingerprint(base_url="u", model="m", system="be brief",
+    ...                                               params={"t": 0}, schema=None)
+    True
+    """
+    doc = request_fingerprint(base_url=base_url, model=_MODEL, system=_SYSTEM, params=params, schema=schema)
+    text = doc.decode()
+    model_at, system_at = encode_basestring(_MODEL), encode_basestring(_SYSTEM)
+    if text.count(model_at) != 1 or text.count(system_at) != 1 or text.find(model_at) > text.find(system_at):
+
+        def slow(model: str, system: str | None) -> bytes:
+            return request_fingerprint(
+                base_url=base_url, model=model, system=system, params=params, schema=schema
+            )
+
+        return slow
+    head, rest = text.split(model_at)
+    middle, tail = rest.split(system_at)
+
+    def fast(model: str, system: str | None) -> bytes:
+        shown = "null" if system is None else encode_basestring(system)
+        return f"{head}{encode_basestring(model)}{middle}{shown}{tail}".encode()
+
+    return fast
 
 
 class KeyMaker:

@@ -6,7 +6,8 @@ version, each in its own transaction together with the row it adds to ``schema_v
 leaves the file at a whole version. A file recording a version above :data:`CURRENT_VERSION` was
 written by a newer polars_llm and is refused without being touched.
 
-Never edit a released step: append a new one.
+Never edit a released step: append a new one, and make it idempotent (``IF NOT EXISTS``), so a step
+that lands on another branch first can be renumbered without harm.
 """
 
 from __future__ import annotations
@@ -52,11 +53,59 @@ CREATE TABLE requests (
 """
 
 _V2: Final = """
-ALTER TABLE requests ADD COLUMN error_kind VARCHAR;
-ALTER TABLE requests ADD COLUMN cost DOUBLE;
+ALTER TABLE requests ADD COLUMN IF NOT EXISTS error_kind VARCHAR;
+ALTER TABLE requests ADD COLUMN IF NOT EXISTS cost DOUBLE;
 """
 
-MIGRATIONS: Final[tuple[Migration, ...]] = ((1, _V1), (2, _V2))
+# Cost accounting: reasoning and cached prompt tokens per row; the provider's price list, kept with its date.
+_V3: Final = """
+ALTER TABLE requests ADD COLUMN IF NOT EXISTS tokens_reasoning BIGINT;
+ALTER TABLE requests ADD COLUMN IF NOT EXISTS tokens_cached BIGINT;
+CREATE TABLE IF NOT EXISTS model_prices (
+    base_url   VARCHAR NOT NULL,
+    model      VARCHAR NOT NULL,
+    price_in   DOUBLE,
+    price_out  DOUBLE,
+    max_output BIGINT,
+    fetched_at TIMESTAMP NOT NULL
+);
+"""
+
+# Batch mode: the batches submitted to a provider's batch API, and the batch each request was last sent in.
+# Idempotent (IF NOT EXISTS) so that branches adding migrations in parallel can be renumbered on merge.
+_V4: Final = """
+CREATE TABLE IF NOT EXISTS batches (
+    batch_id       VARCHAR NOT NULL,
+    base_url       VARCHAR,
+    model          VARCHAR,
+    endpoint       VARCHAR,
+    input_file_id  VARCHAR,
+    output_file_id VARCHAR,
+    error_file_id  VARCHAR,
+    status         VARCHAR,
+    requests       INTEGER,
+    bytes          BIGINT,
+    completed      INTEGER,
+    failed         INTEGER,
+    rows_done      INTEGER,
+    rows_failed    INTEGER,
+    rows_requeued  INTEGER,
+    message        VARCHAR,
+    submitted_at   TIMESTAMP,
+    checked_at     TIMESTAMP,
+    finished_at    TIMESTAMP,
+    collected_at   TIMESTAMP
+);
+ALTER TABLE requests ADD COLUMN IF NOT EXISTS batch_id VARCHAR;
+"""
+
+# Struct input and embeddings: the other fields of a struct row (JSON), and the embedding vector.
+_V5: Final = """
+ALTER TABLE requests ADD COLUMN IF NOT EXISTS input VARCHAR;
+ALTER TABLE requests ADD COLUMN IF NOT EXISTS embedding FLOAT[];
+"""
+
+MIGRATIONS: Final[tuple[Migration, ...]] = ((1, _V1), (2, _V2), (3, _V3), (4, _V4), (5, _V5))
 CURRENT_VERSION: Final = MIGRATIONS[-1][0]
 
 State = Literal["empty", "ours", "foreign"]

@@ -7,8 +7,20 @@ from typing import Generic, TypeVar, Unpack
 import polars as pl
 
 from ._bridge import surfaced
-from ._config import with_options
-from ._map import MapOptions, llm_map, llm_map_async, llm_map_frame, llm_map_series
+from ._config import with_embed_options, with_options
+from ._cost import Estimate
+from ._map import (
+    EmbedOptions,
+    MapOptions,
+    estimate,
+    llm_embed,
+    llm_embed_frame,
+    llm_embed_series,
+    llm_map,
+    llm_map_async,
+    llm_map_frame,
+    llm_map_series,
+)
 
 __all__ = ["ExprLLM", "FrameLLM", "LazyFrameLLM", "SeriesLLM"]
 
@@ -17,7 +29,7 @@ FrameT = TypeVar("FrameT", pl.DataFrame, pl.LazyFrame)
 
 @pl.api.register_expr_namespace("llm")
 class ExprLLM:
-    """``pl.col("prompt").llm.map(model=...)`` → ``Struct{result, status}``."""
+    """``pl.col("prompt").llm.map(model=...)`` → ``Struct{result, status}``; ``.llm.embed(...)`` → vectors."""
 
     def __init__(self, expr: pl.Expr) -> None:
         self._expr = expr
@@ -26,6 +38,14 @@ class ExprLLM:
     @with_options
     def map(self, model: str | None = None, **options: Unpack[MapOptions]) -> pl.Expr:
         return llm_map(self._expr, model, **options)
+
+    @surfaced
+    @with_embed_options
+    def embed(
+        self, model: str | None = None, dimensions: int | None = None, **options: Unpack[EmbedOptions]
+    ) -> pl.Expr:
+        """``pl.col("text").llm.embed(model, dimensions)`` → ``Struct{result, status}`` of vectors."""
+        return llm_embed(self._expr, model, dimensions, **options)
 
 
 @pl.api.register_series_namespace("llm")
@@ -41,9 +61,22 @@ class SeriesLLM:
         return llm_map_series(self._series, model, **options)
 
     @surfaced
+    @with_embed_options
+    def embed(
+        self, model: str | None = None, dimensions: int | None = None, **options: Unpack[EmbedOptions]
+    ) -> pl.Series:
+        return llm_embed_series(self._series, model, dimensions, **options)
+
+    @surfaced
     @with_options
     async def amap(self, model: str | None = None, **options: Unpack[MapOptions]) -> pl.Series:
         return await llm_map_async(self._series, model=model, **options)  # type: ignore[return-value]
+
+    @surfaced
+    @with_options
+    def estimate(self, model: str | None = None, **options: Unpack[MapOptions]) -> Estimate:
+        """What ``.llm.map`` would send and cost, without sending (see :func:`polars_llm.estimate`)."""
+        return estimate(self._series, model=model, **options)
 
 
 class _FrameLLM(Generic[FrameT]):
@@ -63,6 +96,37 @@ class _FrameLLM(Generic[FrameT]):
     ) -> FrameT:
         return llm_map_frame(
             self._frame, column, model, result_name=result_name, status_name=status_name, **options
+        )
+
+    @surfaced
+    @with_options
+    def estimate(
+        self, column: str | pl.Expr, model: str | None = None, **options: Unpack[MapOptions]
+    ) -> Estimate:
+        """What ``.llm.map`` would send and cost, without sending (see :func:`polars_llm.estimate`)."""
+        return estimate(self._frame, column, model, **options)
+
+    @surfaced
+    @with_embed_options
+    def embed(
+        self,
+        column: str | pl.Expr,
+        model: str | None = None,
+        dimensions: int | None = None,
+        *,
+        result_name: str = "result",
+        status_name: str = "status",
+        **options: Unpack[EmbedOptions],
+    ) -> FrameT:
+        """``df.llm.embed("text", model, dimensions)`` → ``df`` with ``result`` (vectors) and ``status``."""
+        return llm_embed_frame(
+            self._frame,
+            column,
+            model,
+            dimensions,
+            result_name=result_name,
+            status_name=status_name,
+            **options,
         )
 
 

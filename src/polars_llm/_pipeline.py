@@ -15,16 +15,24 @@ rows are (:func:`stopped`); the original error stays reachable as ``__context__`
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import anyio
 import polars as pl
 
+from ._batch import BATCH_PRICE_FACTOR, execute_batch
+from ._batch_progress import BatchProgress, BatchStats, batch_note
 from ._bridge import run_async, run_sync
-from ._config import MapConfig
-from ._engine import RunStats, execute
+from ._config import INCLUDE_DTYPES, MapConfig, no_model_error
+from ._cost import Estimate, TokenModel, build_estimate
+from ._engine import RunStats, Work
+from ._inputs import prepare_struct
+from ._pricing import resolve_price
 from ._progress import Progress, Reporter, reporting
-from .exceptions import ColumnTypeError, PolarsLLMError
+from ._session import execute
+from ._store import Store
+from .exceptions import BudgetExceededError, ColumnTypeError, ConfigError, PolarsLLMError
 
 __all__ = [
     "EMPTY_STATE",
@@ -32,6 +40,7 @@ __all__ = [
     "amap_series",
     "arun",
     "assemble",
+    "estimate_series",
     "map_series",
     "per_row",
     "prepare",
@@ -39,16 +48,25 @@ __all__ = [
     "stopped",
 ]
 
-EMPTY_STATE = pl.DataFrame(schema={"key": pl.String, "status": pl.String, "result": pl.String})
+EMPTY_STATE = pl.DataFrame(
+    schema={"key": pl.String, "status": pl.String, "result": pl.String, "batch_status": pl.String}
+)
+_DETAILS = frozenset(INCLUDE_DTYPES) | {"batch_status"}
 
 
 @dataclass(frozen=True, slots=True)
 class Prepared:
-    """One call's input: the prompt of every row, and the unique prompts to answer with their keys."""
+    """One call's input: the prompt of every row, and the unique prompts to answer with their keys.
+
+    A struct input (:mod:`polars_llm._inputs`) also has each row's key (``row_keys``) and, per unique
+    request, its payload and per-row store columns (``work``).
+    """
 
     rows: pl.Series  # String, one per input row, nulls kept, named like the input column
     unique: pl.Series  # "prompt": unique non-null prompts in first-seen order
     keys: pl.Series  # "key": their content keys
+    row_keys: pl.Series | None = None  # struct input: each row's key (null for a null prompt)
+    work: Work | None = None  # struct input: per-request payloads and store columns
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -62,7 +80,8 @@ def _prompts(series: pl.Series) -> pl.Series:
         return series.cast(pl.String)
     raise ColumnTypeError(
         f"the prompt column {series.name!r} has dtype {dtype}; llm.map needs a String column "
-        f"(cast it first, e.g. pl.col({series.name!r}).cast(pl.String))"
+        f"(cast it first, e.g. pl.col({series.name!r}).cast(pl.String)) or a struct input "
+        "(pl.struct(prompt=..., system=..., images=..., messages=..., model=...))"
     )
 
 
@@ -76,17 +95,38 @@ def prepare(series: pl.Series, cfg: MapConfig) -> Prepared:
     >>> p.unique.to_list(), len(p)
     (['b', 'a'], 2)
     """
+    if isinstance(series.dtype, pl.Struct):
+        return _prepare_struct(series, cfg)
     rows = _prompts(series)
+    if cfg.model is None and cfg.worker is None:
+        raise no_model_error()
     unique = rows.drop_nulls().unique(maintain_order=True).rename("prompt")
     keys = pl.Series("key", cfg.request.key_maker().keys(unique.to_list()), dtype=pl.String)
     return Prepared(rows, unique, keys)
 
 
+def _prepare_struct(series: pl.Series, cfg: MapConfig) -> Prepared:
+    s = prepare_struct(series, cfg)
+    extra = pl.DataFrame(s.columns, schema=dict.fromkeys(s.columns, pl.String))
+    work = Work(extra=extra, payloads=s.payloads)
+    return Prepared(
+        rows=series.struct.field("prompt").cast(pl.String).rename(series.name),
+        unique=pl.Series("prompt", s.prompts, dtype=pl.String),
+        keys=pl.Series("key", s.keys, dtype=pl.String),
+        row_keys=s.row_keys,
+        work=work,
+    )
+
+
 def per_row(prepared: Prepared, state: pl.DataFrame) -> pl.DataFrame:
-    """``prompt, key, status, result`` for every input row, in order (``key`` null for a null prompt)."""
+    """``prompt, key, status, result`` (and any other state columns: ``include`` details, ``batch_status``)
+    for every input row, in order (``key`` null for a null prompt)."""
     rows = prepared.rows
+    answers = state.select("key", "status", "result", *(c for c in state.columns if c in _DETAILS))
+    if prepared.row_keys is not None:  # struct input: each row's key is known
+        frame = pl.DataFrame([rows.rename("prompt"), prepared.row_keys])
+        return frame.join(answers, on="key", how="left", maintain_order="left")
     per_prompt = pl.DataFrame({"prompt": prepared.unique, "key": prepared.keys})
-    answers = state.select("key", "status", "result")
     if rows.null_count() == 0 and len(prepared.unique) == len(rows):
         # every row is its own unique prompt, in the same order: no join on the prompt text needed
         return per_prompt.join(answers, on="key", how="left", maintain_order="left")
@@ -94,34 +134,75 @@ def per_row(prepared: Prepared, state: pl.DataFrame) -> pl.DataFrame:
     return rows.rename("prompt").to_frame().join(per_prompt, on="prompt", how="left", maintain_order="left")
 
 
-def assemble(prepared: Prepared, state: pl.DataFrame, cfg: MapConfig) -> pl.Series:
-    """The ``Struct{result, status}`` column: ``done`` / ``failed``, ``null`` where the prompt is null."""
+def assemble(
+    prepared: Prepared,
+    state: pl.DataFrame,
+    cfg: MapConfig,
+    results: Callable[[pl.Series], pl.Series] | None = None,
+) -> pl.Series:
+    """The ``Struct{result, status, <include>}`` column.
+
+    ``status`` is ``done``, ``failed``, ``null`` where the prompt is null, ``submitted`` while the row's
+    batch is running (batch mode), or ``pending`` for a row not sent yet (a stopped run: ``max_cost``
+    reached; a batch that expired, to be resubmitted). ``results`` turns the stored answers into the
+    ``result`` column (default ``cfg.request.results``).
+    """
     rows = per_row(prepared, state)
     done = pl.col("status") == "done"
+    null = pl.col("prompt").is_null()
+    submitted = pl.col("batch_status").is_not_null() if "batch_status" in rows.columns else pl.lit(False)
+    details = [
+        (pl.lit(None, dtype) if name not in rows.columns else pl.when(~null).then(pl.col(name)))
+        .cast(dtype)
+        .alias(name)
+        for name, dtype in ((name, INCLUDE_DTYPES[name]) for name in cfg.include)
+    ]
     frame = rows.select(
         pl.when(done).then(pl.col("result")).alias("result"),
-        pl.when(pl.col("prompt").is_null())
+        pl.when(null)
         .then(pl.lit("null"))
         .when(done)
         .then(pl.lit("done"))
-        .otherwise(pl.lit("failed"))
+        .when(submitted)
+        .then(pl.lit("submitted"))
+        .when(pl.col("status") == "failed")
+        .then(pl.lit("failed"))
+        .otherwise(pl.lit("pending"))
         .alias("status"),
+        *details,
     )
-    result = cfg.request.results(frame.get_column("result"))
-    return pl.DataFrame([result, frame.get_column("status")]).to_struct(prepared.rows.name)
+    result = (results or cfg.request.results)(frame.get_column("result"))
+    return frame.with_columns(result).to_struct(prepared.rows.name)
 
 
 def progress_for(prepared: Prepared, cfg: MapConfig) -> Progress:
-    return Progress(RunStats(total=len(prepared)), enabled=cfg.progress and len(prepared) > 0)
+    enabled = cfg.progress and len(prepared) > 0
+    if cfg.mode == "batch":
+        return BatchProgress(BatchStats(total=len(prepared)), enabled=enabled)
+    return Progress(RunStats(total=len(prepared)), enabled=enabled)
 
 
 async def _execute(prepared: Prepared, cfg: MapConfig, reporter: Reporter) -> pl.DataFrame:
-    """The engine with the progress display refreshing beside it."""
+    """The engine (or batch mode) with the progress display refreshing beside it."""
+    if cfg.mode == "batch" and prepared.work is not None:
+        raise ConfigError(
+            "mode='batch' takes a String prompt column; struct input (per-row system, images, messages, "
+            "model) runs online only (mode='online')"
+        )
     async with anyio.create_task_group() as tg:
         tg.start_soon(reporter.run)
         try:
+            if cfg.mode == "batch":
+                return await execute_batch(
+                    cfg, prepared.keys, prepared.unique, stats=reporter.stats, on_start=reporter.started
+                )
             return await execute(
-                cfg, prepared.keys, prepared.unique, stats=reporter.stats, on_start=reporter.started
+                cfg,
+                prepared.keys,
+                prepared.unique,
+                stats=reporter.stats,
+                on_start=reporter.started,
+                work=prepared.work,
             )
         finally:
             tg.cancel_scope.cancel()
@@ -149,6 +230,8 @@ def stopped(error: BaseException, stats: RunStats, cfg: MapConfig) -> BaseExcept
         f"stopped after {stats.finished:,} of {to_send:,} requests "
         f"({stats.done:,} done, {stats.failed:,} failed); {where}"
     )
+    if cfg.mode == "batch":
+        note = batch_note(stats, cfg)
     if isinstance(error, KeyboardInterrupt):
         return KeyboardInterrupt(note)
     if isinstance(error, PolarsLLMError):
@@ -161,6 +244,18 @@ def stopped(error: BaseException, stats: RunStats, cfg: MapConfig) -> BaseExcept
     return error
 
 
+def _restated(error: BaseException, prepared: Prepared, cfg: MapConfig, reporter: Reporter) -> BaseException:
+    """What a stopped run raises: ``stopped()``'s restatement; a budget stop carries the output so far."""
+    if isinstance(error, BudgetExceededError) and error.state is not None:
+        out = assemble(prepared, error.state, cfg).struct.unnest()
+        if prepared.rows.name not in out.columns:
+            out.insert_column(0, prepared.rows)
+        error.frame = out
+    if reporter.stats.requests == 0 and not isinstance(error, KeyboardInterrupt | BudgetExceededError):
+        return error  # stopped before sending anything (a locked cache…): the error says it all
+    return stopped(error, reporter.stats, cfg)
+
+
 def run(prepared: Prepared, cfg: MapConfig, reporter: Reporter | None = None) -> pl.DataFrame:
     """Execute synchronously (its own event loop thread, so also from a Jupyter cell); the state frame."""
     if len(prepared) == 0:
@@ -170,9 +265,7 @@ def run(prepared: Prepared, cfg: MapConfig, reporter: Reporter | None = None) ->
         try:
             return run_sync(_execute, prepared, cfg, reporter)
         except (KeyboardInterrupt, PolarsLLMError) as exc:
-            if reporter.stats.requests == 0 and not isinstance(exc, KeyboardInterrupt):
-                raise  # stopped before sending anything (a locked cache…): the error says it all
-            raise stopped(exc, reporter.stats, cfg) from None
+            raise _restated(exc, prepared, cfg, reporter) from None
 
 
 async def arun(prepared: Prepared, cfg: MapConfig, reporter: Reporter | None = None) -> pl.DataFrame:
@@ -184,9 +277,32 @@ async def arun(prepared: Prepared, cfg: MapConfig, reporter: Reporter | None = N
         try:
             return await run_async(_execute, prepared, cfg, reporter)
         except PolarsLLMError as exc:
-            if reporter.stats.requests == 0:
-                raise
-            raise stopped(exc, reporter.stats, cfg) from None
+            raise _restated(exc, prepared, cfg, reporter) from None
+
+
+def estimate_series(series: pl.Series, cfg: MapConfig) -> Estimate:
+    """What mapping ``series`` would send and cost: no completion request (maybe one ``GET /models``)."""
+    prepared = prepare(series, cfg)
+    with Store.open(cfg.cache_path) as store:
+        known = store.lookup(prepared.keys.to_frame())
+        price = resolve_price(cfg, store)
+        history = store.token_history(cfg.request.model)
+    done = known.filter(pl.col("status") == "done").get_column("key")
+    to_send = prepared.unique.filter(~prepared.keys.is_in(done.implode()))
+    tokens = TokenModel.learn(history, max_tokens=cfg.max_tokens, max_output=price.max_output)
+    if cfg.mode == "batch":
+        price = price.scaled(BATCH_PRICE_FACTOR)
+    return build_estimate(
+        model=cfg.request.model,
+        rows=len(prepared.rows),
+        null_rows=prepared.rows.null_count(),
+        unique_prompts=len(prepared),
+        to_send_chars=to_send.str.len_chars(),
+        cached=len(prepared) - len(to_send),
+        tokens=tokens,
+        price=price,
+        system_chars=len(cfg.system or ""),
+    )
 
 
 def map_series(series: pl.Series, cfg: MapConfig) -> pl.Series:

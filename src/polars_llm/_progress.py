@@ -120,12 +120,14 @@ class RateMeter:
 
 
 def format_postfix(stats: RunStats, rpm: float) -> str:
-    """The text after the bar: counts, requests/min, tokens, cost, then the pace the run keeps —
-    learned from 429s, announced by the provider's headers, or the client limit — or, while
-    everybody waits, for how long and why.
+    """The text after the bar: counts, requests/min, tokens, money (``spent/budget`` with ``max_cost``),
+    then the pace the run keeps — learned from 429s, announced by the provider's headers, or the client
+    limit — or, while everybody waits, for how long and why.
 
     >>> format_postfix(RunStats(done=5, failed=1, retrying=2, tokens_in=10, tokens_out=20, cost=0.5), 120.0)
     'done=5 failed=1 retrying=2 rpm=120 tok=30 $0.5000'
+    >>> format_postfix(RunStats(done=5, cost=0.25, spent_before=0.5, budget=2.0), 60.0)
+    'done=5 failed=0 retrying=0 rpm=60 $0.7500/$2.00'
     >>> paced = RunStats(done=5, pacing=lambda: (2940.0, "learned", 0.0, ""))
     >>> format_postfix(paced, 2900.0)
     'done=5 failed=0 retrying=0 rpm=2,900 pace≤2,940/min (learned)'
@@ -137,7 +139,9 @@ def format_postfix(stats: RunStats, rpm: float) -> str:
     tokens = stats.tokens_in + stats.tokens_out
     if tokens:
         text += f" tok={tokens:,}"
-    if stats.cost:
+    if stats.budget is not None:
+        text += f" ${stats.spent_before + stats.cost:.4f}/${stats.budget:,.2f}"
+    elif stats.cost:
         text += f" ${stats.cost:.4f}"
     if stats.pacing is not None:
         allowed, source, paused, why = stats.pacing()
@@ -150,6 +154,8 @@ def format_postfix(stats: RunStats, rpm: float) -> str:
 
 class Progress:
     """A progress bar over one run. ``enabled=False`` makes every method a no-op."""
+
+    unit = "req"
 
     def __init__(self, stats: RunStats, *, enabled: bool = True, desc: str = "llm") -> None:
         self.stats = stats
@@ -164,7 +170,7 @@ class Progress:
         options: dict[str, Any] = {
             "total": self.stats.total or None,
             "desc": self.desc,
-            "unit": "req",
+            "unit": self.unit,
             "dynamic_ncols": True,
             "mininterval": _TICK,
             "file": sys.stderr,

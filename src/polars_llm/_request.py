@@ -24,10 +24,12 @@ import polars as pl
 from pydantic import BaseModel
 
 from . import _structured
-from ._keys import KeyMaker, request_fingerprint
+from ._config import INCLUDE_DTYPES
+from ._keys import KeyMaker, fingerprint_template, request_fingerprint
 
 if TYPE_CHECKING:
     from ._config import MapConfig
+    from ._inputs import RowRequest
 
 __all__ = ["RequestSpec"]
 
@@ -44,6 +46,7 @@ class RequestSpec:
     schema: Mapping[str, Any] | None  # the schema document in the content key (= response_format)
     response_format: Mapping[str, Any] | None  # what is sent; None with a worker
     result_dtype: pl.DataType
+    include: tuple[str, ...]  # per-row details beside result and status
     fingerprint: bytes
     _extra: Mapping[str, Any] = field(repr=False)  # body fields after model and messages
 
@@ -72,6 +75,7 @@ class RequestSpec:
             schema=schema,
             response_format=response_format,
             result_dtype=_structured.struct_dtype(model) if model is not None else pl.String(),
+            include=cfg.include,
             fingerprint=request_fingerprint(
                 base_url=cfg.endpoint, model=name, system=cfg.system, params=params, schema=schema
             ),
@@ -81,18 +85,51 @@ class RequestSpec:
     def key_maker(self) -> KeyMaker:
         return KeyMaker(self.fingerprint)
 
+    def fingerprint_template(self) -> Callable[[str, str | None], bytes]:
+        """``(model, system) -> fingerprint`` of requests that differ from this call's by those two only."""
+        return fingerprint_template(base_url=self.endpoint, params=self.params, schema=self.schema)
+
+    def key_maker_for(
+        self, model: str, system: str | None, extra: Mapping[str, Any] | None = None
+    ) -> KeyMaker:
+        """Keys of requests that differ from this call's by model, system prompt or ``extra`` (struct rows).
+
+        With this call's own model and system prompt and no ``extra``, the keys are :meth:`key_maker`'s.
+        """
+        return KeyMaker(
+            request_fingerprint(
+                base_url=self.endpoint,
+                model=model,
+                system=system,
+                params=self.params,
+                schema=self.schema,
+                extra=extra,
+            )
+        )
+
     @property
     def output_dtype(self) -> pl.Struct:
-        """``Struct{result, status}`` of the mapped column."""
-        return pl.Struct({"result": self.result_dtype, "status": pl.String()})
+        """``Struct{result, status}`` of the mapped column, plus the ``include`` details asked for."""
+        details = {name: INCLUDE_DTYPES[name] for name in self.include}
+        return pl.Struct({"result": self.result_dtype, "status": pl.String(), **details})
 
-    def body(self, prompt: str) -> dict[str, Any]:
-        """The JSON body of one request: a fresh conversation per row, never shared between rows."""
+    def body(self, prompt: str | RowRequest) -> dict[str, Any]:
+        """The JSON body of one request: a fresh conversation per row, never shared between rows.
+
+        ``prompt`` is a row's prompt text, or a struct row's :class:`~polars_llm._inputs.RowRequest`
+        (its own system prompt, earlier turns, images and model).
+        """
+        if type(prompt) is not str:
+            return prompt.body(self)  # type: ignore[union-attr]
         messages = []
         if self.system is not None:
             messages.append({"role": "system", "content": self.system})
         messages.append({"role": "user", "content": prompt})
         return {"model": self.model, "messages": messages, **self._extra}
+
+    def chat_body(self, model: str, messages: list[dict[str, Any]]) -> dict[str, Any]:
+        """A body with this call's parameters around ``messages`` (a struct row's own conversation)."""
+        return {"model": model, "messages": messages, **self._extra}
 
     @property
     def validator(self) -> Callable[[str | None], str] | None:

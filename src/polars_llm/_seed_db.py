@@ -25,7 +25,8 @@ from typing import Final, Literal
 import duckdb
 import polars as pl
 
-from ._store import Store, connect
+from ._store import Store
+from ._store_files import connect
 from .exceptions import ConfigError, StoreError
 
 __all__ = [

@@ -4,9 +4,16 @@ Tables (also in :data:`TABLES_DOC`):
 
 ``requests``
     one row per content key: ``key`` (32-hex), ``prompt``, ``base_url``, ``model``, ``system``, ``params``
-    (JSON text), ``schema_name``, ``schema`` (JSON text), ``status`` (``pending`` | ``done`` | ``failed``),
-    ``result``, ``error``, ``error_kind``, ``attempts`` (summed over runs), ``tokens_in``, ``tokens_out``,
-    ``cost``, ``created_at``, ``updated_at``, ``finished_at`` (UTC ``TIMESTAMP``). No API key is ever stored.
+    (JSON text), ``schema_name``, ``schema`` (JSON text), ``input`` (a struct row's turns and images, JSON
+    text), ``status`` (``pending`` | ``done`` | ``failed``), ``result``, ``embedding`` (``FLOAT[]``),
+    ``error``, ``error_kind``, ``attempts`` (summed over runs), ``tokens_in``, ``tokens_out``,
+    ``tokens_reasoning``, ``tokens_cached``, ``cost``, ``created_at``, ``updated_at``, ``finished_at`` (UTC
+    ``TIMESTAMP``), ``batch_id``. No API key is ever stored.
+``batches``
+    one row per batch submitted in batch mode (see :mod:`polars_llm._batch_store`).
+``model_prices``
+    the provider's price list (``base_url``, ``model``, ``price_in``/``price_out`` in USD per million
+    tokens, ``max_output``, ``fetched_at``), fetched once and reused.
 ``schema_version``
     ``version``, ``applied_at``: one row per applied migration (see :mod:`polars_llm._migrations`).
 
@@ -23,9 +30,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import re
-import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
@@ -39,9 +43,10 @@ import polars as pl
 import pyarrow as pa
 
 from . import _migrations
+from ._store_files import connect, path_lock, prepare_file, probe
 from .exceptions import ConfigError, StoreError
 
-__all__ = ["TABLES_DOC", "Outcome", "Store", "connect"]
+__all__ = ["DETAIL_SCHEMA", "TABLES_DOC", "Outcome", "Store", "apply_outcomes"]
 
 TABLES_DOC: Final = """\
 The cache is one DuckDB file (default `.polars_llm/cache.duckdb`); open it with any DuckDB client
@@ -55,16 +60,40 @@ while no run is using it.
 | `prompt` | VARCHAR | the prompt text |
 | `base_url`, `model` | VARCHAR | endpoint and model |
 | `system` | VARCHAR | system prompt, or NULL |
+| `input` | VARCHAR | a struct row's earlier turns and images as JSON text (`data:` URLs shortened), or NULL |
 | `params` | VARCHAR | generation parameters as JSON text |
 | `schema_name`, `schema` | VARCHAR | response model name and JSON schema, or NULL |
 | `status` | VARCHAR | `pending`, `done` or `failed` |
 | `result` | VARCHAR | raw text, or validated JSON text for a response model |
+| `embedding` | FLOAT[] | the vector of an `llm.embed` request (its `params` hold `"kind": "embedding"`) |
 | `error` | VARCHAR | error message (validation failures include the raw model output) |
 | `error_kind` | VARCHAR | machine-readable kind, e.g. `rate_limit`, `output_validation` |
 | `attempts` | INTEGER | attempts made, summed over every run |
-| `tokens_in`, `tokens_out` | BIGINT | token usage reported by the provider |
-| `cost` | DOUBLE | cost reported by the provider |
+| `tokens_in`, `tokens_out` | BIGINT | token usage reported by the provider (all attempts) |
+| `tokens_reasoning` | BIGINT | reasoning tokens (already part of `tokens_out`) |
+| `tokens_cached` | BIGINT | prompt tokens served from the provider's cache (part of `tokens_in`) |
+| `cost` | DOUBLE | USD: the provider's `usage.cost`, else tokens × price when a price is known, else NULL |
 | `created_at`, `updated_at`, `finished_at` | TIMESTAMP | UTC times |
+| `batch_id` | VARCHAR | batch mode: the batch the request was last sent in, or NULL |
+
+**`batches`**: one row per batch submitted with `mode="batch"`. A batch is *live* until its results are
+collected (`collected_at` NULL); a request in a live batch is never sent again.
+
+| column | type | meaning |
+|---|---|---|
+| `batch_id` | VARCHAR | the provider's batch id |
+| `base_url`, `model`, `endpoint` | VARCHAR | where it was submitted (`/v1/chat/completions`) |
+| `input_file_id`, `output_file_id`, `error_file_id` | VARCHAR | the provider's file ids |
+| `status` | VARCHAR | provider status last seen (`in_progress`, `completed`, `expired`, …) |
+| `requests`, `bytes` | INTEGER, BIGINT | requests in the input file and its size |
+| `completed`, `failed` | INTEGER | the provider's request counts, last seen |
+| `rows_done`, `rows_failed`, `rows_requeued` | INTEGER | collected: answers, failures, rows back to pending |
+| `message` | VARCHAR | batch-level errors, or why rows were put back to pending |
+| `submitted_at`, `checked_at`, `finished_at`, `collected_at` | TIMESTAMP | UTC times |
+
+**`model_prices`**: the provider's model list, fetched once per base URL and reused: `base_url`,
+`model` VARCHAR, `price_in`, `price_out` DOUBLE (USD per million tokens), `max_output` BIGINT (longest
+answer the model gives, when listed), `fetched_at` TIMESTAMP.
 
 **`schema_version`**: `version` INTEGER, `applied_at` TIMESTAMP; one row per applied migration.
 
@@ -81,13 +110,31 @@ OUTPUT_COLUMNS: Final = (
     "attempts",
     "tokens_in",
     "tokens_out",
+    "tokens_reasoning",
+    "tokens_cached",
     "cost",
     "created_at",
     "finished_at",
 )
-_JOB_COLUMNS: Final = ("key", "prompt", "base_url", "model", "system", "params", "schema_name", "schema")
+_JOB_COLUMNS: Final = (
+    "key", "prompt", "base_url", "model", "system", "params", "schema_name", "schema", "input",
+)  # fmt: skip
 _REQUIRED_JOB_COLUMNS: Final = ("key", "prompt", "base_url", "model", "params")
 _LOOKUP_SCHEMA: Final = {"key": pl.String, "status": pl.String, "result": pl.String, "error": pl.String}
+# Per-row details a lookup can add (``include=``), with their dtypes.
+DETAIL_SCHEMA: Final = {
+    "error_kind": pl.String,
+    "attempts": pl.Int64,
+    "tokens_in": pl.Int64,
+    "tokens_out": pl.Int64,
+    "tokens_reasoning": pl.Int64,
+    "tokens_cached": pl.Int64,
+    "cost": pl.Float64,
+}
+_VECTOR_SCHEMA: Final = {
+    "key": pl.String, "status": pl.String, "embedding": pl.List(pl.Float32), "error": pl.String,
+}  # fmt: skip
+_VECTOR_TYPE: Final = pa.list_(pa.float32())
 # The batch is built with pyarrow, not Polars: after a SIGINT during a Polars query, Polars raises
 # KeyboardInterrupt from every call in the process until that query ends, and this write is the final
 # flush that must still happen then.
@@ -101,16 +148,12 @@ _BATCH_SCHEMA: Final = pa.schema(
         ("attempts", pa.int32()),
         ("tokens_in", pa.int64()),
         ("tokens_out", pa.int64()),
+        ("tokens_reasoning", pa.int64()),
+        ("tokens_cached", pa.int64()),
         ("cost", pa.float64()),
         ("finished_at", pa.float64()),
     ]
 )
-_LOCK_RE: Final = re.compile(r"Conflicting lock is held in (?P<exe>.*?) \(PID (?P<pid>\d+)\)")
-_DUCKDB_MAGIC: Final = b"DUCK"
-_OTHER_PATH: Final = {"the cache": "cache=<other path>"}
-
-_REGISTRY_LOCK = threading.Lock()
-_PATH_LOCKS: dict[str, threading.RLock] = {}
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,11 +169,27 @@ class Outcome:
     error_kind: str | None = None
     tokens_in: int | None = None
     tokens_out: int | None = None
+    tokens_reasoning: int | None = None
+    tokens_cached: int | None = None
     cost: float | None = None
+    embedding: pa.Array | None = None  # an embedding: a length-1 ``list<float>`` slice of its response
+
+
+def _vectors(outcomes: Sequence[Outcome]) -> pa.Array:
+    """The ``embedding`` column of a batch: one ``list<float>`` per outcome (null when it has none)."""
+    empty = pa.array([None], type=_VECTOR_TYPE)
+    parts = [o.embedding if o.embedding is not None else empty for o in outcomes]
+    return pa.concat_arrays([p.cast(_VECTOR_TYPE) if p.type != _VECTOR_TYPE else p for p in parts])
 
 
 _TEXT_FIELDS: Final = frozenset({"key", "status", "result", "error", "error_kind"})
-_INT_LIMITS: Final = {"attempts": 2**31 - 1, "tokens_in": 2**63 - 1, "tokens_out": 2**63 - 1}
+_INT_LIMITS: Final = {
+    "attempts": 2**31 - 1,
+    "tokens_in": 2**63 - 1,
+    "tokens_out": 2**63 - 1,
+    "tokens_reasoning": 2**63 - 1,
+    "tokens_cached": 2**63 - 1,
+}
 
 
 def _coerce(name: str, value: Any) -> Any:
@@ -163,93 +222,53 @@ def _now_us() -> int:
     return int(time.time() * 1_000_000)
 
 
-def _path_lock(path: Path | None) -> threading.RLock:
-    if path is None:
-        return threading.RLock()
-    with _REGISTRY_LOCK:
-        return _PATH_LOCKS.setdefault(os.path.realpath(path), threading.RLock())
-
-
-def _lock_error(path: Path, exc: BaseException, what: str) -> StoreError:
-    match = _LOCK_RE.search(str(exc))
-    holder = f"{match['exe']} (PID {match['pid']})" if match else "another process"
-    return StoreError(
-        f"{what} {path} is locked by {holder}: another notebook or process is using it; "
-        f"finish or close it (restart that kernel), or pass {_OTHER_PATH.get(what, 'another path')}.",
-        path=str(path),
-        holder=holder,
-    )
-
-
-def _open_error(path: Path, exc: BaseException, what: str = "the cache") -> StoreError:
-    text = str(exc)
-    if "Conflicting lock" in text or "Could not set lock" in text:
-        return _lock_error(path, exc, what)
-    if "not a valid DuckDB database" in text:
-        return _migrations.not_ours(path)
-    if "different configuration" in text:
-        return StoreError(
-            f"{what} {path} is already open in this process with other settings (e.g. "
-            "duckdb.connect(..., read_only=True) in this notebook): close that connection first "
-            "(con.close(), or open it with `with duckdb.connect(...) as con:`)",
-            path=str(path),
+def apply_outcomes(con: duckdb.DuckDBPyConnection, outcomes: Sequence[Outcome]) -> None:
+    """Write ``outcomes`` inside the caller's transaction (see :meth:`Store.write_outcomes`)."""
+    if not outcomes:
+        return
+    unique = list({o.key: o for o in outcomes}.values())  # the last outcome wins for a repeated key
+    try:
+        batch = pa.table(
+            {name: [getattr(o, name) for o in unique] for name in _BATCH_SCHEMA.names}, schema=_BATCH_SCHEMA
         )
-    other = _OTHER_PATH.get(what, "another path")
-    return StoreError(f"cannot open {what} {path}: {text}. Pass {other}.", path=str(path))
-
-
-def _prepare_file(path: Path) -> None:
-    """Create the parent directory; refuse paths that cannot be a cache before DuckDB touches them."""
-    parent = path.parent
+    except (pa.ArrowException, TypeError, ValueError, OverflowError):
+        # one outcome holds a value of the wrong type (a provider's odd answer that got this far): store
+        # every row, that one with its values coerced, so no batch-mate is lost
+        batch = pa.table(
+            {name: [_coerce(name, getattr(o, name)) for o in unique] for name in _BATCH_SCHEMA.names},
+            schema=_BATCH_SCHEMA,
+        )
+    vectors = ""
+    if any(o.embedding is not None for o in unique):
+        batch = batch.append_column("embedding", _vectors(unique))
+        vectors = "embedding = b.embedding, "
+    now = _now_us()
+    con.register("_pl_batch", batch)
     try:
-        parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise StoreError(
-            f"cannot create the cache directory {parent} for {path}: {exc.strerror or exc}. "
-            "Pass cache=<other path>.",
-            path=str(path),
-        ) from None
-    if not parent.is_dir():
-        raise StoreError(f"cannot use the cache {path}: {parent} is not a directory", path=str(path))
-    if path.is_dir():
-        raise StoreError(f"the cache path {path} is a directory; pass a file path", path=str(path))
-    if not path.exists():
-        return
-    try:
-        with path.open("rb") as fh:
-            header = fh.read(12)
-    except OSError as exc:
-        raise StoreError(f"cannot read the cache {path}: {exc.strerror or exc}", path=str(path)) from None
-    if not header:  # an empty file (e.g. from mkstemp) holds nothing: let DuckDB create the database in it
-        path.unlink()
-        return
-    if header[8:12] != _DUCKDB_MAGIC:
-        raise _migrations.not_ours(path)
-
-
-def connect(path: Path, *, read_only: bool, what: str = "the cache") -> duckdb.DuckDBPyConnection:
-    """A DuckDB connection to ``path``; a lock held by another process (or any failure) is a StoreError
-    naming the file and the holder."""
-    try:
-        return duckdb.connect(str(path), read_only=read_only)
-    except duckdb.Error as exc:
-        raise _open_error(path, exc, what) from None
-
-
-def _probe(path: Path) -> None:
-    """Classify an existing file read-only, so a foreign database (and its WAL) is never rewritten."""
-    try:
-        con = duckdb.connect(str(path), read_only=True)
-    except duckdb.ConnectionException:
-        return  # this process already has it open read-write: it passed the probe then
-    except duckdb.Error as exc:
-        raise _open_error(path, exc) from None
-    try:
-        state, _ = _migrations.classify(con)
+        updated = con.execute(
+            "UPDATE requests SET status = b.status, result = b.result, error = b.error, "
+            f"error_kind = b.error_kind, attempts = requests.attempts + b.attempts, {vectors}"
+            "tokens_in = b.tokens_in, tokens_out = b.tokens_out, tokens_reasoning = b.tokens_reasoning, "
+            "tokens_cached = b.tokens_cached, cost = b.cost, "
+            "updated_at = make_timestamp(?::BIGINT), "
+            "finished_at = make_timestamp((b.finished_at * 1000000)::BIGINT) "
+            "FROM _pl_batch AS b WHERE requests.key = b.key",
+            [now],
+        ).fetchall()
+        if updated and int(updated[0][0]) == batch.num_rows:
+            return  # the usual case: every key was registered (keys are unique, so no second scan)
+        # Keys that were never registered (should not happen) are kept rather than lost.
+        con.execute(
+            "INSERT INTO requests (key, status, result, error, error_kind, attempts, tokens_in, "
+            "tokens_out, tokens_reasoning, tokens_cached, cost, created_at, updated_at, finished_at) "
+            "SELECT b.key, b.status, b.result, b.error, b.error_kind, b.attempts, b.tokens_in, "
+            "b.tokens_out, b.tokens_reasoning, b.tokens_cached, b.cost, make_timestamp(?::BIGINT), "
+            "make_timestamp(?::BIGINT), make_timestamp((b.finished_at * 1000000)::BIGINT) "
+            "FROM _pl_batch AS b ANTI JOIN requests AS r ON r.key = b.key",
+            [now, now],
+        )
     finally:
-        con.close()
-    if state == "foreign":
-        raise _migrations.not_ours(path)
+        con.unregister("_pl_batch")
 
 
 class Store:
@@ -271,7 +290,7 @@ class Store:
         self._con: duckdb.DuckDBPyConnection | None = con
         self.path = path
         self.version = version
-        self._lock = _path_lock(path)
+        self._lock = path_lock(path)
 
     @classmethod
     def open(cls, path: Path | None) -> Store:
@@ -285,10 +304,10 @@ class Store:
             con = duckdb.connect(":memory:")
             return cls(con, None, _migrations.migrate(con))
         path = Path(path).expanduser().absolute()
-        with _path_lock(path):
-            _prepare_file(path)
+        with path_lock(path):
+            prepare_file(path)
             if path.exists():
-                _probe(path)
+                probe(path)
             con = connect(path, read_only=False)
             try:
                 version = _migrations.migrate(con, path=path)
@@ -337,17 +356,83 @@ class Store:
 
     # -- API -----------------------------------------------------------------------------------------------
 
-    def lookup(self, keys: pl.DataFrame) -> pl.DataFrame:
-        """``key, status, result, error`` for the keys of ``keys`` (column ``key``) present in the store."""
+    def lookup(
+        self, keys: pl.DataFrame, details: Sequence[str] = (), *, vectors: bool = False
+    ) -> pl.DataFrame:
+        """``key, status, result, error`` (``embedding`` instead of ``result`` with ``vectors=True``), plus
+        the ``details`` columns of :data:`DETAIL_SCHEMA` asked for, for the keys of ``keys`` (column
+        ``key``) present in the store."""
+        base = _VECTOR_SCHEMA if vectors else _LOOKUP_SCHEMA
+        schema = {**base, **{d: DETAIL_SCHEMA[d] for d in details}}
         frame = keys.select(pl.col("key").cast(pl.String))
         if frame.height == 0:
-            return pl.DataFrame(schema=_LOOKUP_SCHEMA)
+            return pl.DataFrame(schema=schema)
+        cols = ", ".join(f"r.{c}" for c in schema)
         with self._locked() as con, self._registered(con, "_pl_lookup", frame):
-            out = con.sql(
-                "SELECT r.key, r.status, r.result, r.error FROM requests AS r SEMI JOIN _pl_lookup AS q "
-                "ON r.key = q.key"
-            ).pl()
-        return out.cast(_LOOKUP_SCHEMA)  # type: ignore[arg-type]
+            out = con.sql(f"SELECT {cols} FROM requests AS r SEMI JOIN _pl_lookup AS q ON r.key = q.key").pl()
+        return out.cast(schema)  # type: ignore[arg-type]
+
+    def spent(
+        self, keys: pl.DataFrame, price: tuple[float, float] | None, *, before: float | None = None
+    ) -> float:
+        """USD already spent on ``keys``: each row's cost, else its tokens × ``price`` (per million); only
+        rows finished before ``before`` (epoch seconds) when given."""
+        frame = keys.select(pl.col("key").cast(pl.String))
+        if frame.height == 0:
+            return 0.0
+        pin, pout = price if price is not None else (0.0, 0.0)
+        when = "" if before is None else " WHERE r.finished_at < make_timestamp(?::BIGINT)"
+        params: list[Any] = [pin, pout] + ([] if before is None else [int(before * 1_000_000)])
+        with self._locked() as con, self._registered(con, "_pl_spent", frame):
+            rows = con.execute(
+                "SELECT coalesce(sum(coalesce(r.cost, (coalesce(r.tokens_in, 0) * ? + "
+                "coalesce(r.tokens_out, 0) * ?) / 1e6)), 0)::DOUBLE "
+                f"FROM requests AS r SEMI JOIN _pl_spent AS q ON r.key = q.key{when}",
+                params,
+            ).fetchall()
+        return float(rows[0][0])
+
+    def token_history(self, model: str) -> tuple[int, int, int, int]:
+        """What earlier answers of ``model`` say about tokens: ``(characters sent, prompt tokens, answers,
+        completion tokens)`` over ``done`` rows that reported usage."""
+        with self._locked() as con:
+            rows = con.execute(
+                "SELECT coalesce(sum(length(prompt) + coalesce(length(system), 0)), 0), "
+                "coalesce(sum(tokens_in), 0), count(*), coalesce(sum(tokens_out), 0) FROM requests "
+                "WHERE model = ? AND status = 'done' AND tokens_in > 0 AND attempts = 1",
+                [model],
+            ).fetchall()
+        chars, tokens_in, answers, tokens_out = rows[0]
+        return int(chars), int(tokens_in), int(answers), int(tokens_out)
+
+    def prices(self, base_url: str) -> tuple[pl.DataFrame, float | None]:
+        """The stored price list of ``base_url`` (``model, price_in, price_out, max_output``) and when it was
+        fetched (epoch seconds), or an empty frame and ``None``."""
+        with self._locked() as con:
+            rows = con.execute(
+                "SELECT model, price_in, price_out, max_output, epoch(fetched_at)::DOUBLE "
+                "FROM model_prices WHERE base_url = ?",
+                [base_url],
+            ).fetchall()
+        schema = {"model": pl.String, "price_in": pl.Float64, "price_out": pl.Float64, "max_output": pl.Int64}
+        out = pl.DataFrame([r[:4] for r in rows], schema=schema, orient="row")
+        return out, (max(r[4] for r in rows) if rows else None)
+
+    def put_prices(self, base_url: str, prices: pl.DataFrame) -> None:
+        """Replace the stored price list of ``base_url`` (``model, price_in, price_out, max_output``)."""
+        frame = prices.select(
+            pl.col("model").cast(pl.String),
+            pl.col("price_in").cast(pl.Float64),
+            pl.col("price_out").cast(pl.Float64),
+            pl.col("max_output").cast(pl.Int64),
+        )
+        with self._transaction() as con, self._registered(con, "_pl_prices", frame):
+            con.execute("DELETE FROM model_prices WHERE base_url = ?", [base_url])
+            con.execute(
+                "INSERT INTO model_prices SELECT ?, model, price_in, price_out, max_output, "
+                "make_timestamp(?::BIGINT) FROM _pl_prices",
+                [base_url, _now_us()],
+            )
 
     def register(self, jobs: pl.DataFrame) -> int:
         """Insert ``jobs`` as ``pending`` rows for keys not yet stored; returns the number inserted."""
@@ -378,42 +463,8 @@ class Store:
         """Record a batch of outcomes in one transaction (the last outcome wins for a repeated key)."""
         if not outcomes:
             return
-        unique = list({o.key: o for o in outcomes}.values())  # the last outcome wins for a repeated key
-        try:
-            batch = pa.table(
-                {name: [getattr(o, name) for o in unique] for name in _BATCH_SCHEMA.names},
-                schema=_BATCH_SCHEMA,
-            )
-        except (pa.ArrowException, TypeError, ValueError, OverflowError):
-            # one outcome holds a value of the wrong type (a provider's odd answer that got this far):
-            # store every row, that one with its values coerced, so no batch-mate is lost
-            batch = pa.table(
-                {name: [_coerce(name, getattr(o, name)) for o in unique] for name in _BATCH_SCHEMA.names},
-                schema=_BATCH_SCHEMA,
-            )
-        now = _now_us()
-        with self._transaction() as con, self._registered(con, "_pl_batch", batch):
-            updated = con.execute(
-                "UPDATE requests SET status = b.status, result = b.result, error = b.error, "
-                "error_kind = b.error_kind, attempts = requests.attempts + b.attempts, "
-                "tokens_in = b.tokens_in, tokens_out = b.tokens_out, cost = b.cost, "
-                "updated_at = make_timestamp(?::BIGINT), "
-                "finished_at = make_timestamp((b.finished_at * 1000000)::BIGINT) "
-                "FROM _pl_batch AS b WHERE requests.key = b.key",
-                [now],
-            ).fetchall()
-            if updated and int(updated[0][0]) == batch.num_rows:
-                return  # the usual case: every key was registered (keys are unique, so no second scan)
-            # Keys that were never registered (should not happen) are kept rather than lost.
-            con.execute(
-                "INSERT INTO requests (key, status, result, error, error_kind, attempts, tokens_in, "
-                "tokens_out, cost, created_at, updated_at, finished_at) "
-                "SELECT b.key, b.status, b.result, b.error, b.error_kind, b.attempts, b.tokens_in, "
-                "b.tokens_out, b.cost, make_timestamp(?::BIGINT), make_timestamp(?::BIGINT), "
-                "make_timestamp((b.finished_at * 1000000)::BIGINT) "
-                "FROM _pl_batch AS b ANTI JOIN requests AS r ON r.key = b.key",
-                [now, now],
-            )
+        with self._transaction() as con:
+            apply_outcomes(con, outcomes)
 
     def counts(self) -> dict[str, int]:
         """Number of rows per status."""
@@ -427,8 +478,10 @@ class Store:
         """Totals for the ``status`` command.
 
         Keys: ``path``, ``schema_version``, ``total``, ``by_status`` ({status: n}), ``by_model``
-        ({model: {status: n}}), ``tokens_in``, ``tokens_out``, ``cost``, ``error_kinds`` (the 5 most common
-        ``error_kind`` values of failed rows, {kind: n}, most common first), ``last_finished_at``.
+        ({model: {status: n}}), ``tokens_in``, ``tokens_out``, ``tokens_reasoning``, ``tokens_cached``,
+        ``cost`` (USD, or ``None`` when no row has a known cost), ``cost_by_model`` and ``cost_by_day``
+        ({model or "YYYY-MM-DD": USD or None}), ``error_kinds`` (the 5 most common ``error_kind`` values of
+        failed rows, {kind: n}, most common first), ``last_finished_at``.
         """
         with self._locked() as con:
             by = con.execute(
@@ -437,7 +490,16 @@ class Store:
             ).fetchall()
             totals = con.execute(
                 "SELECT count(*), coalesce(sum(tokens_in), 0), coalesce(sum(tokens_out), 0), "
-                "coalesce(sum(cost), 0.0), max(finished_at) FROM requests"
+                "coalesce(sum(tokens_reasoning), 0), coalesce(sum(tokens_cached), 0), sum(cost), "
+                "max(finished_at) FROM requests"
+            ).fetchall()
+            cost_by_model = con.execute(
+                "SELECT coalesce(model, '(unknown)'), sum(cost) FROM requests WHERE attempts > 0 "
+                "GROUP BY ALL ORDER BY 1"
+            ).fetchall()
+            cost_by_day = con.execute(
+                "SELECT strftime(finished_at, '%Y-%m-%d'), sum(cost) FROM requests "
+                "WHERE finished_at IS NOT NULL GROUP BY ALL ORDER BY 1"
             ).fetchall()
             kinds = con.execute(
                 "SELECT error_kind, count(*) AS n FROM requests "
@@ -449,7 +511,11 @@ class Store:
         for model, status, n in by:
             by_status[status] = by_status.get(status, 0) + int(n)
             by_model.setdefault(model, {})[status] = int(n)
-        total, tokens_in, tokens_out, cost, last = totals[0] if totals else (0, 0, 0, 0.0, None)
+        total, tokens_in, tokens_out, reasoning, cached, cost, last = totals[0]
+
+        def usd(value: Any) -> float | None:
+            return None if value is None else float(value)
+
         return {
             "path": self._path_str,
             "schema_version": self.version,
@@ -458,7 +524,11 @@ class Store:
             "by_model": by_model,
             "tokens_in": int(tokens_in),
             "tokens_out": int(tokens_out),
-            "cost": float(cost),
+            "tokens_reasoning": int(reasoning),
+            "tokens_cached": int(cached),
+            "cost": usd(cost),
+            "cost_by_model": {str(m): usd(c) for m, c in cost_by_model},
+            "cost_by_day": {str(d): usd(c) for d, c in cost_by_day},
             "error_kinds": {str(kind): int(n) for kind, n in kinds},
             "last_finished_at": last,
         }
@@ -466,8 +536,8 @@ class Store:
     def export(self, out: Path, *, format: Literal["jsonl", "parquet"], where: str | None = None) -> int:
         """Write the rows (filtered by the SQL condition ``where``) to ``out``; returns the row count.
 
-        Columns: ``key, prompt, model, status, result, error, attempts, tokens_in, tokens_out, cost,
-        created_at, finished_at``, ordered by ``created_at, key``.
+        Columns: ``key, prompt, model, status, result, error, attempts, tokens_in, tokens_out,
+        tokens_reasoning, tokens_cached, cost, created_at, finished_at``, ordered by ``created_at, key``.
         """
         if format not in ("jsonl", "parquet"):
             raise ConfigError(f"export format must be 'jsonl' or 'parquet', got {format!r}")

@@ -10,15 +10,18 @@ Type mapping (annotation → Polars dtype). ``X | None`` maps like ``X``; every 
 ``date`` / ``time``                                         ``Date`` / ``Time``
 ``datetime``                                                ``Datetime("us")``, aware values in UTC
 ``pydantic.AwareDatetime``                                  ``Datetime("us", "UTC")``
-``Literal[...]``, ``enum.Enum``                             the values' dtype: ``String`` for ``str`` values
+``Literal["a", "b"]``, ``enum.Enum`` of ``str`` values       ``Enum(["a", "b"])`` (declaration order)
+``Literal``/``Enum`` of other values                        the values' dtype (``Int64`` for ``IntEnum``…)
 ``list[X]``, ``set[X]``, ``tuple[X, ...]``, ``Sequence[X]``  ``List(X)``
 nested ``BaseModel``, dataclass, ``TypedDict``              ``Struct``
 ``dict``, ``Any``, other unions, ``tuple[X, Y]``, recursion  ``String`` holding compact JSON
 ==========================================================  =============================================
 
-``Literal``/``Enum`` give ``String``, not ``pl.Enum``: a new value must not break a cached column. JSON
-leaves hold what ``json.loads`` turns back into the value (``null`` stays null); a recursive model's
-repeated level is one. Struct field names are the serialisation aliases (``model_dump(by_alias=True)``);
+String ``Literal``/``Enum`` labels become ``pl.Enum`` (cheap to group, sort and compare); a changed set
+of labels changes the schema, hence the content key, so an old answer is never read into the new Enum.
+A union of such labels (``Literal["a"] | Literal["b"]``) is one Enum of all of them. JSON leaves hold
+what ``json.loads`` turns back into the value (``null`` stays null); a recursive model's repeated level
+is one. Struct field names are the serialisation aliases (``model_dump(by_alias=True)``);
 computed fields are included, ``Field(exclude=True)`` fields are not. Integers outside Int64 become null.
 """
 
@@ -284,10 +287,12 @@ _SCHEMA_TYPES: Final[dict[str, pl.DataType]] = {
 
 
 def _values_type(values: Sequence[Any]) -> _Typed:
-    """Dtype for Literal / Enum values (str → String, int → Int64, …; mixed → JSON)."""
+    """Dtype for Literal / Enum values (str → pl.Enum of them, int → Int64, …; mixed → JSON)."""
     values = [v.value if isinstance(v, enum.Enum) else v for v in values if v is not None]
     kinds = {type(v) for v in values}
     if len(kinds) == 1 and (kind := kinds.pop()) in (bool, int, float, str):
+        if kind is str:  # decoded as String, then cast to the Enum (validation already checked the label)
+            return _Typed(pl.Enum(list(dict.fromkeys(values))), pl.String())
         return _Typed(_SCALARS[kind], _SCALARS[kind])
     return _JSON_LEAF
 
@@ -334,6 +339,9 @@ def _typed(ann: Any, stack: tuple[type, ...]) -> _Typed:
         arms = [_typed(a, stack) for a in args if a is not type(None)]
         if len(arms) == 1 or (arms and all(a == arms[0] for a in arms)):
             return arms[0]
+        if arms and all(isinstance(a.dtype, pl.Enum) for a in arms):  # Literal["a"] | Literal["b"]
+            labels = [c for a in arms for c in a.dtype.categories.to_list()]  # type: ignore[attr-defined]
+            return _Typed(pl.Enum(list(dict.fromkeys(labels))), pl.String())
         if arms and {type(a.dtype) for a in arms} == {pl.Int64, pl.Float64} and not any(a.fix for a in arms):
             return _Typed(pl.Float64(), pl.Float64())
         return _JSON_LEAF
@@ -386,7 +394,7 @@ def struct_dtype(model: type[BaseModel]) -> pl.Struct:
     ...     tags: list[str]
     ...     seen: datetime.date | None = None
     >>> struct_dtype(Review)
-    Struct({'stars': Int64, 'label': String, 'tags': List(String), 'seen': Date})
+    Struct({'stars': Int64, 'label': Enum(categories=['good', 'bad']), 'tags': List(String), 'seen': Date})
     """
     return typing.cast(pl.Struct, _plan(check_model(model)).dtype)
 

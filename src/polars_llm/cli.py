@@ -1,8 +1,11 @@
 """The ``polars-llm`` command line.
 
 polars-llm run prompts.csv --column prompt --output results.parquet   # a file of prompts to results
+polars-llm estimate prompts.csv --column prompt --model M [--price IN OUT]  # tokens and cost, sends nothing
+polars-llm embed texts.csv --column text --model M --output vectors.parquet  # a file of texts to vectors
 polars-llm status                     # what the cache holds: counts, tokens, cost, errors
 polars-llm export --output all.jsonl  # the cache's rows as JSON Lines or Parquet
+polars-llm batches                    # the batches of batch mode (--mode batch); `batches cancel ID`
 polars-llm demo                       # the main job, on the built-in simulator
 polars-llm sim --port 8000            # an OpenAI-compatible simulator on 127.0.0.1
 
@@ -22,7 +25,9 @@ from pathlib import Path
 
 import polars as pl
 
-from ._cli_run import EXIT_FAILED, EXIT_USAGE, CLIError, add_run_arguments, cmd_run
+from ._cli_batches import add_batches_arguments, cmd_batches
+from ._cli_embed import add_embed_arguments, cmd_embed
+from ._cli_run import EXIT_FAILED, EXIT_USAGE, CLIError, add_run_arguments, cmd_estimate, cmd_run
 from ._cli_store import add_export_arguments, add_status_arguments, cmd_export, cmd_status
 from ._config import DEFAULT_CACHE_PATH
 from .exceptions import ConfigError, PolarsLLMError
@@ -71,6 +76,28 @@ def build_parser() -> argparse.ArgumentParser:
     add_run_arguments(run)
     run.set_defaults(func=cmd_run)
 
+    estimate = sub.add_parser(
+        "estimate",
+        allow_abbrev=False,
+        help="what `run` would send and cost, without sending a request",
+        description="Count the rows and unique prompts of INPUT's --column, what the cache already holds, "
+        "the tokens expected (learned from earlier answers in the cache) and their price (--price, else the "
+        "provider's model list). Sends no completion request.",
+    )
+    add_run_arguments(estimate, output=False)
+    estimate.set_defaults(func=cmd_estimate)
+
+    embed = sub.add_parser(
+        "embed",
+        allow_abbrev=False,
+        help="embed every row of a texts file and write the vectors",
+        description="Embed the --column of INPUT (POST /embeddings, --batch-size texts per request); write "
+        "INPUT's columns plus the vectors and status to --output. Finished vectors are cached (--cache): "
+        "rerun the same command to resume.",
+    )
+    add_embed_arguments(embed)
+    embed.set_defaults(func=cmd_embed)
+
     status = sub.add_parser(
         "status", allow_abbrev=False, help="counts by status and model, tokens, cost, errors of a cache"
     )
@@ -82,6 +109,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_export_arguments(export)
     export.set_defaults(func=cmd_export)
+
+    batches = sub.add_parser(
+        "batches",
+        allow_abbrev=False,
+        help="the batches of batch mode in a cache (live or collected); `batches cancel ID` cancels one",
+    )
+    add_batches_arguments(batches)
+    batches.set_defaults(func=cmd_batches)
 
     demo = sub.add_parser("demo", help="label a few thousand reviews on the built-in simulator")
     demo.add_argument("--rows", type=int, default=3000)

@@ -25,6 +25,8 @@ true to it and to what is retried)::
         │   ├── UnusableAnswerError     content that is not text (a number, an object), or a body
         │   │                           above the response-size limit
         │   ├── OutputTruncatedError    ``finish_reason == "length"`` and the output does not validate
+        │   ├── InputError              the row's own input cannot be sent (e.g. an unreadable image file);
+        │   │                           nothing is sent for it
         │   └── OutputValidationError   output does not match the response model: retried at once
         │                               (3 attempts at most), then the row is failed with the raw text
         └── FatalError              stops the whole run within ~1 s; finished rows are kept
@@ -34,7 +36,10 @@ true to it and to what is retried)::
             ├── NotFoundError           404: wrong base_url or unknown model; a redirect (301, 302,
             │                           303, 307, 308) is never followed: it would turn the POST into a GET
             ├── ProviderWaitError       the provider asked to wait longer than ``max_wait``; rerun later
-            └── EndpointUnreachableError the endpoint refused connections repeatedly
+            ├── EndpointUnreachableError the endpoint refused connections repeatedly
+            ├── BudgetExceededError     ``max_cost`` reached: the rest stays pending (``.frame`` as it stands)
+            └── BatchUnsupportedError   mode="batch" on an endpoint without a batch API (OpenRouter, or
+                                        batch endpoints not found); raised before anything is uploaded
 
 Example:
     >>> from polars_llm.exceptions import RateLimitError, TransientError
@@ -54,11 +59,14 @@ __all__ = [
     "APITimeoutError",
     "AuthenticationError",
     "BadRequestError",
+    "BatchUnsupportedError",
+    "BudgetExceededError",
     "ColumnTypeError",
     "ConfigError",
     "ContentFilterError",
     "EndpointUnreachableError",
     "FatalError",
+    "InputError",
     "InsufficientCreditsError",
     "MalformedResponseError",
     "NotFoundError",
@@ -223,6 +231,15 @@ class OutputTruncatedError(RowError):
     kind = "output_truncated"
 
 
+class InputError(RowError):
+    """A row's own input cannot be turned into a request (e.g. an image file that cannot be read).
+
+    Nothing is sent for that row; the message names the struct field (``images[0]: …``).
+    """
+
+    kind = "input"
+
+
 class OutputValidationError(RowError):
     """The model's output did not validate against ``response_model``; ``body`` holds the raw text."""
 
@@ -268,3 +285,39 @@ class ProviderWaitError(FatalError):
 
 class EndpointUnreachableError(FatalError):
     kind = "endpoint_unreachable"
+
+
+class BudgetExceededError(FatalError):
+    """``max_cost`` would be exceeded by the next request: nothing more is sent.
+
+    Requests in flight finished and are kept; everything finished is in the cache; the other rows stay
+    ``pending`` and a rerun with a larger budget continues (paying nothing twice). Attributes: ``spent``
+    and ``budget`` (USD, this call's rows, earlier runs included), ``rows_left`` (requests not sent), and
+    ``frame``: the output as it stands (finished rows filled in, the rest ``pending``).
+    """
+
+    kind = "budget_exceeded"
+
+    def __init__(
+        self, message: str, *, spent: float = 0.0, budget: float = 0.0, rows_left: int = 0, **facts: Any
+    ) -> None:
+        super().__init__(message, **facts)
+        self.spent = spent
+        self.budget = budget
+        self.rows_left = rows_left
+        self.state: Any = None  # the engine's per-key state when it stopped
+        self.frame: Any = None  # the output as it stands (set by the entry point)
+
+
+class BatchUnsupportedError(FatalError):
+    """``mode="batch"`` on an endpoint without a batch API we can use; nothing was uploaded.
+
+    ``base_url`` names the endpoint. Raised before any request for OpenRouter, and when the endpoint
+    answers "not found" on its batch endpoints (checked before the first upload).
+    """
+
+    kind = "batch_unsupported"
+
+    def __init__(self, message: str, *, base_url: str = "", **facts: Any) -> None:
+        super().__init__(message, **facts)
+        self.base_url = base_url

@@ -192,7 +192,9 @@ async def prompt_map(
     )
     with track_active(cache_path):
         state = await arun(prepared, cfg, reporter)
-    if teardown and cache_path is not None and not in_use(cache_path):
+    # batch mode: rows still in a batch at the provider, or to be resubmitted, need the store kept
+    unfinished = state.filter(pl.col("status") == "pending").height if state.height else 0
+    if teardown and cache_path is not None and not in_use(cache_path) and not unfinished:
         removed = await anyio.to_thread.run_sync(remove_db_files, cache_path)
         if removed and verbose:
             print(f"Tore down the progress store at: {cache_path}")

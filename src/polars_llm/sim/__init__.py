@@ -20,9 +20,32 @@ is a ``str`` equal to the base URL, so it can be passed directly as ``base_url``
 ...     answer["choices"][0]["message"]["content"], server.stats()["ok"]
 ('m: olleh', 1)
 
-Endpoints: ``POST /v1/chat/completions`` (also ``/chat/completions``), ``GET /v1/models``,
-``GET /stats`` and ``GET /v1/stats`` (``?per_prompt=0`` to leave out the per-prompt counts),
-``POST /reset``, ``GET /config`` and ``POST /configure`` (JSON body of option changes).
+Endpoints: ``POST /v1/chat/completions`` (also ``/chat/completions``), ``POST /v1/embeddings`` (also
+``/embeddings``), ``GET /v1/models``, ``GET /stats`` and ``GET /v1/stats`` (``?per_prompt=0`` to leave out
+the per-prompt counts), ``GET /requests`` (the last ``request_log`` request bodies, ``?limit=N``; also
+``server.requests()``), ``POST /reset``, ``GET /config`` and ``POST /configure`` (JSON body of option
+changes).
+
+Content parts: a user message may be a list of ``{"type": "text"}`` and ``{"type": "image_url",
+"image_url": {"url": ...}}`` parts (the URL an ``http(s)://`` or ``data:image/...;base64,`` URL, else 400);
+the prompt is the text of its text parts, and an image counts ~85 prompt tokens.
+
+Embeddings (``POST /v1/embeddings``, OpenAI's format; see ``polars_llm.sim._embeddings``): up to 2048
+non-empty strings per request, ``dimensions`` honoured (default ``embedding_dimensions``, 64),
+``encoding_format`` ``float`` or ``base64``; each vector is :func:`expected_embedding`. A marker in any
+input applies to the whole request (``[[status:400]]`` makes every batch holding that input a 400).
+
+Batch API (OpenAI's protocol, for ``mode="batch"``): ``POST /v1/files`` (multipart, ``purpose=batch``),
+``GET /v1/files/{id}`` and ``/content``, ``POST /v1/batches``, ``GET /v1/batches/{id}``,
+``POST /v1/batches/{id}/cancel`` and ``GET /v1/batches``. A batch finishes ``batch_seconds`` after it was
+created (default 0: at once; ``None``: when ``server.finish_batches(outcome)`` is called) and ends as
+``batch_outcome`` (``completed``, ``expired`` — the first ``batch_done_share`` answered, the rest
+``batch_expired`` in the error file — or ``failed``); a cancel ends it ``cancelled`` at the next read. Its
+requests are answered like online ones (same markers) with ``usage.cost`` at ``batch_price_factor``
+(0.5) of the online cost, output lines shuffled; ``[[batch_omit]]`` leaves a request out of both files.
+``batch_api=False`` answers 404 there, like a provider without one. ``server.batches()`` lists the batches;
+``stats()["batch"]`` counts ``uploads``, ``batches_created``, ``batch_requests``, ``per_prompt``, …
+See :mod:`polars_llm.sim._batches`.
 
 Answers (deterministic, no randomness):
     * the prompt is the last ``user`` message; system (and ``developer``) messages are joined;
@@ -34,7 +57,11 @@ Answers (deterministic, no randomness):
     * :func:`expected_content` returns the exact ``message.content`` string for any of these;
     * ``usage`` has ``prompt_tokens`` (all message text), ``completion_tokens`` (both
       ``max(1, len(text) // 4)``, see :func:`count_tokens`), ``total_tokens`` and ``cost`` in USD
-      (``prompt_price`` / ``completion_price`` per token);
+      (``prompt_price`` / ``completion_price`` per token; left out with ``report_cost=False``), and
+      ``completion_tokens_details.reasoning_tokens`` / ``prompt_tokens_details.cached_tokens`` when
+      ``reasoning_ratio`` / ``cached_ratio`` are set (reasoning tokens are part of completion tokens);
+    * ``GET /v1/models`` lists ``models`` with OpenRouter-style ``pricing`` (USD per token, as strings)
+      and ``top_provider.max_completion_tokens`` (``max_output``);
     * an answer longer than the request's ``max_tokens`` is cut to ``max_tokens * 4`` characters with
       ``finish_reason="length"`` (``honor_max_tokens=False`` turns that off).
 
@@ -65,7 +92,9 @@ Options (:class:`SimConfig`; change live with ``server.configure(**changes)``):
     "Insufficient credits" without ``Retry-After``), ``api_key`` (require ``Authorization: Bearer``),
     ``seed`` (the RNG of fault rates and jitter), ``prompt_price``, ``completion_price``, ``models``
     (listed by ``/v1/models``; any model name is accepted), ``host``, ``port`` (0 = free port),
-    ``backlog``, ``shutdown_timeout``.
+    ``backlog``, ``shutdown_timeout``, ``embedding_dimensions`` (vector length when an embeddings
+    request gives no ``dimensions``; 64), ``request_log`` (request bodies kept for ``server.requests()``;
+    1000, 0 keeps none).
 
 Markers in the user prompt (``:N`` = only the first N attempts of this exact ``(model, prompt,
 response_format present?)``; without it, always; the first active marker wins):
@@ -112,8 +141,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..exceptions import ConfigError
-from ._options import SimConfig
-from ._outputs import count_tokens, expected_content, expected_json, expected_text
+from ._options import BATCH_OUTCOMES, SimConfig
+from ._outputs import count_tokens, expected_content, expected_embedding, expected_json, expected_text
 from ._server import SimServer, serve, start
 from ._wire import parse_markers
 
@@ -123,6 +152,7 @@ __all__ = [
     "add_arguments",
     "count_tokens",
     "expected_content",
+    "expected_embedding",
     "expected_json",
     "expected_text",
     "main",
@@ -167,9 +197,22 @@ _HELP: dict[str, str] = {
     "api_key": "require 'Authorization: Bearer KEY'",
     "prompt_price": "USD per prompt token",
     "completion_price": "USD per completion token",
+    "report_cost": "report usage.cost (off: the client must price tokens itself)",
+    "reasoning_ratio": "share of completion tokens reported as reasoning tokens",
+    "cached_ratio": "share of prompt tokens reported as cached",
+    "max_output": "maximum completion tokens listed by /v1/models ('none' to list none)",
     "honor_max_tokens": "cut answers longer than max_tokens (finish_reason 'length')",
     "models": "model names listed by /v1/models",
     "shutdown_timeout": "seconds to let running requests finish on exit",
+    "batch_api": "serve the files and batches endpoints (--no-batch-api: 404, like a provider without one)",
+    "batch_seconds": "seconds a batch takes to finish ('none': until finish_batches())",
+    "batch_outcome": "how a batch ends: completed, expired or failed",
+    "batch_done_share": "share of an expired or cancelled batch's requests that were answered",
+    "batch_price_factor": "batch usage cost as a share of the online cost",
+    "batch_max_requests": "requests per batch input file at most (more fails the batch)",
+    "batch_max_bytes": "bytes per uploaded file at most (more is refused with 413)",
+    "embedding_dimensions": "vector length of /embeddings answers when the request gives no dimensions",
+    "request_log": "request bodies kept for GET /requests (0: none)",
 }
 
 
@@ -195,10 +238,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
             parser.add_argument(flag, nargs="+", default=list(default), help=text)
         elif f.name == "fail_mode":
             parser.add_argument(flag, type=int, choices=(401, 402, 403), default=None, help=text)
-        elif f.name in ("rate_limit", "tpm_limit", "bucket_burst"):
+        elif f.name in ("rate_limit", "tpm_limit", "bucket_burst", "max_output"):
             parser.add_argument(flag, type=_optional(int), default=default, help=text)
-        elif f.name == "error_retry_after":
+        elif f.name in ("error_retry_after", "batch_seconds"):
             parser.add_argument(flag, type=_optional(float), default=default, help=text)
+        elif f.name == "batch_outcome":
+            parser.add_argument(flag, choices=BATCH_OUTCOMES, default=default, help=text)
         elif f.name == "api_key":
             parser.add_argument(flag, default=None, help=text)
         else:

@@ -14,12 +14,15 @@ import socket
 import struct
 import threading
 import time
+from collections import deque
 from typing import Any, Final
 
 import orjson
 from aiohttp import web
 
 from ..exceptions import ConfigError
+from ._batches import BatchAPI
+from ._embeddings import handle_embeddings
 from ._hostile import HOSTILE, hostile_response
 from ._limiter import Limiter
 from ._options import FAULT_RATES, LIVE_FIXED, SimConfig
@@ -52,6 +55,7 @@ class Engine:
         self._burst_until = time.monotonic() + config.burst_seconds if config.burst_429 else 0.0
         self._started = time.monotonic()
         self._zero()
+        self.batches = BatchAPI(self)
 
     def _zero(self) -> None:
         self._requests = 0
@@ -68,6 +72,9 @@ class Engine:
         self._cost = 0.0
         self._next_id = 0
         self._limiter = Limiter()
+        self._embedding_requests = 0
+        self._embedding_inputs = 0
+        self._log: deque[dict[str, Any]] = deque(maxlen=self.config.request_log)
 
     # ----------------------------------------------------------------- control (any thread)
 
@@ -86,10 +93,28 @@ class Engine:
                 "cost": self._cost,
                 "faults": dict(self._faults),
                 "burst_active": time.monotonic() < self._burst_until,
+                "embedding_requests": self._embedding_requests,
+                "embedding_inputs": self._embedding_inputs,
+                "logged_requests": len(self._log),
             }
             if per_prompt:
                 out["per_prompt"] = dict(self._per_prompt)
+        out["batch"] = self.batches.stats()
+        if not per_prompt:
+            del out["batch"]["per_prompt"]
         return out
+
+    def requests(self, limit: int | None = None) -> list[dict[str, Any]]:
+        """The last request bodies received (oldest first): ``{"path", "body"}`` each, at most
+        ``request_log`` of them; ``limit`` keeps the last ``limit``."""
+        with self._lock:
+            log = list(self._log)
+        return log[-limit:] if limit else log
+
+    def _record(self, path: str, body: Any) -> None:
+        if self._log.maxlen:
+            with self._lock:
+                self._log.append({"path": path, "body": body})
 
     def reset(self) -> None:
         """Zero every counter, forget per-prompt attempts and rate-limit windows, reseed the RNG."""
@@ -98,6 +123,7 @@ class Engine:
             self._zero()
             self._in_flight = in_flight
             self._rng = random.Random(self.config.seed)
+        self.batches.reset()
 
     def configure(self, **changes: Any) -> SimConfig:
         fixed = LIVE_FIXED.intersection(changes)
@@ -107,6 +133,8 @@ class Engine:
             new = self.config.replace(**changes)
             if "seed" in changes:
                 self._rng = random.Random(new.seed)
+            if "request_log" in changes:
+                self._log = deque(self._log, maxlen=new.request_log)
             if new.burst_429 and ("burst_429" in changes or "burst_seconds" in changes):
                 self._burst_until = time.monotonic() + new.burst_seconds
             elif not new.burst_429:
@@ -117,9 +145,13 @@ class Engine:
     # ------------------------------------------------------------------- HTTP handlers
 
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=64 * 1024 * 1024)
+        app = web.Application(client_max_size=64 * 1024 * 1024)  # batch uploads are streamed, not capped
         app.router.add_post("/v1/chat/completions", self.chat)
         app.router.add_post("/chat/completions", self.chat)
+        app.router.add_post("/v1/embeddings", self.embeddings)
+        app.router.add_post("/embeddings", self.embeddings)
+        app.router.add_get("/requests", self.requests_endpoint)
+        app.router.add_get("/v1/requests", self.requests_endpoint)
         app.router.add_get("/v1/models", self.models)
         app.router.add_get("/stats", self.stats_endpoint)
         app.router.add_get("/v1/stats", self.stats_endpoint)
@@ -127,18 +159,40 @@ class Engine:
         app.router.add_post("/v1/reset", self.reset_endpoint)
         app.router.add_get("/config", self.config_endpoint)
         app.router.add_post("/configure", self.configure_endpoint)
+        self.batches.add_routes(app)
         return app
 
     async def models(self, request: web.Request) -> web.Response:
         cfg = self.config
         if cfg.api_key is not None and request.headers.get("Authorization") != f"Bearer {cfg.api_key}":
             return error_response(401)
-        data = [{"id": m, "object": "model", "created": 0, "owned_by": "polars-llm-sim"} for m in cfg.models]
+        pricing = {"prompt": f"{cfg.prompt_price:.12f}", "completion": f"{cfg.completion_price:.12f}"}
+        data = [
+            {
+                "id": m,
+                "object": "model",
+                "created": 0,
+                "owned_by": "polars-llm-sim",
+                "pricing": pricing,
+                "top_provider": {"max_completion_tokens": cfg.max_output},
+            }
+            for m in cfg.models
+        ]
         return web.Response(body=orjson.dumps({"object": "list", "data": data}), headers=JSON_HEADERS)
 
     async def stats_endpoint(self, request: web.Request) -> web.Response:
         per_prompt = request.query.get("per_prompt", "1").lower() not in ("0", "false", "no")
         return web.Response(body=orjson.dumps(self.stats(per_prompt=per_prompt)), headers=JSON_HEADERS)
+
+    async def requests_endpoint(self, request: web.Request) -> web.Response:
+        try:
+            limit = int(request.query.get("limit", "0")) or None
+        except ValueError:
+            return error_response(400, "limit must be an integer")
+        return web.Response(body=orjson.dumps(self.requests(limit)), headers=JSON_HEADERS)
+
+    async def embeddings(self, request: web.Request) -> web.StreamResponse:
+        return await self._counted(request, handle_embeddings)
 
     async def reset_endpoint(self, request: web.Request) -> web.Response:
         self.reset()
@@ -158,6 +212,10 @@ class Engine:
         return web.Response(body=orjson.dumps(new.to_dict()), headers=JSON_HEADERS)
 
     async def chat(self, request: web.Request) -> web.StreamResponse:
+        return await self._counted(request, Engine._chat)
+
+    async def _counted(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        """Run ``handler(self, request, cfg)`` with the request, in-flight and status counters."""
         cfg = self.config
         lock = self._lock
         with lock:
@@ -167,7 +225,7 @@ class Engine:
                 self._max_in_flight = self._in_flight
         status = 0
         try:
-            response, status = await self._chat(request, cfg)
+            response, status = await handler(self, request, cfg)
             return response
         except asyncio.CancelledError:
             with lock:
@@ -188,7 +246,9 @@ class Engine:
         if cfg.fail_mode is not None:
             return error_response(cfg.fail_mode), cfg.fail_mode
         try:
-            parsed = ParsedRequest(orjson.loads(await request.read()))
+            body = orjson.loads(await request.read())
+            self._record(request.path, body)
+            parsed = ParsedRequest(body)
         except orjson.JSONDecodeError:
             return error_response(400, "request body is not valid JSON"), 400
         except BadRequest as exc:
@@ -316,6 +376,19 @@ class Engine:
         prompt_tokens = parsed.prompt_tokens
         completion_tokens = count_tokens(content)
         cost = prompt_tokens * cfg.prompt_price + completion_tokens * cfg.completion_price
+        usage: dict[str, Any] = {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+        }
+        if cfg.report_cost:
+            usage["cost"] = cost
+        if cfg.reasoning_ratio:
+            usage["completion_tokens_details"] = {
+                "reasoning_tokens": int(completion_tokens * cfg.reasoning_ratio)
+            }
+        if cfg.cached_ratio:
+            usage["prompt_tokens_details"] = {"cached_tokens": int(prompt_tokens * cfg.cached_ratio)}
         self._next_id += 1
         return {
             "id": f"gen-sim-{self._next_id}",
@@ -330,12 +403,7 @@ class Engine:
                     "finish_reason": finish,
                 }
             ],
-            "usage": {
-                "prompt_tokens": prompt_tokens,
-                "completion_tokens": completion_tokens,
-                "total_tokens": prompt_tokens + completion_tokens,
-                "cost": cost,
-            },
+            "usage": usage,
         }
 
     def _answer(
@@ -352,7 +420,11 @@ class Engine:
                 self._ok += 1
                 self._tokens_in += usage["prompt_tokens"]
                 self._tokens_out += usage["completion_tokens"]
-                self._cost += usage["cost"]
+                # what the answer cost, reported or not (the stats are the ground truth for tests)
+                self._cost += (
+                    usage["prompt_tokens"] * cfg.prompt_price
+                    + usage["completion_tokens"] * cfg.completion_price
+                )
                 # the answer's tokens count toward the token window too
                 self._limiter.add_tokens(cfg, usage["completion_tokens"], time.monotonic())
             if fault != "ok":

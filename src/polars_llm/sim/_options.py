@@ -19,7 +19,7 @@ from typing import Any, Final
 from .. import _checks as ck
 from ..exceptions import ConfigError
 
-__all__ = ["FAULT_RATES", "LIVE_FIXED", "SimConfig"]
+__all__ = ["BATCH_OUTCOMES", "FAULT_RATES", "LIVE_FIXED", "SimConfig"]
 
 FAULT_RATES: Final = (
     "reset_rate",
@@ -33,6 +33,8 @@ FAULT_RATES: Final = (
 """The probabilistic faults, in the order their slices of ``[0, 1)`` are laid out."""
 
 LIVE_FIXED: Final = frozenset({"host", "port", "backlog"})
+BATCH_OUTCOMES: Final = ("completed", "expired", "failed")
+"""How a batch ends once ``batch_seconds`` have passed."""
 """Options that cannot change while the server runs."""
 
 
@@ -41,7 +43,7 @@ class SimConfig:
     """Every option of the simulator; validated on construction (:class:`ConfigError` otherwise).
 
     Times are in seconds, probabilities in ``[0, 1]`` (the fault rates together at most 1), prices in
-    USD per token.
+    USD per token. The ``batch_*`` options drive the Batch API (see :mod:`polars_llm.sim._batches`).
     """
 
     host: str = "127.0.0.1"
@@ -77,9 +79,22 @@ class SimConfig:
     api_key: str | None = field(default=None, repr=False)
     prompt_price: float = 1e-7
     completion_price: float = 4e-7
+    report_cost: bool = True
+    reasoning_ratio: float = 0.0
+    cached_ratio: float = 0.0
+    max_output: int | None = 4096
     honor_max_tokens: bool = True
     models: tuple[str, ...] = ("sim/echo",)
     shutdown_timeout: float = 0.25
+    batch_api: bool = True
+    batch_seconds: float | None = 0.0
+    batch_outcome: str = "completed"
+    batch_done_share: float = 0.5
+    batch_price_factor: float = 0.5
+    batch_max_requests: int = 50_000
+    batch_max_bytes: int = 200_000_000
+    embedding_dimensions: int = 64
+    request_log: int = 1000
 
     def __post_init__(self) -> None:
         if not isinstance(self.host, str) or not self.host:
@@ -122,11 +137,38 @@ class SimConfig:
             value = getattr(self, name)
             if not (ck.is_number(value) and value >= 0 and math.isfinite(value)):
                 raise ConfigError(f"{name} must be a non-negative number (USD per token), got {value!r}")
-        for name in ("truncate_close", "burst_429", "honor_max_tokens", "refusal_retry_after"):
+        for name in ("reasoning_ratio", "cached_ratio"):
+            value = getattr(self, name)
+            if not (ck.is_number(value) and 0.0 <= value <= 1.0):
+                raise ConfigError(f"{name} must be a fraction between 0 and 1, got {value!r}")
+        if self.max_output is not None:
+            _check_int("max_output", self.max_output, 1, 10**9)
+        self._check_batch()
+        for name in (
+            "truncate_close",
+            "burst_429",
+            "honor_max_tokens",
+            "refusal_retry_after",
+            "report_cost",
+            "batch_api",
+        ):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name} must be True or False, got {getattr(self, name)!r}")
+        _check_int("embedding_dimensions", self.embedding_dimensions, 1, 8192)
+        _check_int("request_log", self.request_log, 0, 10_000_000)
         if not isinstance(self.models, tuple) or not all(isinstance(m, str) and m for m in self.models):
             raise ConfigError("models must be a tuple of non-empty model names")
+
+    def _check_batch(self) -> None:
+        if self.batch_seconds is not None:
+            _check_seconds("batch_seconds", self.batch_seconds, allow_zero=True)
+        ck.choice(*BATCH_OUTCOMES)("batch_outcome", self.batch_outcome)
+        for name in ("batch_done_share", "batch_price_factor"):
+            value = getattr(self, name)
+            if not (ck.is_number(value) and 0.0 <= value <= 1.0):
+                raise ConfigError(f"{name} must be a number between 0 and 1, got {value!r}")
+        _check_int("batch_max_requests", self.batch_max_requests, 1, 10**9)
+        _check_int("batch_max_bytes", self.batch_max_bytes, 1, 10**13)
 
     def replace(self, **changes: Any) -> SimConfig:
         """A copy with ``changes`` applied and validated; unknown names raise :class:`ConfigError`."""

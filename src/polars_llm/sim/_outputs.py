@@ -18,11 +18,13 @@ server will give without talking to it:
 
 from __future__ import annotations
 
+import array
 import datetime as _dt
 import hashlib
 import math
 import random
 import re
+import sys
 import uuid
 from collections.abc import Mapping
 from typing import Any, Final, TypeGuard
@@ -38,6 +40,7 @@ except ImportError:  # pragma: no cover - very old or very new Python: fall back
 __all__ = [
     "count_tokens",
     "expected_content",
+    "expected_embedding",
     "expected_json",
     "expected_text",
 ]
@@ -69,6 +72,27 @@ def expected_text(model: str, prompt: str, system: str | None = None) -> str:
     if system:
         return f"{model} [{system}]: {prompt[::-1]}"
     return f"{model}: {prompt[::-1]}"
+
+
+_EMBED_SCALE: Final = 1.0 / 32768
+
+
+def expected_embedding(model: str, text: str, dimensions: int) -> list[float]:
+    """The embedding of ``text``: ``dimensions`` values in ``[-1, 1)``, seeded only by ``(model, text)``.
+
+    Every value is a multiple of 1/32768, so it is exact in Float32; a shorter vector is a prefix of a
+    longer one (as with models that honour ``dimensions`` by truncation).
+
+    >>> v = expected_embedding("m", "hi", 4)
+    >>> len(v), v == expected_embedding("m", "hi", 8)[:4], all(-1 <= x < 1 for x in v)
+    (4, True, True)
+    """
+    digest = hashlib.shake_128(f"{model}\x00{text}".encode("utf-8", "surrogatepass")).digest(2 * dimensions)
+    values = array.array("h")
+    values.frombytes(digest)
+    if sys.byteorder != "little":  # pragma: no cover - the same vectors on every machine
+        values.byteswap()
+    return list(map(_EMBED_SCALE.__mul__, values))
 
 
 def expected_json(schema: Mapping[str, Any], model: str, prompt: str) -> Any:

@@ -114,13 +114,23 @@ class SimServer(str):
     def stats(self, per_prompt: bool = True) -> dict[str, Any]:
         """Counters since start (or the last :meth:`reset`); thread-safe.
 
-        Keys: ``requests`` (chat requests received), ``ok`` (well-formed completions answered),
+        Keys: ``requests`` (chat and embeddings requests received), ``ok`` (well-formed completions answered),
         ``status_counts`` (``{"200": n, "429": n, ...}``), ``per_prompt`` (``{prompt: requests}``,
         omitted with ``per_prompt=False``), ``unique_prompts``, ``in_flight``, ``max_in_flight``,
         ``cancelled`` (handlers cut off by a client disconnect), ``tokens_in``, ``tokens_out``,
-        ``cost`` (USD, of ``ok`` answers), ``faults`` (``{kind: n}``) and ``burst_active``.
+        ``cost`` (USD, of ``ok`` answers), ``faults`` (``{kind: n}``), ``burst_active``,
+        ``embedding_requests`` / ``embedding_inputs`` (``/embeddings`` requests and the texts they held;
+        ``requests`` and ``per_prompt`` count them too) and ``logged_requests`` (see :meth:`requests`).
         """
         return self._engine.stats(per_prompt=per_prompt)
+
+    def requests(self, limit: int | None = None) -> list[dict[str, Any]]:
+        """The request bodies received last, oldest first: ``[{"path": ..., "body": {...}}, ...]``.
+
+        At most ``request_log`` (default 1000) are kept; ``limit`` returns only the last ``limit``.
+        Also ``GET /requests?limit=N``. :meth:`reset` empties it.
+        """
+        return self._engine.requests(limit)
 
     def reset(self) -> None:
         """Zero the counters, forget ``:N`` marker attempts and rate-limit windows, reseed the RNG."""
@@ -132,6 +142,16 @@ class SimServer(str):
         Setting ``burst_429=True`` (or a new ``burst_seconds`` while on) starts a fresh 429 storm.
         """
         return self._engine.configure(**changes)
+
+    def batches(self) -> list[dict[str, Any]]:
+        """Every batch submitted to this server (oldest first), as ``GET /v1/batches/{id}`` shows it now."""
+        return self._engine.batches.list()
+
+    def finish_batches(self, outcome: str | None = None) -> list[str]:
+        """End every running batch now: ``completed``, ``expired``, ``failed`` or ``cancelled`` (default:
+        the ``batch_outcome`` option); returns their ids. With ``batch_seconds=None`` batches wait for this.
+        """
+        return self._engine.batches.finish(outcome)
 
     def burst(self, seconds: float = 5.0, retry_after: float = 1.0) -> SimConfig:
         """Answer every chat request 429 (``Retry-After: retry_after``) for the next ``seconds``."""

@@ -17,6 +17,7 @@ __all__ = [
     "JSON_HEADERS",
     "BadRequest",
     "Marker",
+    "ParsedEmbeddings",
     "ParsedRequest",
     "error_response",
     "parse_markers",
@@ -85,6 +86,8 @@ _ERROR_MESSAGES: Final = {
     502: "Bad gateway: upstream provider error (simulated)",
     503: "Service unavailable: overloaded (simulated)",
 }
+
+_IMAGE_CHARS: Final = 340  # an image part counts as ~85 prompt tokens (a low-detail image)
 
 # A marker, normalised: (kind, status code or 0, first-N-attempts or None, extra delay seconds, value).
 Marker = tuple[str, int, int | None, float, str]
@@ -187,8 +190,8 @@ class ParsedRequest:
             if not isinstance(message, dict):
                 raise BadRequest("each message must be an object")
             content = message.get("content")
-            text = content if isinstance(content, str) else _text_of(content)
-            total += len(text)
+            text, images = (content, 0) if isinstance(content, str) else _text_of(content)
+            total += len(text) + _IMAGE_CHARS * images
             role = message.get("role")
             if role == "user":
                 prompt = text
@@ -229,11 +232,68 @@ class ParsedRequest:
         return text
 
 
-def _text_of(content: object) -> str:
+def _text_of(content: object) -> tuple[str, int]:
+    """The text of a message's content and its number of image parts (checked like OpenAI does)."""
     if content is None:
-        return ""
-    if isinstance(content, list):
-        return "".join(
-            part.get("text", "") for part in content if isinstance(part, dict) and part.get("type") == "text"
-        )
-    raise BadRequest("message content must be a string or a list of parts")
+        return "", 0
+    if not isinstance(content, list):
+        raise BadRequest("message content must be a string or a list of parts")
+    texts: list[str] = []
+    images = 0
+    for part in content:
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind == "text":
+            texts.append(str(part.get("text", "")))
+        elif kind == "image_url":
+            spec = part.get("image_url")
+            url = spec.get("url") if isinstance(spec, dict) else None
+            if not isinstance(url, str) or not (
+                url.startswith(("http://", "https://"))
+                or (url.startswith("data:image/") and ";base64," in url)
+            ):
+                raise BadRequest("image_url.url must be an http(s) URL or a data:image/...;base64, URL")
+            images += 1
+        else:
+            raise BadRequest(f"unsupported content part type {kind!r}")
+    return "".join(texts), images
+
+
+MAX_EMBEDDING_INPUTS: Final = 2048
+MAX_DIMENSIONS: Final = 8192
+
+
+class ParsedEmbeddings:
+    """A ``POST /embeddings`` body: ``model``, ``input`` (a string or up to 2048 strings), optional
+    ``dimensions`` and ``encoding_format`` (``float`` or ``base64``)."""
+
+    __slots__ = ("dimensions", "encoding", "inputs", "model", "prompt_tokens")
+
+    def __init__(self, body: object, default_dimensions: int) -> None:
+        if not isinstance(body, dict):
+            raise BadRequest("request body must be a JSON object")
+        model = body.get("model")
+        if not isinstance(model, str) or not model:
+            raise BadRequest("'model' is required")
+        raw = body.get("input")
+        inputs = [raw] if isinstance(raw, str) else raw
+        if not isinstance(inputs, list) or not inputs or not all(isinstance(t, str) for t in inputs):
+            raise BadRequest("'input' must be a string or a non-empty list of strings")
+        if len(inputs) > MAX_EMBEDDING_INPUTS:
+            raise BadRequest(f"'input' may hold at most {MAX_EMBEDDING_INPUTS} strings, got {len(inputs)}")
+        if any(not t for t in inputs):
+            raise BadRequest("'input' strings must not be empty")
+        dimensions = body.get("dimensions", default_dimensions)
+        if (
+            not isinstance(dimensions, int)
+            or isinstance(dimensions, bool)
+            or not 1 <= dimensions <= MAX_DIMENSIONS
+        ):
+            raise BadRequest(f"'dimensions' must be an integer between 1 and {MAX_DIMENSIONS}")
+        encoding = body.get("encoding_format", "float")
+        if encoding not in ("float", "base64"):
+            raise BadRequest("'encoding_format' must be 'float' or 'base64'")
+        self.model: str = model
+        self.inputs: list[str] = inputs
+        self.dimensions: int = dimensions
+        self.encoding: str = encoding
+        self.prompt_tokens = sum(max(1, len(t) // 4) for t in inputs)
