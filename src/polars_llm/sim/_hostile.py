@@ -29,36 +29,12 @@ import orjson
 from aiohttp import web
 
 from ._options import SimConfig
-from ._wire import JSON_HEADERS, error_body
+from ._wire import HOSTILE_MARKERS, JSON_HEADERS, VALUE_MARKERS, error_body
 
 __all__ = ["HOSTILE", "hostile_response"]
 
-HOSTILE: Final = frozenset(
-    {
-        "content_parts",
-        "content_number",
-        "content_object",
-        "content_image",
-        "usage_string",
-        "usage_negative",
-        "refusal",
-        "length_valid",
-        "html",
-        "empty_body",
-        "choices_null",
-        "message_null",
-        "short_body",
-        "stall_body",
-        "huge",
-        "huge_chunked",
-        "retry_after",
-        "retry_after_ms",
-        "credits",
-        "credits_wait",
-        "redirect",
-        "html_error",
-    }
-)
+HOSTILE: Final = HOSTILE_MARKERS | frozenset(VALUE_MARKERS)
+"""Every marker whose answer :func:`hostile_response` builds."""
 REFUSAL: Final = "I'm sorry, but I can't help with that request."
 HUGE_BYTES: Final = 11 * 2**20
 _HTML: Final = (

@@ -14,7 +14,9 @@ from aiohttp import web
 from ._outputs import expected_json, expected_text
 
 __all__ = [
+    "HOSTILE_MARKERS",
     "JSON_HEADERS",
+    "VALUE_MARKERS",
     "BadRequest",
     "Marker",
     "ParsedEmbeddings",
@@ -24,20 +26,8 @@ __all__ = [
     "retry_headers",
 ]
 
-_MARKER_RE: Final = re.compile(r"\[\[([A-Za-z_0-9]+)(?::([^\[\]]*))?\]\]")
-_SIMPLE_MARKERS: Final = frozenset(
+HOSTILE_MARKERS: Final = frozenset(
     {
-        "content_filter",
-        "length",
-        "bad_json",
-        "wrong_schema",
-        "malformed",
-        "truncated",
-        "error200",
-        "empty",
-        "stall",
-        "reset",
-        # hostile answers (see the package docstring)
         "content_parts",
         "content_number",
         "content_object",
@@ -57,8 +47,27 @@ _SIMPLE_MARKERS: Final = frozenset(
         "credits_wait",
     }
 )
+"""Markers of hostile answers without a value (see the package docstring); sent by :mod:`._hostile`."""
+_MARKER_RE: Final = re.compile(r"\[\[([A-Za-z_0-9]+)(?::([^\[\]]*))?\]\]")
+_SIMPLE_MARKERS: Final = (
+    frozenset(
+        {
+            "content_filter",
+            "length",
+            "bad_json",
+            "wrong_schema",
+            "malformed",
+            "truncated",
+            "error200",
+            "empty",
+            "stall",
+            "reset",
+        }
+    )
+    | HOSTILE_MARKERS
+)
 # markers whose first argument is a value (a header's text, a status, a limit source), then ``:N``
-_VALUE_MARKERS: Final = {
+VALUE_MARKERS: Final = {
     "retry_after": 429,
     "retry_after_ms": 429,
     "credits": 402,
@@ -119,9 +128,9 @@ def parse_markers(prompt: str) -> tuple[Marker, ...]:
                 out.append(("status", 429, int(args[0]) if args else 1, 0.0, ""))
             elif name == "delay" and args:
                 out.append(("delay", 0, None, max(float(args[0]), 0.0), ""))
-            elif name in _VALUE_MARKERS:
+            elif name in VALUE_MARKERS:
                 value = args[0] if args else ""
-                code = _VALUE_MARKERS[name] or _status(value or ("302" if name == "redirect" else "502"))
+                code = VALUE_MARKERS[name] or _status(value or ("302" if name == "redirect" else "502"))
                 first_n = int(args[1]) if len(args) > 1 else (1 if name.startswith("retry") else None)
                 out.append((name, code, first_n, 0.0, value))
             elif name in _SIMPLE_MARKERS:
