@@ -44,6 +44,11 @@ def items(n: int, distinct: int) -> list[dict[str, object]]:
     return [{"id": i, "text": f"row {i % distinct}", "tag": "x" * (i % 3)} for i in range(n)]
 
 
+def mapped(ds: object, server: object, cache: Path, **options: object) -> object:
+    """``polars_llm.ray.map`` of the ``text`` column against the simulator, with the test key and cache."""
+    return plr.map(ds, "text", MODEL, base_url=server, api_key=KEY, cache=cache, **options)  # type: ignore[arg-type]
+
+
 def collect(ds: object) -> pl.DataFrame:
     frame = pl.concat([pl.from_arrow(t) for t in ray.get(ds.to_arrow_refs())])  # type: ignore[attr-defined]
     return frame.sort("id")
@@ -55,13 +60,10 @@ def test_four_workers_share_one_rate_limit_and_one_cache(cluster: None, tmp_path
     with sim.serve(rate_limit=20, window=1.0) as server:  # 20 requests per second at most
         ds = ray.data.from_items(prompts)
         out = collect(
-            plr.map(
+            mapped(
                 ds,
-                "text",
-                MODEL,
-                base_url=server,
-                api_key=KEY,
-                cache=cache,
+                server,
+                cache,
                 workers=4,
                 num_cpus=0.25,
                 batch_size=40,
@@ -81,13 +83,10 @@ def test_four_workers_share_one_rate_limit_and_one_cache(cluster: None, tmp_path
         # the rerun sends nothing for rows already done
         server.reset()
         again = collect(
-            plr.map(
+            mapped(
                 ray.data.from_items(prompts),
-                "text",
-                MODEL,
-                base_url=server,
-                api_key=KEY,
-                cache=cache,
+                server,
+                cache,
                 workers=4,
                 num_cpus=0.25,
                 batch_size=40,
@@ -102,13 +101,10 @@ def test_a_killed_worker_loses_only_its_unfinished_rows(cluster: None, tmp_path:
     cache = tmp_path / "kill.duckdb"
     prompts = items(600, 600)
     with sim.serve(latency=0.05) as server:
-        ds = plr.map(
+        ds = mapped(
             ray.data.from_items(prompts),
-            "text",
-            MODEL,
-            base_url=server,
-            api_key=KEY,
-            cache=cache,
+            server,
+            cache,
             workers=2,
             num_cpus=0.25,
             batch_size=50,
@@ -135,13 +131,10 @@ def test_a_killed_worker_loses_only_its_unfinished_rows(cluster: None, tmp_path:
         server.reset()
         server.configure(latency=0.0)
         out = collect(
-            plr.map(
+            mapped(
                 ray.data.from_items(prompts),
-                "text",
-                MODEL,
-                base_url=server,
-                api_key=KEY,
-                cache=cache,
+                server,
+                cache,
                 workers=2,
                 num_cpus=0.25,
                 batch_size=50,
@@ -158,13 +151,10 @@ def test_the_key_reaches_workers_without_being_written(cluster: None, tmp_path: 
     cache = tmp_path / "secret.duckdb"
     with sim.serve(api_key=KEY) as server:  # the simulator rejects any other key: the workers had this one
         out = collect(
-            plr.map(
+            mapped(
                 ray.data.from_items(items(20, 20)),
-                "text",
-                MODEL,
-                base_url=server,
-                api_key=KEY,
-                cache=cache,
+                server,
+                cache,
                 workers=2,
                 num_cpus=0.25,
             )
@@ -184,13 +174,10 @@ def test_without_a_client_limit_the_cluster_learns_one_pace_from_every_refusal(
     prompts = items(300, 300)
     with sim.serve(rate_limit=30, window=1.0) as server:  # a cap nobody told us about
         out = collect(
-            plr.map(
+            mapped(
                 ray.data.from_items(prompts),
-                "text",
-                MODEL,
-                base_url=server,
-                api_key=KEY,
-                cache=cache,
+                server,
+                cache,
                 workers=2,
                 num_cpus=0.25,
                 batch_size=50,
