@@ -334,16 +334,26 @@ class AiohttpTransport:
         return b"".join(chunks)
 
     async def complete(self, prompt: str) -> Completion:
-        body = orjson.dumps(self._body(prompt))
+        headers, raw = await self._exchange(self._url, orjson.dumps(self._body(prompt)), limited=True)
+        return decode_completion(raw, _limits_of(headers))
+
+    async def post(self, path: str, body: bytes) -> bytes:
+        """POST a JSON ``body`` to ``{base_url}{path}`` (e.g. ``/embeddings``): the raw 200 body, else the
+        mapped :class:`~polars_llm.exceptions.APIError` (the same mapping as :meth:`complete`; no size
+        limit: a batch of embeddings is megabytes)."""
+        return (await self._exchange(self._cfg.url + path, body, limited=False))[1]
+
+    async def _exchange(self, url: str, body: bytes, *, limited: bool) -> tuple[Any, bytes]:
+        """POST ``body``: the 200 answer's ``(headers, raw body)``, else the mapped error. Redirects are never
+        followed (they would turn the POST into a GET); ``limited``: a 200 body above the response-size
+        limit is not read."""
         session = self._get_session()
         aiohttp = self._aiohttp
         try:
-            async with session.post(
-                self._url, data=body, headers=self._headers, allow_redirects=False
-            ) as resp:
+            async with session.post(url, data=body, headers=self._headers, allow_redirects=False) as resp:
                 status = resp.status
                 headers = resp.headers
-                raw = await self._read(resp) if status == 200 else await resp.read()
+                raw = await self._read(resp) if limited and status == 200 else await resp.read()
         except TimeoutError:
             raise exc.APITimeoutError(f"no complete response within {self._cfg.timeout:g} s") from None
         except aiohttp.ClientConnectorError as e:
@@ -356,29 +366,7 @@ class AiohttpTransport:
             raise exc.APIConnectionError(f"connection error: {type(e).__name__}: {e}") from None
         if status != 200:
             raise error_for_status(status, dict(headers), raw[:MAX_RESPONSE_BYTES].decode("utf-8", "replace"))
-        return decode_completion(raw, _limits_of(headers))
-
-    async def post(self, path: str, body: bytes) -> bytes:
-        """POST a JSON ``body`` to ``{base_url}{path}`` (e.g. ``/embeddings``): the raw 200 body, else the
-        mapped :class:`~polars_llm.exceptions.APIError` (the same mapping as :meth:`complete`)."""
-        session = self._get_session()
-        aiohttp = self._aiohttp
-        try:
-            async with session.post(self._cfg.url + path, data=body, headers=self._headers) as resp:
-                status, raw, headers = resp.status, await resp.read(), resp.headers
-        except TimeoutError:
-            raise exc.APITimeoutError(f"no response within {self._cfg.timeout:g} s") from None
-        except aiohttp.ClientConnectorError as e:
-            raise exc.APIConnectionError(
-                f"cannot connect to {self._cfg.url}: {e.os_error}", refused=True
-            ) from None
-        except aiohttp.ClientPayloadError as e:
-            raise exc.MalformedResponseError(f"truncated response body: {e}") from None
-        except (aiohttp.ClientError, OSError) as e:
-            raise exc.APIConnectionError(f"connection error: {type(e).__name__}: {e}") from None
-        if status != 200:
-            raise error_for_status(status, dict(headers), raw.decode("utf-8", "replace"))
-        return raw
+        return headers, raw
 
     async def aclose(self) -> None:
         if self._session is not None:
