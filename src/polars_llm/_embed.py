@@ -2,7 +2,7 @@
 
 The same pipeline as chat (:mod:`polars_llm._pipeline`): unique non-null texts, content keys (a
 fingerprint of their own, so never a chat key), the DuckDB store (vectors in ``requests.embedding``,
-``FLOAT[]``), resume, the shared pacing (``Run.pace``), AIMD slot, retries (``Run.recover``), the
+``FLOAT[]``), resume, the shared pacing (``Run.pace``: limits, learned rate), retries (``Run.recover``), the
 batched writer and the progress bar. What differs is the pool (:func:`run_pool`): each worker takes up
 to ``batch_size`` jobs at a time and sends them as one request.
 

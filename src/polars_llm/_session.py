@@ -55,9 +55,10 @@ class Session:
         costing: Costing | None = None,
         budget: Any = None,
     ) -> None:
-        """``store`` (an object with the :class:`Store` methods the session calls), ``limits`` (an async
-        context manager entered around every request), ``costing`` and ``budget`` replace the session's
-        own: a Ray worker passes proxies of the hub that owns the cache and the cluster-wide limits."""
+        """``store`` (an object with the :class:`Store` methods the session calls), ``limits`` (an object
+        with the :class:`~polars_llm._pacer.Pacer` interface plus ``release``: the pace of every request),
+        ``costing`` and ``budget`` replace the session's own: a Ray worker passes proxies of the hub that
+        owns the cache and the cluster-wide limits."""
         self.cfg = cfg
         self.stats = stats if stats is not None else RunStats()
         self.store = store
