@@ -51,66 +51,53 @@ FrameT = TypeVar("FrameT", pl.DataFrame, pl.LazyFrame)
 _TMP = "__polars_llm_struct__"
 
 
-class MapOptions(TypedDict, total=False):
-    """Keyword options shared by every entry point: the fields of :class:`MapConfig` but ``model``.
+class EmbedOptions(TypedDict, total=False):
+    """Keyword options of the ``embed`` entry points: the options ``map`` and ``embed`` share.
+
+    For type checkers only (``**options: Unpack[EmbedOptions]``); a test keeps it in step with ``MapConfig``
+    minus the chat-only options.
+    """
+
+    base_url: str | None
+    api_key: str | Secret | None
+    extra_body: Mapping[str, Any] | None
+    batch_size: int | None
+    concurrency: int
+    rpm_limit: float | None
+    tpm_limit: float | None
+    max_attempts: int
+    timeout: float
+    max_backoff: float
+    max_wait: float
+    cache: CacheArg | Path
+    flush_interval: float
+    flush_rows: int
+    max_cost: float | None
+    price: tuple[float, float] | Mapping[str, tuple[float, float]] | None
+    progress: bool
+    transport: Transport
+
+
+class MapOptions(EmbedOptions, total=False):
+    """Keyword options shared by every ``map`` entry point: the fields of :class:`MapConfig` but ``model``
+    (the shared ones of :class:`EmbedOptions`, plus the chat-only ones below).
 
     For type checkers only (``**options: Unpack[MapOptions]``); a test keeps it in step with ``MapConfig``.
     """
 
     system: str | None
     response_model: type[BaseModel] | None
-    base_url: str | None
-    api_key: str | Secret | None
     temperature: float | None
     max_tokens: int | None
-    extra_body: Mapping[str, Any] | None
     dimensions: int | None
-    batch_size: int | None
-    concurrency: int
-    rpm_limit: float | None
-    tpm_limit: float | None
-    max_attempts: int
-    timeout: float
-    max_backoff: float
-    max_wait: float
-    cache: CacheArg | Path
-    flush_interval: float
-    flush_rows: int
-    max_cost: float | None
-    price: tuple[float, float] | Mapping[str, tuple[float, float]] | None
     include: tuple[str, ...] | list[str] | str
     chunk_rows: int
-    progress: bool
-    transport: Transport
     worker: Worker | None
     mode: Mode
     wait: bool
     poll_interval: float
     batch_max_requests: int
     batch_max_bytes: int
-
-
-class EmbedOptions(TypedDict, total=False):
-    """Keyword options of the ``embed`` entry points: ``MapOptions`` without the chat-only ones."""
-
-    base_url: str | None
-    api_key: str | Secret | None
-    extra_body: Mapping[str, Any] | None
-    batch_size: int | None
-    concurrency: int
-    rpm_limit: float | None
-    tpm_limit: float | None
-    max_attempts: int
-    timeout: float
-    max_backoff: float
-    max_wait: float
-    cache: CacheArg | Path
-    flush_interval: float
-    flush_rows: int
-    max_cost: float | None
-    price: tuple[float, float] | Mapping[str, tuple[float, float]] | None
-    progress: bool
-    transport: Transport
 
 
 def output_dtype(cfg: MapConfig) -> pl.Struct:
