@@ -11,9 +11,10 @@ A third, :class:`WorkerTransport`, wraps a user's ``async def worker(prompt) -> 
 
 from __future__ import annotations
 
+import contextlib
 import html
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
@@ -426,17 +427,12 @@ class OpenAITransport:
                 chunks.append(chunk)
             return resp.status_code, headers, b"".join(chunks)
 
-    async def complete(self, prompt: str) -> Completion:
+    @contextlib.contextmanager
+    def _sdk_errors(self) -> Iterator[None]:
+        """The SDK's (and its HTTP layer's) errors as ours: the same mapping for chat and embeddings."""
         openai = self._openai
-        body = self._body(prompt)
-        known = {
-            k: body.pop(k)
-            for k in ("model", "messages", "temperature", "max_tokens", "response_format")
-            if k in body
-        }
         try:
-            with anyio.fail_after(self._cfg.timeout + 1):
-                status, headers, raw = await self._call(known, body or None)
+            yield
         except TimeoutError:
             raise exc.APITimeoutError(f"no complete response within {self._cfg.timeout:g} s") from None
         except openai.APIStatusError as e:
@@ -459,6 +455,16 @@ class OpenAITransport:
                     f"truncated response body: {type(e).__name__}: {e}"
                 ) from None
             raise exc.APIConnectionError(f"connection error: {type(e).__name__}: {e}") from None
+
+    async def complete(self, prompt: str) -> Completion:
+        body = self._body(prompt)
+        known = {
+            k: body.pop(k)
+            for k in ("model", "messages", "temperature", "max_tokens", "response_format")
+            if k in body
+        }
+        with self._sdk_errors(), anyio.fail_after(self._cfg.timeout + 1):
+            status, headers, raw = await self._call(known, body or None)
         if status != 200:
             raise error_for_status(status, dict(headers), raw.decode("utf-8", "replace"))
         return decode_completion(raw, _limits_of(headers))
@@ -466,23 +472,9 @@ class OpenAITransport:
     async def embeddings(self, body: dict[str, Any]) -> bytes:
         """``embeddings.create`` with ``body`` (the SDK's own fields, the rest as ``extra_body``): the raw
         200 body, else the mapped :class:`~polars_llm.exceptions.APIError`."""
-        openai = self._openai
         known = {k: body.pop(k) for k in ("model", "input", "dimensions", "encoding_format") if k in body}
-        try:
-            with anyio.fail_after(self._cfg.timeout + 1):
-                raw = await self._client.embeddings.with_raw_response.create(**known, extra_body=body or None)
-        except TimeoutError:
-            raise exc.APITimeoutError(f"no response within {self._cfg.timeout:g} s") from None
-        except openai.APIStatusError as e:
-            raise error_for_status(e.status_code, dict(e.response.headers), e.response.text) from None
-        except openai.APITimeoutError:
-            raise exc.APITimeoutError(f"no response within {self._cfg.timeout:g} s") from None
-        except openai.APIConnectionError as e:
-            cause = e.__cause__
-            refused = isinstance(cause, ConnectionRefusedError) or "refused" in str(cause).lower()
-            raise exc.APIConnectionError(
-                f"cannot connect to {self._cfg.url}: {cause or e}", refused=refused
-            ) from None
+        with self._sdk_errors(), anyio.fail_after(self._cfg.timeout + 1):
+            raw = await self._client.embeddings.with_raw_response.create(**known, extra_body=body or None)
         return raw.content
 
     async def aclose(self) -> None:
