@@ -18,7 +18,7 @@ import polars as pl
 import pytest
 
 from polars_llm import _migrations
-from polars_llm._store import OUTPUT_COLUMNS, TABLES_DOC, Outcome, Store
+from polars_llm._store import OUTPUT_COLUMNS, TABLES_DOC, Outcome, Store, k64
 from polars_llm.exceptions import ConfigError, StoreError
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
@@ -177,6 +177,43 @@ def test_unregistered_keys_are_inserted_not_lost(store: Store) -> None:
     assert column(store, "attempts", "ghost") == 2
     assert store.counts() == {"done": 2}
     store.write_outcomes([])  # no-op
+
+
+def test_keys_sharing_their_first_64_bits_stay_distinct(store: Store) -> None:
+    """Look-ups join on ``k64`` (the key's first 16 hex digits) and then on the whole key."""
+    twins = ["0123456789abcdef" + "0" * 16, "0123456789abcdef" + "f" * 16]
+    assert store.register(jobs(twins[:1])) == 1
+    assert store.register(jobs(twins)) == 1  # the twin is new, its sibling is not registered twice
+    store.write_outcomes([done(twins[0], "first")])
+    got = store.lookup(pl.DataFrame({"key": twins}))
+    assert dict(zip(got["key"], got["status"], strict=True)) == {twins[0]: "done", twins[1]: "pending"}
+    only = store.lookup(pl.DataFrame({"key": twins[1:]}))
+    assert only["key"].to_list() == twins[1:] and only["result"].to_list() == [None]
+
+
+@pytest.mark.parametrize(
+    "key",
+    ["0123456789abcdef" * 2, "ffffffffffffffff" * 2, "0123456789ABCDEF" * 2, "k1", "abc", "", "é" * 20,
+     "0123456789abcde", " 0123456789abcdef"],
+)  # fmt: skip
+def test_the_k64_of_sql_and_polars_agree(key: str) -> None:
+    sql = duckdb.execute(f"SELECT {_migrations.K64_SQL.format(key='$1')}", [key]).fetchall()[0][0]
+    assert pl.DataFrame({"key": [key]}).select(k64()).item() == sql
+
+
+def test_a_migrated_file_finds_its_rows_by_k64(tmp_path: Path) -> None:
+    path = tmp_path / "v5.duckdb"
+    con = duckdb.connect(str(path))
+    assert _migrations.migrate(con, path=path, target=5) == 5
+    keys = [hashlib.blake2b(str(i).encode(), digest_size=16).hexdigest() for i in range(3)] + ["odd-key"]
+    for key in keys:
+        con.execute(
+            "INSERT INTO requests (key, prompt, status, result) VALUES (?, 'p', 'done', ?)", [key, key]
+        )
+    con.close()
+    with Store.open(path) as store:
+        got = store.lookup(pl.DataFrame({"key": keys}))
+        assert sorted(got["result"].to_list()) == sorted(keys)
 
 
 def test_threads_share_the_store(store: Store) -> None:

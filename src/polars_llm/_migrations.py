@@ -21,7 +21,7 @@ import duckdb
 
 from .exceptions import StoreError
 
-__all__ = ["CURRENT_VERSION", "MIGRATIONS", "Migration", "classify", "migrate", "stored_version"]
+__all__ = ["CURRENT_VERSION", "K64_SQL", "MIGRATIONS", "Migration", "classify", "migrate", "stored_version"]
 
 Step = str | Callable[[duckdb.DuckDBPyConnection], None]
 Migration = tuple[int, Step]
@@ -105,7 +105,21 @@ ALTER TABLE requests ADD COLUMN IF NOT EXISTS input VARCHAR;
 ALTER TABLE requests ADD COLUMN IF NOT EXISTS embedding FLOAT[];
 """
 
-MIGRATIONS: Final[tuple[Migration, ...]] = ((1, _V1), (2, _V2), (3, _V3), (4, _V4), (5, _V5))
+# Look-ups by ``k64`` (the key's first 64 bits as an integer): a semi-join on it reads an eighth of what
+# one on the 32-character key reads, which decides a streamed rerun's time once the file holds millions
+# of rows. The expression is :data:`K64_SQL` (kept equal to the Polars one in ``_store``).
+K64_SQL: Final = (
+    "CASE WHEN regexp_full_match(substr({key}, 1, 16), '[0-9a-f]{{16}}') "
+    "THEN ('0x' || substr({key}, 1, 16))::UBIGINT ELSE 0 END"
+)
+_V6: Final = f"""
+ALTER TABLE requests ADD COLUMN IF NOT EXISTS k64 UBIGINT;
+UPDATE requests SET k64 = {K64_SQL.format(key="key")} WHERE k64 IS NULL;
+"""
+
+MIGRATIONS: Final[tuple[Migration, ...]] = (
+    (1, _V1), (2, _V2), (3, _V3), (4, _V4), (5, _V5), (6, _V6),
+)  # fmt: skip
 CURRENT_VERSION: Final = MIGRATIONS[-1][0]
 
 State = Literal["empty", "ours", "foreign"]

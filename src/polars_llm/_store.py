@@ -18,8 +18,12 @@ Tables (also in :data:`TABLES_DOC`):
     ``version``, ``applied_at``: one row per applied migration (see :mod:`polars_llm._migrations`).
 
 There is no primary key or index: a DuckDB ``VARCHAR`` primary key makes bulk inserts several times
-slower. Uniqueness of ``key`` comes from the single writer: every insert is an anti-join against
-``requests``, and all calls on one file in this process are serialised by one lock. Another process
+slower, and DuckDB answers a join of many keys with a scan whatever the index. Look-ups therefore join on
+``k64`` (the key's first 64 bits as an integer, see :func:`k64`) and compare the full key only on the
+rows that matched it: a chunk's look-up reads 8 bytes per stored row instead of a 32-character key, so
+a streamed rerun stays fast when the file holds millions of rows. Uniqueness of ``key`` comes from the
+single writer: every insert is an anti-join against ``requests``, and all calls on one file in this
+process are serialised by one lock. Another process
 cannot open the file at all (DuckDB holds an exclusive file lock), which :meth:`Store.open` reports as
 a :class:`StoreError` naming the holder.
 
@@ -43,10 +47,11 @@ import polars as pl
 import pyarrow as pa
 
 from . import _migrations
+from ._migrations import K64_SQL
 from ._store_files import connect, path_lock, prepare_file, probe
 from .exceptions import ConfigError, StoreError
 
-__all__ = ["DETAIL_SCHEMA", "TABLES_DOC", "Outcome", "Store", "apply_outcomes"]
+__all__ = ["DETAIL_SCHEMA", "TABLES_DOC", "Outcome", "Store", "apply_outcomes", "k64"]
 
 TABLES_DOC: Final = """\
 The cache is one DuckDB file (default `.polars_llm/cache.duckdb`); open it with any DuckDB client
@@ -75,6 +80,7 @@ while no run is using it.
 | `cost` | DOUBLE | USD: the provider's `usage.cost`, else tokens × price when a price is known, else NULL |
 | `created_at`, `updated_at`, `finished_at` | TIMESTAMP | UTC times |
 | `batch_id` | VARCHAR | batch mode: the batch the request was last sent in, or NULL |
+| `k64` | UBIGINT | the key's first 16 hex digits as an integer (0 for a key that is not hex): fast look-ups |
 
 **`batches`**: one row per batch submitted with `mode="batch"`. A batch is *live* until its results are
 collected (`collected_at` NULL); a request in a live batch is never sent again.
@@ -154,6 +160,27 @@ _BATCH_SCHEMA: Final = pa.schema(
         ("finished_at", pa.float64()),
     ]
 )
+
+
+def k64(key: str = "key") -> pl.Expr:
+    """The ``k64`` column of the keys in column ``key``, as :data:`~polars_llm._migrations.K64_SQL`
+    computes it in the file.
+
+    >>> pl.DataFrame({"key": ["00000000000000ffabc", "k1"]}).select(k64()).to_series().to_list()
+    [255, 0]
+    """
+    head = pl.col(key).str.slice(0, 16)
+    hexed = head.str.to_integer(base=16, dtype=pl.UInt64, strict=False)
+    return pl.when(head.str.contains("^[0-9a-f]{16}$")).then(hexed).otherwise(0).cast(pl.UInt64).alias("k64")
+
+
+def _hits(table: str, columns: str) -> str:
+    """SQL ``hit``: ``columns`` of the ``requests`` rows (alias ``r``) whose ``k64`` is in ``table``. It
+    is materialised, so the caller's join on the full ``key`` reads those rows only."""
+    return (
+        f"WITH hit AS MATERIALIZED (SELECT {columns} FROM requests AS r "
+        f"SEMI JOIN {table} AS q ON r.k64 = q.k64) "
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -260,11 +287,11 @@ def apply_outcomes(con: duckdb.DuckDBPyConnection, outcomes: Sequence[Outcome]) 
         # Keys that were never registered (should not happen) are kept rather than lost.
         con.execute(
             "INSERT INTO requests (key, status, result, error, error_kind, attempts, tokens_in, "
-            "tokens_out, tokens_reasoning, tokens_cached, cost, created_at, updated_at, finished_at) "
+            "tokens_out, tokens_reasoning, tokens_cached, cost, created_at, updated_at, finished_at, k64) "
             "SELECT b.key, b.status, b.result, b.error, b.error_kind, b.attempts, b.tokens_in, "
             "b.tokens_out, b.tokens_reasoning, b.tokens_cached, b.cost, make_timestamp(?::BIGINT), "
-            "make_timestamp(?::BIGINT), make_timestamp((b.finished_at * 1000000)::BIGINT) "
-            "FROM _pl_batch AS b ANTI JOIN requests AS r ON r.key = b.key",
+            "make_timestamp(?::BIGINT), make_timestamp((b.finished_at * 1000000)::BIGINT), "
+            f"{K64_SQL.format(key='b.key')} FROM _pl_batch AS b ANTI JOIN requests AS r ON r.key = b.key",
             [now, now],
         )
     finally:
@@ -364,12 +391,15 @@ class Store:
         ``key``) present in the store."""
         base = _VECTOR_SCHEMA if vectors else _LOOKUP_SCHEMA
         schema = {**base, **{d: DETAIL_SCHEMA[d] for d in details}}
-        frame = keys.select(pl.col("key").cast(pl.String))
+        frame = keys.select(pl.col("key").cast(pl.String)).with_columns(k64())
         if frame.height == 0:
             return pl.DataFrame(schema=schema)
         cols = ", ".join(f"r.{c}" for c in schema)
+        query = (
+            _hits("_pl_lookup", cols) + "SELECT r.* FROM hit AS r SEMI JOIN _pl_lookup AS q ON r.key = q.key"
+        )
         with self._locked() as con, self._registered(con, "_pl_lookup", frame):
-            out = con.sql(f"SELECT {cols} FROM requests AS r SEMI JOIN _pl_lookup AS q ON r.key = q.key").pl()
+            out = con.sql(query).pl()
         return out.cast(schema)  # type: ignore[arg-type]
 
     def spent(
@@ -377,7 +407,7 @@ class Store:
     ) -> float:
         """USD already spent on ``keys``: each row's cost, else its tokens × ``price`` (per million); only
         rows finished before ``before`` (epoch seconds) when given."""
-        frame = keys.select(pl.col("key").cast(pl.String))
+        frame = keys.select(pl.col("key").cast(pl.String)).with_columns(k64())
         if frame.height == 0:
             return 0.0
         pin, pout = price if price is not None else (0.0, 0.0)
@@ -385,9 +415,10 @@ class Store:
         params: list[Any] = [pin, pout] + ([] if before is None else [int(before * 1_000_000)])
         with self._locked() as con, self._registered(con, "_pl_spent", frame):
             rows = con.execute(
-                "SELECT coalesce(sum(coalesce(r.cost, (coalesce(r.tokens_in, 0) * ? + "
+                _hits("_pl_spent", "r.key, r.cost, r.tokens_in, r.tokens_out, r.finished_at")
+                + "SELECT coalesce(sum(coalesce(r.cost, (coalesce(r.tokens_in, 0) * ? + "
                 "coalesce(r.tokens_out, 0) * ?) / 1e6)), 0)::DOUBLE "
-                f"FROM requests AS r SEMI JOIN _pl_spent AS q ON r.key = q.key{when}",
+                f"FROM hit AS r SEMI JOIN _pl_spent AS q ON r.key = q.key{when}",
                 params,
             ).fetchall()
         return float(rows[0][0])
@@ -442,7 +473,7 @@ class Store:
         frame = jobs.select(
             pl.col(c).cast(pl.String) if c in jobs.columns else pl.lit(None, pl.String).alias(c)
             for c in _JOB_COLUMNS
-        )
+        ).with_columns(k64())
         if frame.height == 0:
             return 0
         if frame["key"].n_unique() != frame.height:
@@ -451,10 +482,11 @@ class Store:
         now = _now_us()
         with self._transaction() as con, self._registered(con, "_pl_jobs", frame):
             rows = con.execute(
-                f"INSERT INTO requests ({cols}, status, attempts, created_at, updated_at) "
-                f"SELECT {', '.join('j.' + c for c in _JOB_COLUMNS)}, 'pending', 0, "
+                _hits("_pl_jobs", "r.key")
+                + f"INSERT INTO requests ({cols}, k64, status, attempts, created_at, updated_at) "
+                f"SELECT {', '.join('j.' + c for c in _JOB_COLUMNS)}, j.k64, 'pending', 0, "
                 "make_timestamp(?::BIGINT), make_timestamp(?::BIGINT) "
-                "FROM _pl_jobs AS j ANTI JOIN requests AS r ON r.key = j.key",
+                "FROM _pl_jobs AS j ANTI JOIN hit AS r ON r.key = j.key",
                 [now, now],
             ).fetchall()
         return int(rows[0][0]) if rows else 0
