@@ -1,6 +1,6 @@
 """The rate to send at when a provider's limit is unknown: learned from its answers.
 
-With no limit known, requests are paced at a rate that starts gently (8/s), doubles while answers
+With no limit known, requests are paced at a rate that starts gently (4/s), doubles while answers
 succeed (slow start), and on rate-limit refusals settles just under the rate the server *admitted* —
 measured from our own sends around the refusal (sends minus refusals, per second, over the provider's
 window when its waits tell how long that is) — then probes upwards again, first towards what was
