@@ -8,7 +8,7 @@ Tables (also in :data:`TABLES_DOC`):
     text), ``status`` (``pending`` | ``done`` | ``failed``), ``result``, ``embedding`` (``FLOAT[]``),
     ``error``, ``error_kind``, ``attempts`` (summed over runs), ``tokens_in``, ``tokens_out``,
     ``tokens_reasoning``, ``tokens_cached``, ``cost``, ``created_at``, ``updated_at``, ``finished_at`` (UTC
-    ``TIMESTAMP``), ``batch_id``. No API key is ever stored.
+    ``TIMESTAMP``), ``batch_id``, ``k64`` (see below). No API key is ever stored.
 ``batches``
     one row per batch submitted in batch mode (see :mod:`polars_llm._batch_store`).
 ``model_prices``
