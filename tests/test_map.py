@@ -293,6 +293,9 @@ def test_interrupted_run_resumes_without_paying_twice(tmp_path: Path) -> None:
         def interrupt_when_half_done() -> None:
             while not stop.is_set():
                 if server.stats(per_prompt=False)["ok"] >= n // 2:
+                    # the rest now hangs until the interrupt lands: the run cannot finish first, however
+                    # late this thread gets to run on a loaded machine
+                    server.configure(latency=3600.0)
                     _thread.interrupt_main()
                     return
                 stop.wait(0.005)
@@ -305,6 +308,7 @@ def test_interrupted_run_resumes_without_paying_twice(tmp_path: Path) -> None:
         finally:
             stop.set()
             watcher.join()
+        server.configure(latency=0.01)
         first = server.stats(per_prompt=False)["requests"]
         with duckdb.connect(str(cache), read_only=True) as con:
             (kept,) = con.execute("select count(*) from requests where status = 'done'").fetchone()

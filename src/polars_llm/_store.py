@@ -23,9 +23,8 @@ slower, and DuckDB answers a join of many keys with a scan whatever the index. L
 rows that matched it: a chunk's look-up reads 8 bytes per stored row instead of a 32-character key, so
 a streamed rerun stays fast when the file holds millions of rows. Uniqueness of ``key`` comes from the
 single writer: every insert is an anti-join against ``requests``, and all calls on one file in this
-process are serialised by one lock. Another process
-cannot open the file at all (DuckDB holds an exclusive file lock), which :meth:`Store.open` reports as
-a :class:`StoreError` naming the holder.
+process are serialised by one lock. Another process cannot open the file at all (DuckDB holds an
+exclusive file lock), which :meth:`Store.open` reports as a :class:`StoreError` naming the holder.
 
 Every write is one transaction; DuckDB's write-ahead log makes a committed batch survive ``kill -9``.
 """
