@@ -293,9 +293,10 @@ def test_interrupted_run_resumes_without_paying_twice(tmp_path: Path) -> None:
         def interrupt_when_half_done() -> None:
             while not stop.is_set():
                 if server.stats(per_prompt=False)["ok"] >= n // 2:
-                    # the rest now hangs until the interrupt lands: the run cannot finish first, however
-                    # late this thread gets to run on a loaded machine
-                    server.configure(latency=3600.0)
+                    # the rest now waits a minute: the run cannot finish before the interrupt lands, however
+                    # late this thread gets to run on a loaded machine (and a lost interrupt fails the test
+                    # in a minute, not at the suite's timeout)
+                    server.configure(latency=60.0)
                     _thread.interrupt_main()
                     return
                 stop.wait(0.005)
