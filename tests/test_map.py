@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import _thread
+import signal
 import threading
 from collections.abc import Iterator
 from datetime import date
@@ -281,6 +282,18 @@ def test_content_key_is_stable() -> None:
     assert KeyMaker(fingerprint).key("Great kettle, arrived late.") == "c71732a8b5d76932cf5f52b004861558"
 
 
+@pytest.fixture
+def default_sigint() -> Iterator[None]:
+    """SIGINT handled as in a script or plain cell: `_thread.interrupt_main` does nothing when an earlier
+    test in this process left SIGINT to a handler that is not Python's."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+@pytest.mark.usefixtures("default_sigint")
 def test_interrupted_run_resumes_without_paying_twice(tmp_path: Path) -> None:
     threads_before = set(threading.enumerate())
     cache = tmp_path / "c.duckdb"
