@@ -248,6 +248,16 @@ def _now_us() -> int:
     return int(time.time() * 1_000_000)
 
 
+def _warm_arrow() -> None:
+    """Have pyarrow do its one-time set-up now, before any request is sent.
+
+    The first time pyarrow converts Python objects it imports pandas, when installed: 0.5–2.5 s holding
+    the GIL. In the first write of a run that stalled the event loop (sends and answers alike) for as long,
+    right while the rate was being learned.
+    """
+    pa.array([], type=pa.string())
+
+
 def apply_outcomes(con: duckdb.DuckDBPyConnection, outcomes: Sequence[Outcome]) -> None:
     """Write ``outcomes`` inside the caller's transaction (see :meth:`Store.write_outcomes`)."""
     if not outcomes:
@@ -326,6 +336,7 @@ class Store:
             StoreError: the file is locked by another process, cannot be created, is not a polars_llm cache,
                 or was written by a newer polars_llm.
         """
+        _warm_arrow()
         if path is None:
             con = duckdb.connect(":memory:")
             return cls(con, None, _migrations.migrate(con))
