@@ -559,3 +559,30 @@ def test_an_odd_value_in_one_outcome_does_not_lose_its_batch(tmp_path: Path) -> 
     assert rows["k0"]["result"] == "fine" and rows["k2"]["result"] == "also fine"
     assert rows["k1"]["status"] == "done" and '"text": "hi"' in rows["k1"]["result"]
     assert (rows["k1"]["tokens_in"], rows["k1"]["tokens_out"], rows["k2"]["cost"]) == (12, None, None)
+
+
+def test_writes_import_nothing_once_jobs_are_registered(tmp_path: Path) -> None:
+    """A write during a run does no one-time set-up: pyarrow's first conversion imports pandas (when
+    installed), seconds holding the GIL that stalled the event loop mid-run; ``register``, the last store
+    call before requests go out, does it. A store that only looks up (a cached rerun) never pays it."""
+    code = f"""
+import sys, time
+sys.path.insert(0, {SRC!r})
+import polars as pl
+from polars_llm._store import Outcome, Store
+with Store.open({str(tmp_path / "c.duckdb")!r}) as store:
+    store.lookup(pl.DataFrame({{"key": ["a"]}}))
+    looked_up = set(sys.modules)
+    store.register(pl.DataFrame({{"key": ["a"], "prompt": ["p"], "base_url": ["u"], "model": ["m"],
+                                  "params": ["{{}}"]}}))
+    registered = set(sys.modules)
+    store.write_outcomes([Outcome("a", "done", 1, time.time(), result="r", tokens_in=3)])
+    print(sorted(registered - looked_up))
+    print(sorted(set(sys.modules) - registered))
+"""
+    run = [sys.executable, "-c", code]
+    out = subprocess.run(run, capture_output=True, text=True, timeout=120, check=True)
+    at_register, at_write = (json.loads(line.replace("'", '"')) for line in out.stdout.splitlines())
+    assert at_write == []
+    has_pandas = subprocess.run([sys.executable, "-c", "import pandas"], capture_output=True).returncode == 0
+    assert ("pandas" in at_register) == has_pandas  # imported by register, not by the look-up before it

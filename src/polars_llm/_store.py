@@ -249,7 +249,8 @@ def _now_us() -> int:
 
 
 def _warm_arrow() -> None:
-    """Have pyarrow do its one-time set-up now, before any request is sent.
+    """Have pyarrow do its one-time set-up before any request is sent (a run with nothing to send, a
+    cached rerun, never pays for it).
 
     The first time pyarrow converts Python objects it imports pandas, when installed: 0.5–2.5 s holding
     the GIL. In the first write of a run that stalled the event loop (sends and answers alike) for as long,
@@ -336,7 +337,6 @@ class Store:
             StoreError: the file is locked by another process, cannot be created, is not a polars_llm cache,
                 or was written by a newer polars_llm.
         """
-        _warm_arrow()
         if path is None:
             con = duckdb.connect(":memory:")
             return cls(con, None, _migrations.migrate(con))
@@ -477,6 +477,7 @@ class Store:
 
     def register(self, jobs: pl.DataFrame) -> int:
         """Insert ``jobs`` as ``pending`` rows for keys not yet stored; returns the number inserted."""
+        _warm_arrow()  # the last store call before requests go out: see there
         missing = [c for c in _REQUIRED_JOB_COLUMNS if c not in jobs.columns]
         if missing:
             raise ValueError(f"register() needs columns {missing}")
