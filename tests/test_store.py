@@ -566,7 +566,7 @@ def test_writes_import_nothing_once_jobs_are_registered(tmp_path: Path) -> None:
     installed), seconds holding the GIL that stalled the event loop mid-run; ``register``, the last store
     call before requests go out, does it. A store that only looks up (a cached rerun) never pays it."""
     code = f"""
-import sys, time
+import json, sys, time
 sys.path.insert(0, {SRC!r})
 import polars as pl
 from polars_llm._store import Outcome, Store
@@ -577,12 +577,12 @@ with Store.open({str(tmp_path / "c.duckdb")!r}) as store:
                                   "params": ["{{}}"]}}))
     registered = set(sys.modules)
     store.write_outcomes([Outcome("a", "done", 1, time.time(), result="r", tokens_in=3)])
-    print(sorted(registered - looked_up))
-    print(sorted(set(sys.modules) - registered))
+    print(json.dumps(sorted(registered - looked_up)))
+    print(json.dumps(sorted(set(sys.modules) - registered)))
 """
     run = [sys.executable, "-c", code]
     out = subprocess.run(run, capture_output=True, text=True, timeout=120, check=True)
-    at_register, at_write = (json.loads(line.replace("'", '"')) for line in out.stdout.splitlines())
+    at_register, at_write = (json.loads(line) for line in out.stdout.splitlines())
     assert at_write == []
     has_pandas = subprocess.run([sys.executable, "-c", "import pandas"], capture_output=True).returncode == 0
     assert ("pandas" in at_register) == has_pandas  # imported by register, not by the look-up before it
