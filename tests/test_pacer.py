@@ -117,8 +117,12 @@ def simulate(
     pacer: Pacer | None = None,
     clock: FakeClock | None = None,
     changes: dict[float, Any] | None = None,
+    instant_refusals: bool = False,
 ) -> tuple[Run, Pacer, FakeClock]:
-    """Drive a pacer against ``server`` for ``seconds`` of fake time (``headers``: none, 429, all)."""
+    """Drive a pacer against ``server`` for ``seconds`` of fake time (``headers``: none, 429, all).
+
+    ``instant_refusals``: 429s come back at once (no generation), successes after ``latency``.
+    """
     clock = clock or FakeClock()
     pacer = pacer or Pacer(clock=clock)
     run = Run()
@@ -149,7 +153,8 @@ def simulate(
             remaining = budget.remaining if admitted else 0
             limits = Limits(Budget(budget.limit, remaining, hint or budget.reset), None, "test")
         run.sent.append((clock.now, not admitted))
-        heapq.heappush(pending, (clock.now + latency, ticket.seq, ticket, not admitted, hint, limits))
+        answer_at = clock.now + (1e-3 if instant_refusals and not admitted else latency)
+        heapq.heappush(pending, (answer_at, ticket.seq, ticket, not admitted, hint, limits))
         clock.now += 1e-5  # sending costs a little time
     return run, pacer, clock
 
@@ -168,10 +173,12 @@ def test_start_is_gentle_and_grows_while_answers_succeed() -> None:
     assert pacer.rate > 30 * START_RATE and run.share_429() == 0  # slow start on an uncapped server
 
 
+@pytest.mark.parametrize("instant_refusals", [False, True], ids=["slow 429s", "instant 429s"])
 @pytest.mark.parametrize(
     ("name", "server", "cap", "latency"),
     [
         ("sliding 5/s, 500 ms", lambda: SlidingLog(5), 5, 0.5),
+        ("sliding 50/s, 500 ms", lambda: SlidingLog(50), 50, 0.5),
         ("sliding 50/s", lambda: SlidingLog(50), 50, 0.0),
         ("sliding 500/s, 50 ms", lambda: SlidingLog(500), 500, 0.05),
         ("fixed 50/s, 50 ms", lambda: FixedWindow(50), 50, 0.05),
@@ -179,14 +186,81 @@ def test_start_is_gentle_and_grows_while_answers_succeed() -> None:
         ("sliding 10 s window, 50/s", lambda: SlidingLog(500, 10.0), 50, 0.05),
     ],
 )
-def test_settles_just_under_the_cap(name: str, server: Any, cap: float, latency: float) -> None:
+def test_settles_just_under_the_cap(
+    name: str, server: Any, cap: float, latency: float, instant_refusals: bool
+) -> None:
     seconds = 240 if cap < 10 else 90
     skip = 20.0
-    run, pacer, clock = simulate(server(), seconds, latency=latency, concurrency=256)
+    run, pacer, clock = simulate(
+        server(), seconds, latency=latency, concurrency=256, instant_refusals=instant_refusals
+    )
     start = clock.now - seconds
     assert run.share_429(since=start + skip) <= 0.03, name
     assert run.admitted_rate(start + skip, clock.now) >= 0.9 * cap, name
     assert 0.8 * cap <= pacer.rate <= 1.2 * cap, name
+
+
+def test_a_buckets_first_burst_does_not_hold_the_rate_above_its_refill() -> None:
+    """A token bucket lets its whole size through at once: the second before the first refusal
+    admits more than the refill rate. Once what is sent at the settled rate is refused steadily, the
+    learner takes the admitted share of it, instead of waiting for the burst to leave its horizon."""
+    for latency in (0.0, 0.0014, 0.005, 0.01):
+        run, _, _ = simulate(Bucket(50, 50), 10.0, latency=latency, concurrency=256)
+        first = next(t for t, refused in run.sent if refused)
+        after = [refused for t, refused in run.sent if first + 0.5 < t <= first + 2.0]
+        assert sum(after) <= 0.04 * len(after), latency  # was 11-12 % for those 1.5 s
+        assert run.admitted_rate(first + 0.5, first + 2.0) >= 0.85 * 50, latency
+
+
+def test_a_cut_does_not_count_what_was_sent_after_the_refused_request() -> None:
+    """Refusals come back first (often at once): the first cut of a fast ramp measures what was sent
+    up to the refused request (here 100/s), not the burst sent after it, still in flight."""
+    clock = FakeClock()
+    learner = RateLearner(clock=clock)
+    seq = iter(range(1, 10**6))
+
+    def send() -> Ticket:
+        learner.on_send(clock.now)
+        return Ticket(clock.now, next(seq), 0.0, 1.0)
+
+    for _ in range(100):  # 100/s for a second, each answered at once
+        ticket = send()
+        clock.now += 0.001
+        learner.on_answer(ticket, limited=False)
+        clock.now += 0.009
+    clock.now += 0.005
+    refused = [send() for _ in range(3)]
+    for _ in range(57):  # the burst behind them
+        send()
+        clock.now += 0.0002
+    assert any(learner.on_answer(t, limited=True) for t in refused)
+    assert learner.rate <= 0.95 * 100 * 1.05  # (counting the burst as admitted: ~150/s)
+
+
+@pytest.mark.parametrize("phase", [0.0, 0.02, 0.05, 0.07, 0.09])
+def test_a_cut_at_a_few_requests_per_second_measures_the_admitted_rate_exactly(phase: float) -> None:
+    """At a cap of 5/s one request is a fifth of the rate: counted in 0.1 s slots, the slot the
+    window's start cuts through would make the measure 4-6/s depending on where the sends fall."""
+    clock = FakeClock()
+    clock.now += phase
+    learner = RateLearner(clock=clock)
+    seq = iter(range(1, 10**6))
+
+    def send() -> Ticket:
+        learner.on_send(clock.now)
+        return Ticket(clock.now, next(seq), 0.0, 1.0)
+
+    for _ in range(20):  # 5/s, every 0.2 s, each admitted
+        learner.on_answer(send(), limited=False)
+        clock.now += 0.2
+    clock.now -= 0.15
+    refused = []
+    for _ in range(3):  # the window (at - 1 s, at] already holds five: refused
+        refused.append(send())
+        clock.now += 0.001
+    assert any(learner.on_answer(t, limited=True) for t in refused)
+    assert learner.ceiling == pytest.approx(5.0)
+    assert learner.rate == pytest.approx(0.95 * 5.0)
 
 
 def test_scattered_429s_neither_collapse_the_rate_nor_stall_the_run() -> None:

@@ -2,9 +2,13 @@
 
 With no limit known, requests are paced at a rate that starts gently (4/s), doubles while answers
 succeed (slow start), and on rate-limit refusals settles just under the rate the server *admitted* —
-measured from our own sends around the refusal (sends minus refusals, per second, over the provider's
-window when its waits tell how long that is) — then probes upwards again, first towards what was
-admitted, then in steps that double while answers keep succeeding.
+measured from our own sends before the refusal (sends minus refusals, per second, over the provider's
+window when its waits tell how long that is; what is still in flight counts as admitted, and nothing sent
+after the refused request counts; or, when what was sent at the current rate is refused steadily but
+mostly admitted, that rate times the admitted share — the window can still hold a bucket's first
+burst) — then probes upwards again, first towards what was admitted, then in steps that
+double while answers keep succeeding. Above what was admitted, a few refusals (a binomial tail under
+1 %, under 5 % at the end of a period) end the probe.
 
 The density guard: a cut needs refusals that the *background* share — what a busy shared provider
 refuses whatever our rate, measured in slow start and right after each cut — explains with a probability
@@ -44,46 +48,91 @@ SLOT = 0.1  # seconds per ring slot
 HORIZON = 1.0  # seconds of sends the admitted rate is measured over, at least
 MAX_HORIZON = 60.0  # ...and at most (a provider's window, learned from its waits)
 _RING = 640  # slots kept (64 s)
+_EXACT = 256  # sends and refusals kept exactly
 
 
 class _Ring:
-    """Counts per ``SLOT`` seconds over the last few seconds (sends and rejections, by send time)."""
+    """Counts per ``SLOT`` seconds over the last few seconds (sends, refusals and successes, by send
+    time)."""
 
-    __slots__ = ("_last", "rejected", "sent")
+    __slots__ = ("_last", "_last_refused", "_last_sent", "ok", "rejected", "sent")
 
     def __init__(self) -> None:
         self.sent = [0.0] * _RING
         self.rejected = [0.0] * _RING
+        self.ok = [0.0] * _RING
         self._last = 0
+        # the last sends and refusals, exactly: at a few requests per second, a slot cut in
+        # proportion is off by a request, a fifth of a cap of 5
+        self._last_sent: deque[float] = deque(maxlen=_EXACT)
+        self._last_refused: deque[float] = deque(maxlen=_EXACT)
 
     def _advance(self, slot: int) -> None:
         if slot <= self._last:
             return
         for s in range(max(self._last + 1, slot - _RING + 1), slot + 1):
             i = s % _RING
-            self.sent[i] = self.rejected[i] = 0.0
+            self.sent[i] = self.rejected[i] = self.ok[i] = 0.0
         self._last = slot
 
-    def add_sent(self, t: float, n: float = 1.0) -> None:
+    def add_sent(self, t: float) -> None:
         slot = int(t / SLOT)
         self._advance(slot)
-        self.sent[slot % _RING] += n
+        self.sent[slot % _RING] += 1
+        self._last_sent.append(t)
 
     def add_rejected(self, t: float) -> None:
         slot = int(t / SLOT)
         if self._last - slot < _RING - 1 and slot <= self._last:
             self.rejected[slot % _RING] += 1
+        self._last_refused.append(t)
 
-    def admitted(self, at: float, horizon: float = HORIZON, *, rejected: bool = True) -> float:
-        """Requests sent in ``(at - horizon, at]`` and not rejected (or all sent, ``rejected=False``),
-        per second; the slot that the window's start cuts through counts in proportion."""
+    def add_ok(self, t: float) -> None:
+        slot = int(t / SLOT)
+        if self._last - slot < _RING - 1 and slot <= self._last:
+            self.ok[slot % _RING] += 1
+
+    def admitted(self, at: float, horizon: float = HORIZON, *, after: int | None = None) -> float:
+        """Requests sent in ``(at - horizon, at]`` and not refused, per second. What is still in
+        flight counts as admitted: refusals come back first (often at once), successes after the
+        generation. ``after``: how many were sent after ``at`` (of ``at``'s slot, only the sends up
+        to ``at`` count); without it, that slot counts in proportion, as does the one the window's
+        start cuts through."""
+        if after is not None and (exact := self._exactly(at, horizon, after)) is not None:
+            return exact
+        sent, rejected = self.rate(self.sent, at, horizon), self.rate(self.rejected, at, horizon)
+        hi = int(at / SLOT)
+        if after is not None and self._last - _RING < hi <= self._last:
+            later = sum(self.sent[s % _RING] for s in range(hi + 1, self._last + 1))
+            in_slot = self.sent[hi % _RING]
+            up_to_at = in_slot - min(in_slot, max(0.0, after - later))
+            share = at / SLOT - hi if hi > int((at - horizon) / SLOT) else 0.0
+            sent += (up_to_at - share * in_slot) / horizon  # the slot's sends before ``at``, exactly
+        return max(0.0, sent - rejected)
+
+    def _exactly(self, at: float, horizon: float, after: int) -> float | None:
+        """:meth:`admitted` from the last sends and refusals, if they reach back to ``at - horizon``."""
+        start, sends, refused = at - horizon, self._last_sent, self._last_refused
+        if len(sends) == sends.maxlen and sends[0] > start:
+            return None
+        if len(refused) == refused.maxlen and min(refused) > start:
+            return None
+        n = 0
+        for i, t in enumerate(reversed(sends)):
+            if t <= start:
+                break
+            n += i >= after
+        n -= sum(1 for t in refused if start < t <= at)
+        return max(0, n) / horizon
+
+    def rate(self, counts: list[float], at: float, horizon: float) -> float:
+        """``counts`` (one of ``sent``, ``ok``, ``rejected``) in ``(at - horizon, at]``, per second."""
         start = at - horizon
         lo, hi = int(start / SLOT), int(at / SLOT)
         total = 0.0
         for s in range(max(lo, self._last - _RING + 1), min(hi, self._last) + 1):
-            i = s % _RING
-            share = 1.0 if s > lo else (s + 1) - start / SLOT
-            total += share * (self.sent[i] - (self.rejected[i] if rejected else 0.0))
+            share = min(s + 1, at / SLOT) - max(s, start / SLOT)
+            total += share * counts[s % _RING]
         return max(0.0, total) / horizon
 
 
@@ -126,6 +175,8 @@ class RateLearner:
         self.limited_seen = 0
         self._step = STEP0
         self._limited_at = now
+        self._limited_seq = 0
+        self._sends = 0  # the send order: a ticket's ``seq`` is its place in it
         self._period_start = now
         self._period_sent = 0
         self._ok = 0
@@ -135,6 +186,7 @@ class RateLearner:
         self._since_cut = 99
         self._recent: deque[bool] = deque(maxlen=3)
         self.version = 0  # bumped on every change of rate
+        self._changed_at = now
 
     @property
     def crowded(self) -> bool:
@@ -150,12 +202,14 @@ class RateLearner:
             self._first_send = now
         self.ring.add_sent(now)
         self._period_sent += 1
+        self._sends += 1
 
     def _set(self, rate: float, why: str = "") -> None:
         if rate != self.rate:
             log.debug("%.3f rate %.2f -> %.2f/s %s", self._clock(), self.rate, rate, why)
             self.rate = rate
             self.version += 1
+            self._changed_at = self._clock()
 
     def on_answer(self, ticket: Ticket, limited: bool, hint: float | None = None) -> bool:
         """An answer to ``ticket``: ``limited`` if the provider refused it for rate (``hint``: the wait
@@ -173,6 +227,7 @@ class RateLearner:
                 if age <= hint and age < 10.0:
                     self.horizon = min(MAX_HORIZON, max(self.horizon, hint + age))
         else:
+            self.ring.add_ok(ticket.sent_at)
             rtt = now - ticket.sent_at
             self.srtt = rtt if self.srtt == 0 else 0.875 * self.srtt + 0.125 * rtt
         if ticket.sent_at < self.last_cut:
@@ -180,9 +235,9 @@ class RateLearner:
         self._recent.append(limited)
         if limited:
             self._limited += 1
-            self._limited_at = ticket.sent_at
+            self._limited_at, self._limited_seq = ticket.sent_at, ticket.seq
             evidence = self._evidence()
-            if evidence > 1 or (evidence and self._known_background):  # before that, only a sure sign
+            if evidence > 1 or (evidence and (self._known_background or self._probing)):
                 self._cut(now, ticket.sent_at, strong=evidence > 1)
                 return True
             if self.slow_start and not self._restarted:  # one refusal ends doubling
@@ -237,16 +292,25 @@ class RateLearner:
         recent = self._recent
         if len(recent) == recent.maxlen and all(recent) and self._above_background():
             return 2
+        tail = self._tail()
+        return 2 if tail < 1e-3 else 1 if tail < 1e-2 else 0
+
+    def _tail(self) -> float:
+        """The probability that the background share gives this period's refusals (or more)."""
         n, k = self._ok + self._limited, self._limited
         if k < 2:
-            return 0
+            return 1.0
         p = self.background
         term = below = (1.0 - p) ** n  # P(fewer than k refusals among n at the background share)
         for i in range(k - 1):
             term *= (n - i) / (i + 1) * p / (1.0 - p)
             below += term
-        tail = 1.0 - below
-        return 2 if tail < 1e-3 else 1 if tail < 1e-2 else 0
+        return 1.0 - below
+
+    @property
+    def _probing(self) -> bool:
+        """Sending above the rate the server admitted at the last cut."""
+        return self.cuts > 0 and not self.slow_start and self.rate > self.ceiling
 
     def _evaluate(self, now: float) -> bool:
         n = self._ok + self._limited
@@ -255,7 +319,9 @@ class RateLearner:
         binding = self._period_sent >= 0.6 * self.rate * (now - self._period_start)
         cut = False
         strong = self._evidence() > 1 or self._limited / n > self.background + 2 * self._noise(n)
-        if self._limited and self._above_background() and (strong or self._known_background):
+        dense = self._above_background() and (strong or self._known_background)
+        probe_failed = self._probing and self._tail() < 0.05  # above what it admitted: a few suffice
+        if self._limited and (dense or probe_failed):
             self._cut(now, self._limited_at, strong=strong)  # measured where the server refused
             cut = True
         elif binding and not math.isinf(self.rate) and now - self._followed > self._period():
@@ -296,16 +362,20 @@ class RateLearner:
         if hint is not None:
             self.horizon = min(MAX_HORIZON, max(self.horizon, hint))
         h = self.horizon
-        admitted = self.ring.admitted(at, h)
-        target = max(MIN_RATE, BETA * admitted)
+        admitted = self.ring.admitted(at, h, after=max(0, self._sends - self._limited_seq))
         n = self._ok + self._limited
         why = f"cut: admitted {admitted:.1f}/s, {self._limited}/{n} refused, background {self.background:.3f}"
+        steady = self._admitted_at_this_rate(at)
+        if steady is not None and steady < 0.9 * admitted:  # (not the lower of two noisy measures)
+            admitted = steady
+            why += f"; {steady:.1f}/s at this rate"
+        target = max(MIN_RATE, BETA * admitted)
         if math.isinf(self.rate):
             self._set(target, why)
         elif not strong:
             # at most 15 % under what we really sent (in a ramp, far below the nominal rate)
             scale = h / max(0.1 * h, h - self._held_within(at - h, at))  # per second we could send
-            before = min(self.rate, self.ring.admitted(at, h, rejected=False) * scale)
+            before = min(self.rate, self.ring.rate(self.ring.sent, at, h) * scale)
             target = max(target, 0.85 * before)
             if target < before:
                 self._set(target, why + " (weak)")
@@ -334,6 +404,29 @@ class RateLearner:
         self._recent.clear()
         self._new_period(now, record=False)  # the period that ended in a cut is no background
         self._quiet_period, self._since_cut = True, 1
+
+    def _admitted_at_this_rate(self, at: float) -> float | None:
+        """The rate admitted among what was sent at the current rate (since it was set), if that was
+        most of it.
+
+        The horizon can still hold what a server let through before (a bucket's first burst, a
+        reserve drained by a probe) and overstate its rate; a cap under ours that refuses steadily
+        is measured here instead. Mostly refused is a full window's echo (what an overshoot left in
+        a sliding window): that passes, and says nothing about the rate.
+        """
+        if self.horizon > HORIZON:
+            return None  # a long window: what it admits now replays what it admitted a window ago
+        start = math.ceil(self._changed_at / SLOT) * SLOT  # whole slots: none holds older sends
+        end = min(at, self._clock() - 1.5 * self.srtt)  # sent long enough ago to be answered
+        since = end - start
+        if not 3 * SLOT <= since < math.inf:
+            return None
+        ring = self.ring
+        sent, ok, refused = (ring.rate(c, end, since) for c in (ring.sent, ring.ok, ring.rejected))
+        if not sent or refused < 5 / since or ok + refused < 10 / since or ok < 0.6 * (ok + refused):
+            return None
+        could = max(0.1 * since, since - self._held_within(start, end))
+        return sent * ok / (ok + refused) * since / could
 
     def note_hold(self, start: float, end: float) -> None:
         """Nobody could send between ``start`` and ``end`` (a wait the provider asked for): rates
