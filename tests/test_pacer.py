@@ -404,6 +404,35 @@ def test_a_429_saying_the_budget_is_spent_holds_everybody_until_its_reset() -> N
     assert pacer.try_take() == 0
 
 
+def test_after_a_spent_budget_is_waited_out_the_sends_do_not_burst_again() -> None:
+    """A 60 s window of 300: slow start sends them in a third of a second; the 429s say the budget is
+    spent and when it comes back. Everybody waits that long, and then sends at the rate the window
+    admitted (300 / 60 s), not at slow start's (the window still holds the burst's tail)."""
+    clock = FakeClock()
+    pacer = Pacer(clock=clock)
+    pacer.learner.on_answer(pacer.sent(1.0), limited=False)  # (slow start's pace is not the point)
+    for _ in range(299):
+        clock.now += 0.001
+        pacer.answered(pacer.sent(1.0), limited=False)
+    clock.now += 0.001
+    refused = [pacer.sent(1.0), pacer.sent(1.0)]  # two in flight; the first refusals say it all
+    spent = Limits(Budget(300, 0, 59.7), None, "openai")
+    for ticket in refused:
+        pacer.refused(ticket, hint=60.0, limits=spent)
+    assert pacer.try_take(1.0) >= 59.7 - 0.01  # everybody waits
+    assert pacer.rate == pytest.approx(0.95 * 300 / 60.3, rel=0.02)
+    clock.now += 60.0
+    sent = 0
+    while clock.now < refused[0].sent_at + 61.0:  # the first second after the wait
+        wait = pacer.try_take(1.0)
+        if wait > 0:
+            clock.now += wait
+            continue
+        pacer.sent(1.0)
+        sent += 1
+    assert sent <= 6  # (was a burst at 4,096/s)
+
+
 def test_pause_is_shown_with_its_reason() -> None:
     clock = FakeClock()
     pacer = Pacer(clock=clock)

@@ -12,7 +12,8 @@ double while answers keep succeeding. Above what was admitted, a few refusals (a
 
 The density guard: a cut needs refusals that the *background* share — what a busy shared provider
 refuses whatever our rate, measured in slow start and right after each cut — explains with a probability
-under 1 % (binomial tail), or a wall (three refusals in a row, above the background). Refusals of
+under 1 % (binomial tail), or a wall (three refusals in a row, above the background); a refusal that
+says our budget is spent (remaining 0, in its limit headers) is a sure sign by itself. Refusals of
 requests sent before the last cut never count. Scattered 429s therefore neither collapse the rate nor
 make everybody wait.
 
@@ -211,9 +212,12 @@ class RateLearner:
             self.version += 1
             self._changed_at = self._clock()
 
-    def on_answer(self, ticket: Ticket, limited: bool, hint: float | None = None) -> bool:
+    def on_answer(
+        self, ticket: Ticket, limited: bool, hint: float | None = None, *, spent: bool = False
+    ) -> bool:
         """An answer to ``ticket``: ``limited`` if the provider refused it for rate (``hint``: the wait
-        it asked for). True if it cut the rate."""
+        it asked for; ``spent``: it said our budget is spent, a sure sign whatever the background).
+        True if it cut the rate."""
         now = self._clock()
         self._hint = hint if limited else None
         if limited:
@@ -236,7 +240,7 @@ class RateLearner:
         if limited:
             self._limited += 1
             self._limited_at, self._limited_seq = ticket.sent_at, ticket.seq
-            evidence = self._evidence()
+            evidence = 2 if spent else self._evidence()
             if evidence > 1 or (evidence and (self._known_background or self._probing)):
                 self._cut(now, ticket.sent_at, strong=evidence > 1)
                 return True

@@ -189,9 +189,10 @@ class Pacer:
     ) -> bool:
         """Feed one answer back (``limited``: refused for rate). True if the learner cut its rate."""
         before = self.learner.version
-        if limits is not None:
-            self._observe(ticket, limits, limited)
-        cut = self.learner.on_answer(ticket, limited, hint)
+        spent = self._observe(ticket, limits, limited) if limits is not None else None
+        if spent is not None and hint is None:
+            hint = spent or None
+        cut = self.learner.on_answer(ticket, limited, hint, spent=spent is not None)
         if cut:
             self.source = "learned"
         if self.learner.version != before:
@@ -222,14 +223,18 @@ class Pacer:
             return backoff
         return 0.0
 
-    def _observe(self, ticket: Ticket, limits: Limits, limited: bool) -> None:
+    def _observe(self, ticket: Ticket, limits: Limits, limited: bool) -> float | None:
+        """Take in the budgets an answer announced. A refusal saying a budget is spent returns the
+        seconds until it comes back (0 if unsaid); otherwise ``None``."""
         if limited:  # a refusal tells when the spent budget comes back, not the pace to keep
+            spent = None
             for budget, announced in ((limits.requests, self.requests), (limits.tokens, self.tokens)):
                 if budget is not None and budget.remaining is not None and budget.remaining < 1:
                     announced.exhaust(budget.reset or 0.0, ticket.sent_at)
                     self.learner.note_hold(self._clock(), announced.reset_at)
                     self._next = max(self._next, announced.reset_at)  # no burst when it comes back
-            return
+                    spent = max(spent or 0.0, budget.reset or 0.0)
+            return spent
         if limits.requests is not None and limits.requests.usable:
             used = self._seq - ticket.seq
             self.learner.follow(self.requests.observe(limits.requests, used, ticket.sent_at))
@@ -240,6 +245,7 @@ class Pacer:
             if limits.requests is None:
                 self.learner.release()
                 self.source = "announced"
+        return None
 
     def hold(self, seconds: float, reason: str) -> None:
         """Nobody sends for ``seconds`` (a provider's wait, or our own backoff after a burst of 429s)."""
