@@ -423,12 +423,12 @@ class RateLearner:
         start = math.ceil(self._changed_at / SLOT) * SLOT  # whole slots: none holds older sends
         end = min(at, self._clock() - 1.5 * self.srtt)  # sent long enough ago to be answered
         since = end - start
-        if not 3 * SLOT <= since < math.inf:
+        if since < 3 * SLOT:
             return None
         ring = self.ring
         sent, ok, refused = (ring.rate(c, end, since) for c in (ring.sent, ring.ok, ring.rejected))
-        if not sent or refused < 5 / since or ok + refused < 10 / since or ok < 0.6 * (ok + refused):
-            return None
+        if not sent or refused * since < 5 or (ok + refused) * since < 10 or ok < 0.6 * (ok + refused):
+            return None  # (under 5 refusals or 10 answers in all: too few to tell a share)
         could = max(0.1 * since, since - self._held_within(start, end))
         return sent * ok / (ok + refused) * since / could
 
