@@ -2,7 +2,7 @@
 
 The "already done" state is written straight into the store with the library's own pieces — the content
 keys of :func:`polars_llm._pipeline.pipeline.prepare`, the job rows of
-:func:`polars_llm._engine.run.jobs_frame`, :meth:`Store.register` and :meth:`Store.write_outcomes` — with the
+:func:`polars_llm._store.jobs.jobs_frame`, :meth:`Store.register` and :meth:`Store.write_outcomes` — with the
 simulator's exact answers, which is what a finished run leaves behind (doing it through the network would take
 minutes for 1M rows). A fresh process then times ``df.llm.map`` on the same prompts against a live simulator,
 which must see zero requests; every returned row is checked against the expected answer.
@@ -31,8 +31,8 @@ def _cfg(url: str, cache: str) -> Any:
 def populate(params: dict[str, Any]) -> dict[str, Any]:
     import polars as pl
 
-    from polars_llm._engine.run import jobs_frame
     from polars_llm._pipeline.pipeline import prepare
+    from polars_llm._store.jobs import jobs_frame
     from polars_llm._store.store import Outcome, Store
     from polars_llm.sim import expected_text
 

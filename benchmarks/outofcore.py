@@ -90,8 +90,8 @@ def _populate(params: dict[str, Any]) -> dict[str, Any]:
     import polars as pl
 
     from polars_llm import resolve_config
-    from polars_llm._engine.run import jobs_frame
     from polars_llm._pipeline.pipeline import prepare
+    from polars_llm._store.jobs import jobs_frame
     from polars_llm._store.store import Outcome, Store
     from polars_llm.sim import expected_text
 

@@ -394,7 +394,7 @@ def test_verbose_false_prints_nothing(server: sim.SimServer, capsys: pytest.Capt
 def test_reporter_prints_when_every_n_more_finished() -> None:
     import io
 
-    stats = polars_llm._engine.run.RunStats(total=10)
+    stats = polars_llm._progress.stats.RunStats(total=10)
     out = io.StringIO()
     reporter = _seed_progress.SeedReporter(stats, every=3, verbose=True, n_prompts=10, bar=False, out=out)
     for done in (1, 2, 3, 4, 7, 7, 10):

@@ -34,8 +34,8 @@ from ._compat.results_db import (
     write_results,
 )
 from ._config.options import MapConfig, Worker, resolve_config
-from ._engine.run import RunStats
 from ._pipeline.pipeline import arun, per_row, prepare
+from ._progress.stats import RunStats
 from .exceptions import ConfigError
 
 __all__ = ["DB_URL_DEFAULT", "SEED_ALIASES", "export_jsonl", "export_parquet", "export_results", "prompt_map"]

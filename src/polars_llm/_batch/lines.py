@@ -15,8 +15,8 @@ import polars as pl
 
 from .. import exceptions as exc
 from .._config.options import MapConfig
-from .._engine.run import error_text, interpret
 from .._store.store import Outcome
+from .._transport.answer import error_text, interpret
 from .._transport.client import Completion, error_for_status, parse_completion
 from .client import ENDPOINT
 

@@ -13,8 +13,8 @@ import sys
 from dataclasses import dataclass
 from typing import Any
 
-from .._engine.run import RunStats
 from .._progress.bar import Progress
+from .._progress.stats import RunStats
 
 __all__ = ["BatchProgress", "BatchStats", "batch_note", "format_batch_postfix", "say"]
 

@@ -6,9 +6,9 @@ arguments; the result frame has a ``batch_status`` column too):
 1. the store is opened and the keys looked up; rows already ``done`` are the answer for them;
 2. every live batch holding one of the keys is checked and those that ended are *collected*: their
    output and error files are downloaded, each answer is interpreted exactly as online
-   (:func:`polars_llm._engine.run.interpret`: content filter, ``response_model`` validation, error mapping)
-   and everything is written in one transaction that also marks the batches collected. Rows the provider
-   did not answer (an expired, cancelled or failed batch, a line missing from the output) go back to
+   (:func:`~polars_llm._transport.answer.interpret`: content filter, ``response_model`` validation, error
+   mapping) and everything is written in one transaction that also marks the batches collected. Rows the
+   provider did not answer (an expired, cancelled or failed batch, a line missing from the output) go back to
    pending;
 3. the rows neither done, nor in a live batch, nor failed just now are written as JSON Lines requests
    (``custom_id`` = content key, ``body`` = exactly what the online path sends), split by
@@ -35,7 +35,7 @@ from .. import exceptions as exc
 from .._config.options import MapConfig
 from .._cost.budget import Budget, Costing, budget_exceeded, plan_costs
 from .._engine.pace.retry import next_delay
-from .._engine.run import RunStats, jobs_frame
+from .._progress.stats import RunStats
 from .._store.batches import (
     Collected,
     batch_keys,
@@ -45,6 +45,7 @@ from .._store.batches import (
     record_status,
     record_submission,
 )
+from .._store.jobs import jobs_frame
 from .._store.store import DETAIL_SCHEMA, Outcome, Store
 from .._transport.client import Completion
 from ..exceptions import StoreError

@@ -13,8 +13,8 @@ from typing import TextIO
 
 import anyio
 
-from .._engine.run import RunStats
 from .._progress.bar import Progress, RateMeter, format_postfix, in_notebook
+from .._progress.stats import RunStats
 
 __all__ = ["SeedReporter", "bar_supported"]
 

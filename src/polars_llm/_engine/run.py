@@ -1,7 +1,8 @@
-"""The engine: a fixed pool of workers pulling from one shared iterator, one batched writer, shared pacing.
+"""The run loop: a fixed pool of workers pulling from one shared iterator, one batched writer, shared pacing.
 
-``execute`` opens the store, sends only what is not ``done`` yet, and returns every key's final state.
-Memory beyond the input and results is O(concurrency): workers are ``concurrency`` tasks taking jobs
+:class:`Run` sends one row's request with its retries, :func:`work_jobs` is one worker, :class:`Sink` and
+:func:`write_batches` the single writer. :func:`~polars_llm._engine.session.execute` (in ``session.py``)
+opens the store, sends only what is not ``done`` yet, and returns every key's final state. Memory beyond the input and results is O(concurrency): workers are ``concurrency`` tasks taking jobs
 from one iterator, and finished rows are flushed to DuckDB in batches (every ``flush_interval`` seconds
 or ``flush_rows`` rows, and on exit, error, cancel and interrupt) from a worker thread. Jobs and outcomes
 move without memory streams: a stream costs several event-loop round trips per row, which at zero
@@ -13,7 +14,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import anyio
@@ -23,7 +24,9 @@ import polars as pl
 from .. import exceptions as exc
 from .._config.options import MapConfig
 from .._cost.budget import Budget, Costing
+from .._progress.stats import RunStats
 from .._store.store import Outcome, Store
+from .._transport.answer import error_text, interpret
 from .._transport.client import Completion, Transport
 from .._transport.limit_headers import describe_hint, hint_header, parse_limits, wait_hint
 from .pace.buckets import TokenBucket
@@ -35,13 +38,8 @@ __all__ = [
     "RETRY",
     "STOP",
     "Run",
-    "RunStats",
     "Sink",
     "Work",
-    "error_text",
-    "interpret",
-    "iter_jobs",
-    "jobs_frame",
     "work_jobs",
     "write_batches",
 ]
@@ -51,34 +49,6 @@ log = logging.getLogger("polars_llm")
 # Continuous connection refusal for this long (after at least one answer) is fatal.
 _REFUSED_FATAL_AFTER = 10.0
 _REFUSED_FATAL_AT_START = 3
-
-
-@dataclass
-class RunStats:
-    """Live counters, read by the progress bar and returned to callers."""
-
-    total: int = 0
-    cached: int = 0
-    done: int = 0
-    failed: int = 0
-    retrying: int = 0
-    in_flight: int = 0
-    requests: int = 0
-    rate_limited: int = 0
-    tokens_in: int = 0
-    tokens_out: int = 0
-    cost: float = 0.0  # USD this run (reported, or tokens × a known price)
-    spent_before: float = 0.0  # USD earlier runs spent on this call's rows (known with max_cost)
-    budget: float | None = None  # max_cost
-    started: float = field(default_factory=time.monotonic)
-    pacing: Callable[[], tuple[float | None, str, float, str]] | None = field(
-        default=None, repr=False, compare=False
-    )
-    """``(requests/min allowed or None, source, seconds paused, why)``, read by the progress bar."""
-
-    @property
-    def finished(self) -> int:
-        return self.done + self.failed
 
 
 class _NoLimit:
@@ -122,44 +92,6 @@ class _Usage:
             finished_at=time.time() if status != "pending" else None,
             **fields,
         )
-
-
-def interpret(completion: Completion, validate: Callable[[str | None], str] | None) -> str:
-    """The row's result from one answer, or the :class:`~polars_llm.APIError` that fails it.
-
-    Shared by the online workers and batch collection, so an answer means the same whichever way it came:
-    refusal, content filter, content that is not text, structured output cut at ``max_tokens`` (complete
-    JSON still counts), ``response_model`` validation, missing text.
-    """
-    if completion.refusal is not None:
-        raise exc.RefusalError(f"the model refused: {completion.refusal[:1000]}", body=completion.refusal)
-    if completion.finish_reason == "content_filter":
-        raise exc.ContentFilterError(
-            "the provider's content filter stopped this answer", body=completion.text
-        )
-    if completion.unusable is not None:
-        raise exc.UnusableAnswerError(completion.unusable)
-    if validate is not None:
-        if completion.finish_reason == "length":  # cut at max_tokens, but the JSON may be whole
-            try:
-                return validate(completion.text)
-            except exc.OutputValidationError:
-                raise exc.OutputTruncatedError(
-                    "output cut at max_tokens before the JSON was complete; raise max_tokens",
-                    body=completion.text,
-                ) from None
-        return validate(completion.text)
-    if completion.text is None:
-        raise exc.MalformedResponseError("the answer has no text content")
-    return completion.text
-
-
-def error_text(error: exc.APIError) -> str:
-    """The ``error`` stored for a failed row (validation failures keep the raw output)."""
-    message = str(error)
-    if error.body and isinstance(error, exc.OutputValidationError | exc.OutputTruncatedError):
-        message = f"{message}\nraw output: {error.body}"
-    return message
 
 
 class Run:
@@ -482,49 +414,6 @@ async def write_batches(store: Store, sink: Sink, cfg: MapConfig) -> None:
     finally:
         with anyio.CancelScope(shield=True):
             await flush()
-
-
-def jobs_frame(
-    cfg: MapConfig,
-    keys: pl.Series,
-    prompts: pl.Series,
-    *,
-    columns: Mapping[str, str | None] | None = None,
-    extra: pl.DataFrame | None = None,
-) -> pl.DataFrame:
-    """The rows to register: ``key`` and ``prompt``, plus the request settings as constant columns
-    (``columns``, default ``cfg.request.job_columns()``) and per-row ones (``extra``, aligned with ``keys``).
-
-    Constants are Polars literals, not ``[value] * n`` Python lists (which cost ~0.5 GB at 1M rows).
-    """
-    frame = pl.DataFrame({"key": keys, "prompt": prompts}, schema={"key": pl.String, "prompt": pl.String})
-    columns = cfg.request.job_columns() if columns is None else columns
-    own = set(extra.columns) if extra is not None else set()
-    frame = frame.with_columns(
-        pl.lit(value, dtype=pl.String).alias(name) for name, value in columns.items() if name not in own
-    )
-    return frame if extra is None else pl.concat([frame, extra], how="horizontal")
-
-
-def iter_jobs(
-    keys: pl.Series, prompts: pl.Series | Sequence[Any], chunk: int = 8192
-) -> Iterator[tuple[str, Any]]:
-    """``(key, prompt)`` pairs, turned into Python strings one chunk at a time (not 2 × N up front).
-
-    ``prompts`` may also be a list of per-row payloads (struct rows). Sliced with pyarrow, not Polars:
-    after a SIGINT during a Polars query every Polars call raises KeyboardInterrupt until the query ends,
-    which must not happen inside a worker task.
-    """
-    key_arr = keys.to_arrow()
-    if not isinstance(prompts, pl.Series):
-        for lo in range(0, len(key_arr), chunk):
-            yield from zip(key_arr.slice(lo, chunk).to_pylist(), prompts[lo : lo + chunk], strict=True)
-        return
-    prompt_arr = prompts.to_arrow()
-    for lo in range(0, len(key_arr), chunk):
-        yield from zip(
-            key_arr.slice(lo, chunk).to_pylist(), prompt_arr.slice(lo, chunk).to_pylist(), strict=True
-        )
 
 
 # (cfg, store, keys, payloads, stats, costing, budget): sends the jobs of one call (chat workers by default)

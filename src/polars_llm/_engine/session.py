@@ -24,10 +24,12 @@ import polars as pl
 from .. import exceptions as exc
 from .._config.options import MapConfig
 from .._cost.budget import Budget, Costing, budget_exceeded, plan_costs
+from .._progress.stats import RunStats
 from .._store.batches import live_rows
+from .._store.jobs import iter_jobs, jobs_frame
 from .._store.store import DETAIL_SCHEMA, Store
 from .._transport.client import Transport, make_transport
-from .run import Run, RunStats, Sink, Work, iter_jobs, jobs_frame, work_jobs, write_batches
+from .run import Run, Sink, Work, work_jobs, write_batches
 
 __all__ = ["QueryAborted", "Session", "execute"]
 

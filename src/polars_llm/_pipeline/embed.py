@@ -42,8 +42,10 @@ import pyarrow as pa
 from .. import exceptions as exc
 from .._config.options import CHAT_ONLY, MapConfig, option_fields
 from .._cost.budget import Budget, Costing, budget_exceeded
-from .._engine.run import FAIL, STOP, Run, RunStats, Sink, Work, iter_jobs, write_batches
+from .._engine.run import FAIL, STOP, Run, Sink, Work, write_batches
+from .._progress.stats import RunStats
 from .._request.keys import KeyMaker, request_fingerprint
+from .._store.jobs import iter_jobs
 from .._store.store import Outcome, Store
 from .._transport.client import OpenAITransport, error_for_status, make_transport
 from ..exceptions import ColumnTypeError, ConfigError

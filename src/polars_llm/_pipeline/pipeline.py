@@ -27,9 +27,10 @@ from .._bridge import run_async, run_sync
 from .._config.options import INCLUDE_DTYPES, MapConfig, no_model_error
 from .._cost.budget import Estimate, TokenModel, build_estimate
 from .._cost.pricing import resolve_price
-from .._engine.run import RunStats, Work
+from .._engine.run import Work
 from .._engine.session import execute
 from .._progress.bar import Progress, Reporter, reporting
+from .._progress.stats import RunStats
 from .._request.inputs import prepare_struct
 from .._store.store import Store
 from ..exceptions import BudgetExceededError, ColumnTypeError, ConfigError, PolarsLLMError

@@ -21,9 +21,9 @@ import polars as pl
 
 from .._bridge import LoopThread
 from .._config.options import INCLUDE_DTYPES, MapConfig
-from .._engine.run import RunStats
 from .._engine.session import QueryAborted, Session
 from .._progress.bar import Progress, reporting
+from .._progress.stats import RunStats
 from ..exceptions import BudgetExceededError, PolarsLLMError
 from .pipeline import EMPTY_STATE, assemble, prepare, stopped
 

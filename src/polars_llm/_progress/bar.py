@@ -17,7 +17,7 @@ from typing import Any, Protocol
 
 import anyio
 
-from .._engine.run import RunStats
+from .._progress.stats import RunStats
 
 __all__ = ["Progress", "RateMeter", "Reporter", "in_notebook", "reporting"]
 
