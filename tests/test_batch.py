@@ -24,6 +24,7 @@ import polars_llm
 from batch_utils import Background, batches_created, calls, per_prompt, query, wait_until
 from polars_llm import sim
 from polars_llm._pipeline.pipeline import prepare
+from polars_llm._request.spec import request_spec
 from polars_llm.exceptions import ConfigError
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
@@ -118,7 +119,7 @@ def test_the_uploaded_file_holds_exactly_the_online_request_bodies(tmp_path: Pat
     )
     prepared = prepare(pl.Series("prompt", prompts), cfg)
     expected = {
-        key: cfg.request.body(prompt)
+        key: request_spec(cfg).body(prompt)
         for key, prompt in zip(prepared.keys.to_list(), prepared.unique.to_list(), strict=True)
     }
     assert {line["custom_id"]: line["body"] for line in lines} == expected

@@ -24,6 +24,7 @@ from polars_llm._engine.session import execute
 from polars_llm._pipeline.pipeline import assemble, per_row, prepare, run, stopped
 from polars_llm._progress.bar import Progress, RateMeter, reporting
 from polars_llm._progress.stats import RunStats
+from polars_llm._request.spec import request_spec
 
 
 def worker_cfg(worker: Any, **options: Any) -> MapConfig:
@@ -37,7 +38,7 @@ def test_prepare_takes_unique_non_null_prompts_in_first_seen_order() -> None:
     cfg = worker_cfg(lambda p: p)
     p = prepare(pl.Series("q", ["b", None, "a", "b", "c", "a"]), cfg)
     assert p.unique.to_list() == ["b", "a", "c"]
-    assert p.keys.to_list() == cfg.request.key_maker().keys(["b", "a", "c"])
+    assert p.keys.to_list() == request_spec(cfg).key_maker().keys(["b", "a", "c"])
     assert p.rows.name == "q" and len(p) == 3
 
 

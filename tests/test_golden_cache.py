@@ -19,6 +19,7 @@ from pydantic import BaseModel
 
 import polars_llm
 from polars_llm import MapConfig, sim
+from polars_llm._request.spec import request_spec
 
 DATA = Path(__file__).parent / "data"
 GOLDEN = json.loads((DATA / "golden_keys_v1.json").read_text())
@@ -88,7 +89,7 @@ CASES: dict[str, dict[str, Any]] = {
 @pytest.mark.parametrize("case", list(CASES))
 def test_content_keys_are_those_of_release_0_1(case: str) -> None:
     cfg = MapConfig(api_key="k", cache=None, **CASES[case])
-    assert cfg.request.key_maker().keys(PROMPTS) == GOLDEN[case]
+    assert request_spec(cfg).key_maker().keys(PROMPTS) == GOLDEN[case]
 
 
 def test_the_reference_implementation_matches_the_golden_file() -> None:

@@ -21,6 +21,7 @@ from pydantic import BaseModel
 import polars_llm  # noqa: F401  (registers .llm)
 from polars_llm import sim
 from polars_llm._config.options import resolve_config
+from polars_llm._request.spec import request_spec
 from polars_llm._store import migrations as _migrations
 from polars_llm.exceptions import (
     AuthenticationError,
@@ -277,7 +278,7 @@ def test_foreign_file_at_the_cache_path(make: Any, sim_server: sim.SimServer, ca
 def test_older_schema_version_is_migrated(sim_server: sim.SimServer, cache_path: Path) -> None:
     options = map_options(sim_server, cache=cache_path)
     cfg = resolve_config(model=MODEL, **options)
-    old_prompt, old_key = "answered long ago", cfg.request.key_maker().keys(["answered long ago"])[0]
+    old_prompt, old_key = "answered long ago", request_spec(cfg).key_maker().keys(["answered long ago"])[0]
     con = duckdb.connect(str(cache_path))
     assert _migrations.migrate(con, path=cache_path, target=1) == 1
     con.execute(

@@ -36,6 +36,7 @@ from ._compat.results_db import (
 from ._config.options import MapConfig, Worker, resolve_config
 from ._pipeline.pipeline import arun, per_row, prepare
 from ._progress.stats import RunStats
+from ._request.spec import request_spec
 from .exceptions import ConfigError
 
 __all__ = ["DB_URL_DEFAULT", "SEED_ALIASES", "export_jsonl", "export_parquet", "export_results", "prompt_map"]
@@ -110,7 +111,7 @@ def _returned(rows: pl.DataFrame, return_dtype: ReturnDtype, cfg: MapConfig) -> 
         return rows.get_column("result").to_list()
     if return_dtype == "list[tuple[str,str]]":
         return list(rows.select("prompt", "result").iter_rows())
-    return rows.with_columns(cfg.request.results(rows.get_column("result")))
+    return rows.with_columns(request_spec(cfg).results(rows.get_column("result")))
 
 
 @surfaced

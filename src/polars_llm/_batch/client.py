@@ -18,8 +18,8 @@ import anyio
 import orjson
 
 from .. import exceptions as exc
-from .._engine.pace.retry import next_delay
 from .._transport.client import error_for_status
+from .._transport.retry import next_delay
 
 if TYPE_CHECKING:
     import aiohttp

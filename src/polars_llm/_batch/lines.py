@@ -15,6 +15,7 @@ import polars as pl
 
 from .. import exceptions as exc
 from .._config.options import MapConfig
+from .._request.spec import request_spec
 from .._store.store import Outcome
 from .._transport.answer import error_text, interpret
 from .._transport.client import Completion, error_for_status, parse_completion
@@ -60,7 +61,7 @@ def batch_files(
     """The requests as input files of at most ``batch_max_requests`` lines and ``batch_max_bytes`` bytes,
     built one at a time. A single request larger than a whole file is left out and added to ``too_big``
     as ``(key, size)``."""
-    body = cfg.request.body
+    body = request_spec(cfg).body
     max_n, max_bytes = cfg.batch_max_requests, cfg.batch_max_bytes
     file_keys: list[str] = []
     file_prompts: list[str] = []

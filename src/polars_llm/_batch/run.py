@@ -34,8 +34,8 @@ import polars as pl
 from .. import exceptions as exc
 from .._config.options import MapConfig
 from .._cost.budget import Budget, Costing, budget_exceeded, plan_costs
-from .._engine.pace.retry import next_delay
 from .._progress.stats import RunStats
+from .._request.spec import request_spec
 from .._store.batches import (
     Collected,
     batch_keys,
@@ -48,6 +48,7 @@ from .._store.batches import (
 from .._store.jobs import jobs_frame
 from .._store.store import DETAIL_SCHEMA, Outcome, Store
 from .._transport.client import Completion
+from .._transport.retry import next_delay
 from ..exceptions import StoreError
 from .client import BatchClient
 from .lines import BatchFile, batch_errors, batch_files, outcome_of, parse_lines, row_outcome
@@ -142,7 +143,7 @@ class _BatchRun:
         self.stats = stats
         self.keys = keys  # "key": every key of the call
         self.failed_now: set[str] = set()
-        self.validate = cfg.request.validator
+        self.validate = request_spec(cfg).validator
         self.probed = False
         self.costing: Costing | None = None  # at the batch price, once planned (see plan)
         self.budget: Budget | None = None
@@ -377,7 +378,7 @@ class _BatchRun:
                 info,
                 file.keys,
                 base_url=self.cfg.url,
-                model=self.cfg.request.model,
+                model=request_spec(self.cfg).model,
                 size=len(file.data),
             )
         )

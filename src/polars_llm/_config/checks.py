@@ -20,11 +20,14 @@ import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from pydantic import BaseModel, RootModel
+
 from ..exceptions import ConfigError
 
 __all__ = [
     "Check",
     "boolean",
+    "check_model",
     "choice",
     "integer",
     "is_number",
@@ -114,3 +117,17 @@ def choice(*values: Any, aliases: Mapping[Any, Any] | None = None) -> Check:
         return value
 
     return run
+
+
+def check_model(model: Any) -> type[BaseModel]:
+    """``response_model``'s check: a complete pydantic model with named fields (not a ``RootModel``)."""
+    if not (isinstance(model, type) and issubclass(model, BaseModel)):
+        raise ConfigError(f"response_model must be a pydantic BaseModel subclass, got {model!r}")
+    if issubclass(model, RootModel):
+        raise ConfigError(f"response_model must have named fields; {model.__name__} is a RootModel")
+    if not model.__pydantic_complete__:
+        try:
+            model.model_rebuild()
+        except Exception as exc:
+            raise ConfigError(f"response_model {model.__name__} is not fully defined: {exc}") from exc
+    return model

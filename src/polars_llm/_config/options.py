@@ -10,25 +10,20 @@ README's option listing (:func:`options_listing`). Adding an option is one field
 from __future__ import annotations
 
 import dataclasses
-import functools
 import inspect
 import math
 import os
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final, Literal, TypeVar
+from typing import Any, Final, Literal, TypeVar
 
 import polars as pl
 from dotenv import dotenv_values
 from pydantic import BaseModel
 
-from .._request.structured import check_model
 from ..exceptions import ConfigError
 from . import checks as ck
-
-if TYPE_CHECKING:
-    from .._request.spec import RequestSpec
 
 __all__ = [
     "CHAT_ONLY",
@@ -247,7 +242,7 @@ class MapConfig:
     response_model: type[BaseModel] | None = option(
         None,
         "a pydantic BaseModel: `result` becomes a Struct shaped like it",
-        ck.optional(lambda name, value: check_model(value)),
+        ck.optional(lambda name, value: ck.check_model(value)),
         cli="--schema",
     )
     base_url: str | None = option(
@@ -373,16 +368,6 @@ class MapConfig:
             raise ConfigError(
                 "no API key: pass api_key=..., or set OPENROUTER_API_KEY in the environment or .env"
             )
-
-    @functools.cached_property
-    def request(self) -> RequestSpec:
-        """What every request of this call shares (fingerprint, body, validation, result dtype)."""
-        from .._request.spec import RequestSpec  # imports pydantic-schema and Polars machinery: on first use
-
-        given = sorted(name for name in EMBED_ONLY if getattr(self, name) is not None)
-        if given:
-            raise ConfigError(f"{', '.join(given)}: option(s) of llm.embed only, not of llm.map")
-        return RequestSpec.of(self)
 
     @property
     def key(self) -> str:

@@ -2,11 +2,12 @@
 
 :class:`Run` sends one row's request with its retries, :func:`work_jobs` is one worker, :class:`Sink` and
 :func:`write_batches` the single writer. :func:`~polars_llm._engine.session.execute` (in ``session.py``)
-opens the store, sends only what is not ``done`` yet, and returns every key's final state. Memory beyond the input and results is O(concurrency): workers are ``concurrency`` tasks taking jobs
-from one iterator, and finished rows are flushed to DuckDB in batches (every ``flush_interval`` seconds
-or ``flush_rows`` rows, and on exit, error, cancel and interrupt) from a worker thread. Jobs and outcomes
-move without memory streams: a stream costs several event-loop round trips per row, which at zero
-latency halved throughput (see ``benchmarks/``).
+opens the store, sends only what is not ``done`` yet, and returns every key's final state. Memory beyond the
+input and results is O(concurrency): workers are ``concurrency`` tasks taking jobs from one iterator, and
+finished rows are flushed to DuckDB in batches (every ``flush_interval`` seconds or ``flush_rows`` rows, and
+on exit, error, cancel and interrupt) from a worker thread. Jobs and outcomes move without memory streams: a
+stream costs several event-loop round trips per row, which at zero latency halved throughput (see
+``benchmarks/``).
 """
 
 from __future__ import annotations
@@ -25,13 +26,14 @@ from .. import exceptions as exc
 from .._config.options import MapConfig
 from .._cost.budget import Budget, Costing
 from .._progress.stats import RunStats
+from .._request.spec import request_spec
 from .._store.store import Outcome, Store
 from .._transport.answer import error_text, interpret
 from .._transport.client import Completion, Transport
 from .._transport.limit_headers import describe_hint, hint_header, parse_limits, wait_hint
+from .._transport.retry import backoff_delay, next_delay
 from .pace.buckets import TokenBucket
 from .pace.pacer import Pacer, Ticket
-from .pace.retry import backoff_delay, next_delay
 
 __all__ = [
     "FAIL",
@@ -132,7 +134,7 @@ class Run:
         self.refused_count = 0
         self.out_estimate = float(cfg.max_tokens or 64)
         self.system_chars = len(cfg.system or "")
-        self.validate = cfg.request.validator
+        self.validate = request_spec(cfg).validator
 
     def succeeded(self, ticket: Ticket | None = None, limits: Any = None) -> None:
         """Bookkeeping after an answered request of any kind: the endpoint is reachable, and the pace
@@ -427,7 +429,7 @@ PoolRunner = Callable[
 class Work:
     """How :func:`execute` registers and sends one call's jobs; the default is plain chat prompts.
 
-    ``columns``: job columns shared by every row (default ``cfg.request.job_columns()``); ``extra``:
+    ``columns``: job columns shared by every row (default ``request_spec(cfg).job_columns()``); ``extra``:
     per-job columns and ``payloads``: per-job payloads (else the prompt text), both aligned with the keys;
     ``pool``: what sends the jobs (default: ``concurrency`` chat workers); ``vectors``: answers are
     embeddings, read from the store's ``embedding`` column.

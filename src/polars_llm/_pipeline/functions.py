@@ -28,6 +28,7 @@ from .._config.options import (
     with_options,
 )
 from .._cost.budget import Estimate
+from .._request.spec import request_spec
 from ..exceptions import BudgetExceededError, ConfigError
 from .embed import EmbedSpec, check_options, embed_series
 from .pipeline import amap_series, estimate_series, map_series
@@ -106,7 +107,7 @@ def output_dtype(cfg: MapConfig) -> pl.Struct:
     >>> output_dtype(MapConfig(model="m", api_key="k", cache=None))
     Struct({'result': String, 'status': String})
     """
-    return cfg.request.output_dtype
+    return request_spec(cfg).output_dtype
 
 
 def _config(model: str | MapConfig | None, options: Mapping[str, Any]) -> MapConfig:
@@ -183,7 +184,7 @@ def _map_expr(expr: pl.Expr, cfg: MapConfig) -> pl.Expr:
     def udf(series: pl.Series) -> pl.Series:
         return map_series(series, cfg)
 
-    return expr.map_batches(udf, return_dtype=cfg.request.output_dtype, is_elementwise=False)
+    return expr.map_batches(udf, return_dtype=request_spec(cfg).output_dtype, is_elementwise=False)
 
 
 def _names(cfg: MapConfig, result_name: str, status_name: str) -> dict[str, str]:

@@ -1,7 +1,7 @@
 """The one pipeline behind ``.llm.map``, ``prompt_map`` and ``polars-llm run``: prepare → execute → assemble.
 
 1. :func:`prepare` checks the column and takes the unique non-null prompts in first-seen order, with
-   their content keys (from ``cfg.request``);
+   their content keys (from ``request_spec(cfg)``);
 2. :func:`run` (or :func:`arun` on the caller's event loop) has the engine make sure every key is
    answered, sending only what the store does not hold as ``done``, beside a progress display;
 3. :func:`per_row` joins the answers back onto the rows in their original order, and :func:`assemble`
@@ -32,6 +32,7 @@ from .._engine.session import execute
 from .._progress.bar import Progress, Reporter, reporting
 from .._progress.stats import RunStats
 from .._request.inputs import prepare_struct
+from .._request.spec import request_spec
 from .._store.store import Store
 from ..exceptions import BudgetExceededError, ColumnTypeError, ConfigError, PolarsLLMError
 
@@ -102,7 +103,7 @@ def prepare(series: pl.Series, cfg: MapConfig) -> Prepared:
     if cfg.model is None and cfg.worker is None:
         raise no_model_error()
     unique = rows.drop_nulls().unique(maintain_order=True).rename("prompt")
-    keys = pl.Series("key", cfg.request.key_maker().keys(unique.to_list()), dtype=pl.String)
+    keys = pl.Series("key", request_spec(cfg).key_maker().keys(unique.to_list()), dtype=pl.String)
     return Prepared(rows, unique, keys)
 
 
@@ -146,7 +147,7 @@ def assemble(
     ``status`` is ``done``, ``failed``, ``null`` where the prompt is null, ``submitted`` while the row's
     batch is running (batch mode), or ``pending`` for a row not sent yet (a stopped run: ``max_cost``
     reached; a batch that expired, to be resubmitted). ``results`` turns the stored answers into the
-    ``result`` column (default ``cfg.request.results``).
+    ``result`` column (default ``request_spec(cfg).results``).
     """
     rows = per_row(prepared, state)
     done = pl.col("status") == "done"
@@ -172,7 +173,7 @@ def assemble(
         .alias("status"),
         *details,
     )
-    result = (results or cfg.request.results)(frame.get_column("result"))
+    result = (results or request_spec(cfg).results)(frame.get_column("result"))
     return frame.with_columns(result).to_struct(prepared.rows.name)
 
 
@@ -287,14 +288,14 @@ def estimate_series(series: pl.Series, cfg: MapConfig) -> Estimate:
     with Store.open(cfg.cache_path) as store:
         known = store.lookup(prepared.keys.to_frame())
         price = resolve_price(cfg, store)
-        history = store.token_history(cfg.request.model)
+        history = store.token_history(request_spec(cfg).model)
     done = known.filter(pl.col("status") == "done").get_column("key")
     to_send = prepared.unique.filter(~prepared.keys.is_in(done.implode()))
     tokens = TokenModel.learn(history, max_tokens=cfg.max_tokens, max_output=price.max_output)
     if cfg.mode == "batch":
         price = price.scaled(BATCH_PRICE_FACTOR)
     return build_estimate(
-        model=cfg.request.model,
+        model=request_spec(cfg).model,
         rows=len(prepared.rows),
         null_rows=prepared.rows.null_count(),
         unique_prompts=len(prepared),

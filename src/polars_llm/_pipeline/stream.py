@@ -24,6 +24,7 @@ from .._config.options import INCLUDE_DTYPES, MapConfig
 from .._engine.session import QueryAborted, Session
 from .._progress.bar import Progress, reporting
 from .._progress.stats import RunStats
+from .._request.spec import request_spec
 from ..exceptions import BudgetExceededError, PolarsLLMError
 from .pipeline import EMPTY_STATE, assemble, prepare, stopped
 
@@ -86,7 +87,7 @@ def map_chunks(
 
 
 def output_schema(schema: pl.Schema, cfg: MapConfig, names: Mapping[str, str]) -> pl.Schema:
-    dtypes = {"result": cfg.request.result_dtype, "status": pl.String(), **INCLUDE_DTYPES}
+    dtypes = {"result": request_spec(cfg).result_dtype, "status": pl.String(), **INCLUDE_DTYPES}
     return pl.Schema({**schema, **{column: dtypes[field] for field, column in names.items()}})
 
 

@@ -28,9 +28,9 @@ images (a local file by its bytes' SHA-256, not its path) and earlier turns ente
 >>> cfg = MapConfig(model="m", api_key="k", cache=None)
 >>> s = pl.DataFrame({"prompt": ["hi", "hi"], "system": [None, "be brief"]}).to_struct("q")
 >>> p = prepare_struct(s, cfg)
->>> p.keys[0] == cfg.request.key_maker().key("hi"), len(p.keys)
+>>> p.keys[0] == request_spec(cfg).key_maker().key("hi"), len(p.keys)
 (True, 2)
->>> p.payloads[1].body(cfg.request)["messages"]
+>>> p.payloads[1].body(request_spec(cfg))["messages"]
 [{'role': 'system', 'content': 'be brief'}, {'role': 'user', 'content': 'hi'}]
 """
 
@@ -50,6 +50,7 @@ import polars as pl
 from .._config.options import MapConfig, no_model_error
 from ..exceptions import ColumnTypeError, ConfigError, InputError
 from .keys import KeyMaker
+from .spec import request_spec
 
 if TYPE_CHECKING:
     from .spec import RequestSpec
@@ -329,7 +330,7 @@ class StructPrepared:
 
 def _requests(unique: pl.DataFrame, cfg: MapConfig) -> Iterator[tuple[str, RowRequest, dict[str, Any]]]:
     """``(key, request, store columns)`` for every unique row, in order."""
-    spec = cfg.request
+    spec = request_spec(cfg)
     keys = _Keys(spec)
     images = _Images()
     for prompt, system, refs, messages, model in unique.select(list(FIELDS)).iter_rows():

@@ -3,10 +3,10 @@
 A :class:`RequestSpec` holds everything about the requests of a call except each row's prompt: the
 fingerprint that enters every content key, the JSON body around a prompt, the ``response_format`` sent,
 how an answer is validated, and the dtype and conversion of the ``result`` column. The entry points,
-the engine and the transports all read it from ``cfg.request``; nothing else derives these facts.
+the engine and the transports all read it from :func:`request_spec`; nothing else derives these facts.
 
 >>> from polars_llm import MapConfig
->>> spec = MapConfig(model="m", api_key="k", system="be brief", cache=None).request
+>>> spec = request_spec(MapConfig(model="m", api_key="k", system="be brief", cache=None))
 >>> spec.body("hi")["messages"]
 [{'role': 'system', 'content': 'be brief'}, {'role': 'user', 'content': 'hi'}]
 >>> spec.result_dtype
@@ -16,22 +16,57 @@ String
 from __future__ import annotations
 
 import json
+import threading
+import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import polars as pl
 from pydantic import BaseModel
 
-from .._config.options import INCLUDE_DTYPES
+from .._config.options import EMBED_ONLY, INCLUDE_DTYPES
+from ..exceptions import ConfigError
 from . import structured as _structured
 from .keys import KeyMaker, fingerprint_template, request_fingerprint
 
 if TYPE_CHECKING:
     from .._config.options import MapConfig
-    from .inputs import RowRequest
 
-__all__ = ["RequestSpec"]
+__all__ = ["RequestSpec", "request_spec"]
+
+
+class Payload(Protocol):
+    """A struct row's request (:class:`~polars_llm._request.inputs.RowRequest`): it builds its own body."""
+
+    def body(self, spec: RequestSpec) -> dict[str, Any]: ...
+
+
+_SPECS: dict[int, RequestSpec] = {}  # id(cfg) -> its spec, while the config lives
+_SPECS_LOCK = threading.Lock()
+
+
+def request_spec(cfg: MapConfig) -> RequestSpec:
+    """What every request of this call shares: built once per config, on first use (it imports the
+    pydantic-schema and Polars machinery), and kept while the config lives.
+
+    >>> from polars_llm import MapConfig
+    >>> cfg = MapConfig(model="m", api_key="k", cache=None)
+    >>> request_spec(cfg) is request_spec(cfg), request_spec(cfg).model
+    (True, 'm')
+    """
+    spec = _SPECS.get(id(cfg))
+    if spec is not None:
+        return spec
+    given = sorted(name for name in EMBED_ONLY if getattr(cfg, name) is not None)
+    if given:
+        raise ConfigError(f"{', '.join(given)}: option(s) of llm.embed only, not of llm.map")
+    spec = RequestSpec.of(cfg)
+    with _SPECS_LOCK:
+        if id(cfg) not in _SPECS:
+            _SPECS[id(cfg)] = spec
+            weakref.finalize(cfg, _SPECS.pop, id(cfg), None)
+        return _SPECS[id(cfg)]
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,14 +148,14 @@ class RequestSpec:
         details = {name: INCLUDE_DTYPES[name] for name in self.include}
         return pl.Struct({"result": self.result_dtype, "status": pl.String(), **details})
 
-    def body(self, prompt: str | RowRequest) -> dict[str, Any]:
+    def body(self, prompt: str | Payload) -> dict[str, Any]:
         """The JSON body of one request: a fresh conversation per row, never shared between rows.
 
         ``prompt`` is a row's prompt text, or a struct row's :class:`~polars_llm._request.inputs.RowRequest`
         (its own system prompt, earlier turns, images and model).
         """
         if type(prompt) is not str:
-            return prompt.body(self)  # type: ignore[union-attr]
+            return prompt.body(self)
         messages = []
         if self.system is not None:
             messages.append({"role": "system", "content": self.system})

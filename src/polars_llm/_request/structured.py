@@ -45,10 +45,10 @@ import polars as pl
 import typing_extensions
 from pydantic import AwareDatetime, BaseModel, RootModel, TypeAdapter, ValidationError
 
-from ..exceptions import ConfigError, OutputValidationError
+from .._config.checks import check_model
+from ..exceptions import OutputValidationError
 
 __all__ = [
-    "check_model",
     "response_format",
     "schema_fingerprint",
     "struct_dtype",
@@ -132,19 +132,6 @@ class _Strictifier:
         if not any(k in out for k in _TYPED):  # Any
             self.strict = False
         return dict(sorted(out.items()))
-
-
-def check_model(model: Any) -> type[BaseModel]:
-    if not (isinstance(model, type) and issubclass(model, BaseModel)):
-        raise ConfigError(f"response_model must be a pydantic BaseModel subclass, got {model!r}")
-    if issubclass(model, RootModel):
-        raise ConfigError(f"response_model must have named fields; {model.__name__} is a RootModel")
-    if not model.__pydantic_complete__:
-        try:
-            model.model_rebuild()
-        except Exception as exc:
-            raise ConfigError(f"response_model {model.__name__} is not fully defined: {exc}") from exc
-    return model
 
 
 @functools.lru_cache(maxsize=256)

@@ -16,6 +16,7 @@ from typing import Any
 import polars as pl
 
 from .._config.options import MapConfig
+from .._request.spec import request_spec
 
 __all__ = ["iter_jobs", "jobs_frame"]
 
@@ -29,12 +30,13 @@ def jobs_frame(
     extra: pl.DataFrame | None = None,
 ) -> pl.DataFrame:
     """The rows to register: ``key`` and ``prompt``, plus the request settings as constant columns
-    (``columns``, default ``cfg.request.job_columns()``) and per-row ones (``extra``, aligned with ``keys``).
+    (``columns``, default ``request_spec(cfg).job_columns()``) and per-row ones (``extra``, aligned with
+    ``keys``).
 
     Constants are Polars literals, not ``[value] * n`` Python lists (which cost ~0.5 GB at 1M rows).
     """
     frame = pl.DataFrame({"key": keys, "prompt": prompts}, schema={"key": pl.String, "prompt": pl.String})
-    columns = cfg.request.job_columns() if columns is None else columns
+    columns = request_spec(cfg).job_columns() if columns is None else columns
     own = set(extra.columns) if extra is not None else set()
     frame = frame.with_columns(
         pl.lit(value, dtype=pl.String).alias(name) for name, value in columns.items() if name not in own

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 
 from .. import exceptions as exc
 from .._config.options import MapConfig, Worker
+from .._request.spec import request_spec
 from .limit_headers import Limits, parse_limits, parse_number, parse_retry_after
 
 __all__ = [
@@ -296,7 +297,7 @@ class AiohttpTransport:
 
     def __init__(self, cfg: MapConfig) -> None:
         self._cfg = cfg
-        self._body = cfg.request.body
+        self._body = request_spec(cfg).body
         self._url = cfg.url + "/chat/completions"
         self._headers = {
             "Authorization": f"Bearer {cfg.key}",
@@ -399,7 +400,7 @@ class OpenAITransport:
 
         self._openai = openai
         self._cfg = cfg
-        self._body = cfg.request.body
+        self._body = request_spec(cfg).body
         try:  # redirects are not followed (the SDK's clients would, turning a POST into a GET)
             http_client = openai.DefaultAioHttpClient(follow_redirects=False)
         except Exception:  # aiohttp extra missing: fall back to the SDK's default httpx2 client

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-from ... import exceptions as exc
+from .. import exceptions as exc
 
 __all__ = ["VALIDATION_ATTEMPTS", "backoff_delay", "is_retryable", "next_delay"]
 
