@@ -14,18 +14,10 @@ and ``pl.LazyFrame``.
 
 from __future__ import annotations
 
-from ._batch.admin import batches, cancel_batch
-from ._config.options import (
-    DEFAULT_BASE_URL,
-    DEFAULT_CACHE,
-    DEFAULT_CACHE_PATH,
-    MapConfig,
-    Secret,
-    resolve_config,
-)
-from ._cost.budget import Estimate
-from ._pipeline import namespace as _namespace  # noqa: F401  (registers the namespaces)
-from ._pipeline.functions import (
+from ._batch import batches, cancel_batch
+from ._config import DEFAULT_BASE_URL, DEFAULT_CACHE, DEFAULT_CACHE_PATH, MapConfig, Secret, resolve_config
+from ._cost import Estimate
+from ._pipeline import (
     EmbedOptions,
     MapOptions,
     estimate,
@@ -38,7 +30,8 @@ from ._pipeline.functions import (
     llm_map_series,
     output_dtype,
 )
-from ._request.template import template
+from ._pipeline import namespace as _namespace  # noqa: F401  (registers the namespaces)
+from ._request import template
 from .exceptions import (
     APIConnectionError,
     APIError,

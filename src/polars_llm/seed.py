@@ -22,9 +22,9 @@ import polars as pl
 from pydantic import BaseModel
 
 from ._bridge import surfaced
-from ._compat.progress import SeedReporter
-from ._compat.results_db import (
+from ._compat import (
     DB_URL_DEFAULT,
+    SeedReporter,
     db_path,
     export_file,
     in_use,
@@ -33,10 +33,10 @@ from ._compat.results_db import (
     track_active,
     write_results,
 )
-from ._config.options import MapConfig, Worker, resolve_config
-from ._pipeline.pipeline import arun, per_row, prepare
-from ._progress.stats import RunStats
-from ._request.spec import request_spec
+from ._config import MapConfig, Worker, resolve_config
+from ._pipeline import arun, per_row, prepare
+from ._progress import RunStats
+from ._request import request_spec
 from .exceptions import ConfigError
 
 __all__ = ["DB_URL_DEFAULT", "SEED_ALIASES", "export_jsonl", "export_parquet", "export_results", "prompt_map"]

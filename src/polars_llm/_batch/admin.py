@@ -8,9 +8,8 @@ from typing import Any
 import polars as pl
 
 from .._bridge import run_sync, surfaced
-from .._config.options import DEFAULT_CACHE, CacheArg, Secret, env_value, resolve_cache
-from .._store.batches import batches_frame, get_batch, live_batches, record_status
-from .._store.store import Store
+from .._config import DEFAULT_CACHE, CacheArg, Secret, env_value, resolve_cache
+from .._store import Store, batches_frame, get_batch, live_batches, record_status
 from ..exceptions import ConfigError
 from .client import BatchClient
 

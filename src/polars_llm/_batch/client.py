@@ -18,8 +18,7 @@ import anyio
 import orjson
 
 from .. import exceptions as exc
-from .._transport.client import error_for_status
-from .._transport.retry import next_delay
+from .._transport import error_for_status, next_delay
 
 if TYPE_CHECKING:
     import aiohttp

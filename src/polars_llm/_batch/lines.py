@@ -14,11 +14,10 @@ import orjson
 import polars as pl
 
 from .. import exceptions as exc
-from .._config.options import MapConfig
-from .._request.spec import request_spec
-from .._store.store import Outcome
-from .._transport.answer import error_text, interpret
-from .._transport.client import Completion, error_for_status, parse_completion
+from .._config import MapConfig
+from .._request import request_spec
+from .._store import Outcome
+from .._transport import Completion, error_for_status, error_text, interpret, parse_completion
 from .client import ENDPOINT
 
 __all__ = [

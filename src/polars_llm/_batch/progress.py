@@ -13,8 +13,7 @@ import sys
 from dataclasses import dataclass
 from typing import Any
 
-from .._progress.bar import Progress
-from .._progress.stats import RunStats
+from .._progress import Progress, RunStats
 
 __all__ = ["BatchProgress", "BatchStats", "batch_note", "format_batch_postfix", "say"]
 

@@ -32,23 +32,24 @@ import anyio
 import polars as pl
 
 from .. import exceptions as exc
-from .._config.options import MapConfig
-from .._cost.budget import Budget, Costing, budget_exceeded, plan_costs
-from .._progress.stats import RunStats
-from .._request.spec import request_spec
-from .._store.batches import (
+from .._config import MapConfig
+from .._cost import Budget, Costing, budget_exceeded, plan_costs
+from .._progress import RunStats
+from .._request import request_spec
+from .._store import (
+    DETAIL_SCHEMA,
     Collected,
+    Outcome,
+    Store,
     batch_keys,
+    jobs_frame,
     live_batches,
     live_rows,
     record_collections,
     record_status,
     record_submission,
 )
-from .._store.jobs import jobs_frame
-from .._store.store import DETAIL_SCHEMA, Outcome, Store
-from .._transport.client import Completion
-from .._transport.retry import next_delay
+from .._transport import Completion, next_delay
 from ..exceptions import StoreError
 from .client import BatchClient
 from .lines import BatchFile, batch_errors, batch_files, outcome_of, parse_lines, row_outcome

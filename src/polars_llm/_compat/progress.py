@@ -13,8 +13,7 @@ from typing import TextIO
 
 import anyio
 
-from .._progress.bar import Progress, RateMeter, format_postfix, in_notebook
-from .._progress.stats import RunStats
+from .._progress import Progress, RateMeter, RunStats, format_postfix, in_notebook
 
 __all__ = ["SeedReporter", "bar_supported"]
 

@@ -25,8 +25,7 @@ from typing import Final, Literal
 import duckdb
 import polars as pl
 
-from .._store.locking import connect
-from .._store.store import Store
+from .._store import Store, connect
 from ..exceptions import ConfigError, StoreError
 
 __all__ = [

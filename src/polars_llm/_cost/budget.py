@@ -31,9 +31,9 @@ from ..exceptions import BudgetExceededError, ConfigError
 from .pricing import Price, PriceSource, resolve_price
 
 if TYPE_CHECKING:
-    from .._config.options import MapConfig
-    from .._store.store import Store
-    from .._transport.client import Completion
+    from .._config import MapConfig
+    from .._store import Store
+    from .._transport import Completion
 
 __all__ = ["Budget", "Costing", "Estimate", "TokenModel", "build_estimate", "plan_costs"]
 

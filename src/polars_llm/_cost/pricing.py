@@ -24,8 +24,8 @@ from typing import TYPE_CHECKING, Any, Final, Literal
 import polars as pl
 
 if TYPE_CHECKING:
-    from .._config.options import MapConfig
-    from .._store.store import Store
+    from .._config import MapConfig
+    from .._store import Store
 
 __all__ = ["MAX_AGE", "UNKNOWN", "Price", "fetch_model_list", "price_from_option", "resolve_price"]
 

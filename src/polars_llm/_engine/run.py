@@ -23,17 +23,24 @@ import anyio.lowlevel
 import polars as pl
 
 from .. import exceptions as exc
-from .._config.options import MapConfig
-from .._cost.budget import Budget, Costing
-from .._progress.stats import RunStats
-from .._request.spec import request_spec
-from .._store.store import Outcome, Store
-from .._transport.answer import error_text, interpret
-from .._transport.client import Completion, Transport
-from .._transport.limit_headers import describe_hint, hint_header, parse_limits, wait_hint
-from .._transport.retry import backoff_delay, next_delay
-from .pace.buckets import TokenBucket
-from .pace.pacer import Pacer, Ticket
+from .._config import MapConfig
+from .._cost import Budget, Costing
+from .._progress import RunStats
+from .._request import request_spec
+from .._store import Outcome, Store
+from .._transport import (
+    Completion,
+    Transport,
+    backoff_delay,
+    describe_hint,
+    error_text,
+    hint_header,
+    interpret,
+    next_delay,
+    parse_limits,
+    wait_hint,
+)
+from .pace import Pacer, Ticket, TokenBucket
 
 __all__ = [
     "FAIL",

@@ -22,13 +22,11 @@ import anyio
 import polars as pl
 
 from .. import exceptions as exc
-from .._config.options import MapConfig
-from .._cost.budget import Budget, Costing, budget_exceeded, plan_costs
-from .._progress.stats import RunStats
-from .._store.batches import live_rows
-from .._store.jobs import iter_jobs, jobs_frame
-from .._store.store import DETAIL_SCHEMA, Store
-from .._transport.client import Transport, make_transport
+from .._config import MapConfig
+from .._cost import Budget, Costing, budget_exceeded, plan_costs
+from .._progress import RunStats
+from .._store import DETAIL_SCHEMA, Store, iter_jobs, jobs_frame, live_rows
+from .._transport import Transport, make_transport
 from .run import Run, Sink, Work, work_jobs, write_batches
 
 __all__ = ["QueryAborted", "Session", "execute"]

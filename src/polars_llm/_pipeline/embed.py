@@ -40,14 +40,13 @@ import polars as pl
 import pyarrow as pa
 
 from .. import exceptions as exc
-from .._config.options import CHAT_ONLY, MapConfig, option_fields
-from .._cost.budget import Budget, Costing, budget_exceeded
-from .._engine.run import FAIL, STOP, Run, Sink, Work, write_batches
-from .._progress.stats import RunStats
-from .._request.keys import KeyMaker, request_fingerprint
-from .._store.jobs import iter_jobs
-from .._store.store import Outcome, Store
-from .._transport.client import OpenAITransport, error_for_status, make_transport
+from .._config import CHAT_ONLY, MapConfig, option_fields
+from .._cost import Budget, Costing, budget_exceeded
+from .._engine import FAIL, STOP, Run, Sink, Work, write_batches
+from .._progress import RunStats
+from .._request import KeyMaker, request_fingerprint
+from .._store import Outcome, Store, iter_jobs
+from .._transport import OpenAITransport, error_for_status, make_transport
 from ..exceptions import ColumnTypeError, ConfigError
 from .pipeline import Prepared, assemble, run
 

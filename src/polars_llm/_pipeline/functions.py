@@ -16,7 +16,7 @@ import polars as pl
 from pydantic import BaseModel
 
 from .._bridge import surfaced
-from .._config.options import (
+from .._config import (
     CacheArg,
     MapConfig,
     Mode,
@@ -27,8 +27,8 @@ from .._config.options import (
     with_embed_options,
     with_options,
 )
-from .._cost.budget import Estimate
-from .._request.spec import request_spec
+from .._cost import Estimate
+from .._request import request_spec
 from ..exceptions import BudgetExceededError, ConfigError
 from .embed import EmbedSpec, check_options, embed_series
 from .pipeline import amap_series, estimate_series, map_series

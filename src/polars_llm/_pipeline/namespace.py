@@ -7,8 +7,8 @@ from typing import Generic, TypeVar, Unpack
 import polars as pl
 
 from .._bridge import surfaced
-from .._config.options import with_embed_options, with_options
-from .._cost.budget import Estimate
+from .._config import with_embed_options, with_options
+from .._cost import Estimate
 from .functions import (
     EmbedOptions,
     MapOptions,

@@ -21,19 +21,14 @@ from dataclasses import dataclass
 import anyio
 import polars as pl
 
-from .._batch.progress import BatchProgress, BatchStats, batch_note
-from .._batch.run import BATCH_PRICE_FACTOR, execute_batch
+from .._batch import BATCH_PRICE_FACTOR, BatchProgress, BatchStats, batch_note, execute_batch
 from .._bridge import run_async, run_sync
-from .._config.options import INCLUDE_DTYPES, MapConfig, no_model_error
-from .._cost.budget import Estimate, TokenModel, build_estimate
-from .._cost.pricing import resolve_price
-from .._engine.run import Work
-from .._engine.session import execute
-from .._progress.bar import Progress, Reporter, reporting
-from .._progress.stats import RunStats
-from .._request.inputs import prepare_struct
-from .._request.spec import request_spec
-from .._store.store import Store
+from .._config import INCLUDE_DTYPES, MapConfig, no_model_error
+from .._cost import Estimate, TokenModel, build_estimate, resolve_price
+from .._engine import Work, execute
+from .._progress import Progress, Reporter, RunStats, reporting
+from .._request import prepare_struct, request_spec
+from .._store import Store
 from ..exceptions import BudgetExceededError, ColumnTypeError, ConfigError, PolarsLLMError
 
 __all__ = [

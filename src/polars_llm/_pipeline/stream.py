@@ -20,11 +20,10 @@ from collections.abc import Iterable, Iterator, Mapping
 import polars as pl
 
 from .._bridge import LoopThread
-from .._config.options import INCLUDE_DTYPES, MapConfig
-from .._engine.session import QueryAborted, Session
-from .._progress.bar import Progress, reporting
-from .._progress.stats import RunStats
-from .._request.spec import request_spec
+from .._config import INCLUDE_DTYPES, MapConfig
+from .._engine import QueryAborted, Session
+from .._progress import Progress, RunStats, reporting
+from .._request import request_spec
 from ..exceptions import BudgetExceededError, PolarsLLMError
 from .pipeline import EMPTY_STATE, assemble, prepare, stopped
 

@@ -47,7 +47,7 @@ from typing import TYPE_CHECKING, Any, Final
 import orjson
 import polars as pl
 
-from .._config.options import MapConfig, no_model_error
+from .._config import MapConfig, no_model_error
 from ..exceptions import ColumnTypeError, ConfigError, InputError
 from .keys import KeyMaker
 from .spec import request_spec

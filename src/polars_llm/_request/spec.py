@@ -25,13 +25,13 @@ from typing import TYPE_CHECKING, Any, Protocol
 import polars as pl
 from pydantic import BaseModel
 
-from .._config.options import EMBED_ONLY, INCLUDE_DTYPES
+from .._config import EMBED_ONLY, INCLUDE_DTYPES
 from ..exceptions import ConfigError
 from . import structured as _structured
 from .keys import KeyMaker, fingerprint_template, request_fingerprint
 
 if TYPE_CHECKING:
-    from .._config.options import MapConfig
+    from .._config import MapConfig
 
 __all__ = ["RequestSpec", "request_spec"]
 

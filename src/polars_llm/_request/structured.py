@@ -45,7 +45,7 @@ import polars as pl
 import typing_extensions
 from pydantic import AwareDatetime, BaseModel, RootModel, TypeAdapter, ValidationError
 
-from .._config.checks import check_model
+from .._config import check_model
 from ..exceptions import OutputValidationError
 
 __all__ = [

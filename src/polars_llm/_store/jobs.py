@@ -15,8 +15,8 @@ from typing import Any
 
 import polars as pl
 
-from .._config.options import MapConfig
-from .._request.spec import request_spec
+from .._config import MapConfig
+from .._request import request_spec
 
 __all__ = ["iter_jobs", "jobs_frame"]
 

@@ -25,8 +25,8 @@ if TYPE_CHECKING:
     import aiohttp
 
 from .. import exceptions as exc
-from .._config.options import MapConfig, Worker
-from .._request.spec import request_spec
+from .._config import MapConfig, Worker
+from .._request import request_spec
 from .limit_headers import Limits, parse_limits, parse_number, parse_retry_after
 
 __all__ = [

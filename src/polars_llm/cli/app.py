@@ -25,7 +25,7 @@ from pathlib import Path
 
 import polars as pl
 
-from .._config.options import DEFAULT_CACHE_PATH
+from .._config import DEFAULT_CACHE_PATH
 from ..exceptions import ConfigError, PolarsLLMError
 from .batches import add_batches_arguments, cmd_batches
 from .embed import add_embed_arguments, cmd_embed

@@ -8,8 +8,8 @@ from typing import Any
 
 import polars as pl
 
-from .._batch.admin import batches, cancel_batch
-from .._config.options import DEFAULT_CACHE_PATH
+from .._batch import batches, cancel_batch
+from .._config import DEFAULT_CACHE_PATH
 from .store import existing_cache
 
 __all__ = ["add_batches_arguments", "cmd_batches", "format_batches"]

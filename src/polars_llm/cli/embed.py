@@ -14,8 +14,8 @@ from typing import Any
 
 import polars as pl
 
-from .._config.options import CHAT_ONLY, DEFAULT_CACHE_PATH, option_fields
-from .._pipeline.embed import embed_series
+from .._config import CHAT_ONLY, DEFAULT_CACHE_PATH, option_fields
+from .._pipeline import embed_series
 from .run import add_option_flags, api_key_from_env, config_from, file_format, open_input, write_output
 
 __all__ = ["add_embed_arguments", "cmd_embed"]

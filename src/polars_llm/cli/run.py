@@ -24,9 +24,8 @@ from typing import Any, Final
 import polars as pl
 from pydantic import BaseModel
 
-from .._config.options import DEFAULT_CACHE_PATH, MapConfig, env_value, option_fields, resolve_config
-from .._pipeline.pipeline import estimate_series, map_series
-from .._pipeline.stream import map_chunks
+from .._config import DEFAULT_CACHE_PATH, MapConfig, env_value, option_fields, resolve_config
+from .._pipeline import estimate_series, map_chunks, map_series
 from ..exceptions import BudgetExceededError, ConfigError
 from .files import ChunkWriter, FileFormat, read_chunks
 

@@ -23,12 +23,11 @@ from typing import Any, Final
 import anyio
 import polars as pl
 
-from .._config.options import MapConfig
-from .._cost.budget import Budget, Costing, plan_costs
-from .._engine.pace.buckets import TokenBucket
-from .._engine.pace.pacer import Pacer, Ticket
-from .._store.store import Outcome, Store
-from .._transport.limit_headers import Limits
+from .._config import MapConfig
+from .._cost import Budget, Costing, plan_costs
+from .._engine import Pacer, Ticket, TokenBucket
+from .._store import Outcome, Store
+from .._transport import Limits
 
 __all__ = ["IDLE_CLOSE", "Hub"]
 
@@ -101,7 +100,7 @@ class Hub:
     def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
         """A store method on the hub's own connection (``lookup``, ``register``, ``live_rows``, ...)."""
         if method == "live_rows":
-            from .._store.batches import live_rows
+            from .._store import live_rows
 
             return live_rows(self._open(), *args)
         if method not in _STORE_METHODS:

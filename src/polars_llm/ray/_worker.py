@@ -11,10 +11,10 @@ import polars as pl
 import pyarrow as pa
 
 from .._bridge import LoopThread
-from .._config.options import MapConfig, resolve_config
-from .._engine.session import Session
-from .._pipeline.pipeline import EMPTY_STATE, assemble, prepare
-from .._store.store import Outcome
+from .._config import MapConfig, resolve_config
+from .._engine import Session
+from .._pipeline import EMPTY_STATE, assemble, prepare
+from .._store import Outcome
 
 __all__ = ["LLMMap", "RemoteBudget", "RemoteLimits", "RemoteStore"]
 

@@ -21,7 +21,7 @@ from collections.abc import Callable
 
 import anyio
 
-from ..._transport.limit_headers import Budget, Limits, describe_hint
+from ..._transport import Budget, Limits, describe_hint
 from .learner import RateLearner, Ticket
 
 __all__ = ["Announced", "Pacer", "Pause", "RateLearner", "Ticket"]
