@@ -159,7 +159,7 @@ def test_the_key_reaches_no_file_no_repr_and_no_batch(cache_path: Path) -> None:
         out = run(server, cache_path, ["one", "two"])
         assert set(out["status"]) == {"done"}
         [batch] = server.batches()
-        uploaded = server._engine.batches.files[batch["input_file_id"]].data
+        uploaded = server._app.batches.files[batch["input_file_id"]].data
     assert KEY.encode() not in uploaded
     assert KEY.encode() not in cache_path.read_bytes()
     assert KEY not in repr(BatchClient(str(server), KEY, timeout=1.0))
@@ -211,7 +211,7 @@ def test_a_batch_the_provider_forgot_is_given_up_only_when_old(
     with sim.serve(batch_seconds=None) as server:
         run(server, cache_path, ["a", "b"], wait=False)
         [batch] = server.batches()
-        server._engine.batches.batches.pop(batch["id"])  # the provider no longer knows it (404)
+        server._app.batches.batches.pop(batch["id"])  # the provider no longer knows it (404)
         young = run(server, cache_path, ["a", "b"], wait=False)
         assert set(young["status"]) == {"submitted"}  # just submitted: maybe not visible yet; kept
         assert server.stats(per_prompt=False)["batch"]["batches_created"] == 1

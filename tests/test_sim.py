@@ -580,9 +580,9 @@ def test_command_line_serves_until_interrupted() -> None:
 
 
 def test_docstring_examples() -> None:
-    from polars_llm.sim import _engine, _hostile, _limiter, _options, _outputs, _server, _wire
+    from polars_llm.sim import _app, _chat, _hostile, _limiter, _options, _outputs, _server, _state, _wire
 
-    for module in (sim, _engine, _hostile, _limiter, _options, _outputs, _server, _wire):
+    for module in (sim, _app, _chat, _hostile, _limiter, _options, _outputs, _server, _state, _wire):
         result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
         assert result.failed == 0, module.__name__
     assert sim.parse_markers("[[flaky:503:3]]") == (("status", 503, 3, 0.0, ""),)

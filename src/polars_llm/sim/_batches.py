@@ -32,10 +32,19 @@ import orjson
 from aiohttp import web
 
 from ._batch_data import ENDPOINT, SimBatch, SimFile, output_line, parse_input
-from ._wire import JSON_HEADERS, BadRequest, ParsedRequest, error_body, error_response, parse_markers
+from ._chat import completion
+from ._wire import (
+    JSON_HEADERS,
+    BadRequest,
+    ParsedRequest,
+    error_body,
+    error_response,
+    parse_markers,
+    refused,
+)
 
 if TYPE_CHECKING:
-    from ._engine import Engine
+    from ._state import SimState
 
 __all__ = ["BatchAPI"]
 
@@ -49,8 +58,8 @@ _AS_500: Final = frozenset({"malformed", "truncated", "reset"})
 class BatchAPI:
     """State and handlers of the files and batches endpoints of one simulated server."""
 
-    def __init__(self, engine: Engine) -> None:
-        self.engine = engine
+    def __init__(self, state: SimState) -> None:
+        self.state = state
         self._lock = threading.Lock()
         self._token = secrets.token_hex(3)  # ids differ between servers, so caches never mix them up
         self._n = 0
@@ -98,7 +107,7 @@ class BatchAPI:
             ended = []
             for batch in self.batches.values():
                 if batch.status not in TERMINAL:
-                    self._finalize(batch, outcome or self.engine.config.batch_outcome)
+                    self._finalize(batch, outcome or self.state.config.batch_outcome)
                     ended.append(batch.id)
         return ended
 
@@ -124,14 +133,10 @@ class BatchAPI:
         with self._lock:
             calls = self._stats["calls"]
             calls[name] = calls.get(name, 0) + 1
-        cfg = self.engine.config
+        cfg = self.state.config
         if not cfg.batch_api:
             return error_response(404, f"Not found: {request.method} {request.path}")
-        if cfg.api_key is not None and request.headers.get("Authorization") != f"Bearer {cfg.api_key}":
-            return error_response(401)
-        if cfg.fail_mode is not None:
-            return error_response(cfg.fail_mode)
-        return None
+        return refused(request, cfg)
 
     def _id(self, kind: str) -> str:
         self._n += 1
@@ -153,7 +158,7 @@ class BatchAPI:
                 data = bytes(await part.read(decode=False))  # type: ignore[union-attr]
         if purpose is None or data is None:
             return error_response(400, "the upload needs the fields 'purpose' and 'file'")
-        cfg = self.engine.config
+        cfg = self.state.config
         if len(data) > cfg.batch_max_bytes:
             return error_response(413, f"file is {len(data)} bytes; at most {cfg.batch_max_bytes} allowed")
         with self._lock:
@@ -211,13 +216,13 @@ class BatchAPI:
             return error_response(
                 400, f"completion_window must be '24h', got {body.get('completion_window')!r}"
             )
-        requests, invalid, model = parse_input(file.data, self.engine.config.batch_max_requests)
+        requests, invalid, model = parse_input(file.data, self.state.config.batch_max_requests)
         with self._lock:
             batch = SimBatch(
                 id=self._id("batch_"),
                 input_file_id=file.id,
                 metadata=body.get("metadata"),
-                seconds=self.engine.config.batch_seconds,
+                seconds=self.state.config.batch_seconds,
                 started=time.monotonic(),
                 created_at=int(time.time()),
                 requests=requests,
@@ -303,7 +308,7 @@ class BatchAPI:
             return
         elapsed = now - batch.started
         if elapsed >= batch.seconds:
-            self._finalize(batch, self.engine.config.batch_outcome)
+            self._finalize(batch, self.state.config.batch_outcome)
             return
         share = elapsed / batch.seconds
         if share >= 0.1:
@@ -325,7 +330,7 @@ class BatchAPI:
             batch.times["failed"] = stamp
             return
         n = len(batch.requests)
-        run = n if outcome == "completed" else math.floor(n * self.engine.config.batch_done_share)
+        run = n if outcome == "completed" else math.floor(n * self.state.config.batch_done_share)
         outputs: list[bytes] = []
         errors: list[bytes] = []
         for custom_id, body in batch.requests[:run]:
@@ -338,7 +343,7 @@ class BatchAPI:
                 errors.append(
                     orjson.dumps(self._line(custom_id, None, code="batch_expired", message=_EXPIRED_MESSAGE))
                 )
-        rng = random.Random(f"{self.engine.config.seed}:{batch.id}")
+        rng = random.Random(f"{self.state.config.seed}:{batch.id}")
         rng.shuffle(outputs)  # the protocol promises no order
         rng.shuffle(errors)
         batch.completed = len(outputs)
@@ -368,7 +373,7 @@ class BatchAPI:
 
     def _answer(self, batch: SimBatch, custom_id: str, body: dict[str, Any]) -> dict[str, Any] | None:
         """One request's output line, answered like the online endpoint (``None``: left out)."""
-        engine, cfg = self.engine, self.engine.config
+        state, cfg = self.state, self.state.config
         stats = self._stats
         try:
             parsed = ParsedRequest(body)
@@ -382,32 +387,25 @@ class BatchAPI:
         per_prompt = stats["per_prompt"]
         per_prompt[prompt] = per_prompt.get(prompt, 0) + 1
         markers = parse_markers(prompt) if "[[" in prompt else ()
-        with engine._lock:
-            attempt = 0
-            if markers:
-                key = (parsed.model, prompt, parsed.schema is not None)
-                attempt = engine._attempts.get(key, 0) + 1
-                engine._attempts[key] = attempt
-            fault, code, _, _ = engine._choose_fault(cfg, markers, attempt)
+        marked = [((parsed.model, prompt, parsed.schema is not None), markers)] if markers else []
+        fault, code, _, _ = state.draw(cfg, marked)
         if fault in _AS_500:
             fault, code = "status", 500
         if fault in ("status", "error") and code != 200:
             stats["batch_errors"] += 1
             return self._line(custom_id, code, body=orjson.loads(error_body(code)))
-        completion = engine._completion(
-            parsed, cfg, fault if fault not in (None, "status", "stall") else "ok"
-        )
-        usage = completion["usage"]
+        answer = completion(state, parsed, cfg, fault if fault not in (None, "status", "stall") else "ok")
+        usage = answer["usage"]
         usage["cost"] = usage["cost"] * cfg.batch_price_factor
         if fault == "empty":
-            completion["choices"] = []
+            answer["choices"] = []
         elif fault == "error200":
-            completion = {"error": {"code": 502, "message": "Provider returned error (simulated)"}}
+            answer = {"error": {"code": 502, "message": "Provider returned error (simulated)"}}
         stats["batch_ok"] += 1
         stats["batch_cost"] += usage["cost"]
         batch.usage["input_tokens"] += usage["prompt_tokens"]
         batch.usage["output_tokens"] += usage["completion_tokens"]
-        return self._line(custom_id, 200, body=completion)
+        return self._line(custom_id, 200, body=answer)
 
 
 def _json(data: Any) -> web.Response:

@@ -17,18 +17,25 @@ import array
 import asyncio
 import base64
 import sys
-import time
 from typing import TYPE_CHECKING, Any, Final
 
 import orjson
 from aiohttp import web
 
 from ._outputs import expected_embedding
-from ._wire import JSON_HEADERS, BadRequest, ParsedEmbeddings, error_response, parse_markers, retry_headers
+from ._wire import (
+    JSON_HEADERS,
+    BadRequest,
+    ParsedEmbeddings,
+    error_response,
+    parse_markers,
+    refused,
+    retry_headers,
+)
 
 if TYPE_CHECKING:
-    from ._engine import Engine
     from ._options import SimConfig
+    from ._state import SimState
 
 __all__ = ["handle_embeddings"]
 
@@ -45,61 +52,35 @@ def _vector(model: str, text: str, dimensions: int, encoding: str) -> Any:
     return base64.b64encode(packed.tobytes()).decode("ascii")
 
 
-def _faults(engine: Engine, cfg: SimConfig, parsed: ParsedEmbeddings) -> tuple[str | None, int, float]:
-    """The fault for this request: markers of its inputs first, then the global rates (lock held)."""
-    fault: str | None = None
-    code, delay = 0, 0.0
-    for text in parsed.inputs:
-        markers = parse_markers(text) if "[[" in text else ()
-        if not markers:
-            continue
-        key = (parsed.model, text, "embeddings")
-        attempt = engine._attempts.get(key, 0) + 1
-        engine._attempts[key] = attempt
-        for kind, status, first_n, extra, _ in markers:
-            if kind == "delay":
-                delay += extra
-            elif fault is None and (first_n is None or attempt <= first_n):
-                fault, code = kind, status
-    if fault is None:
-        fault, code, more, _ = engine._choose_fault(cfg, (), 0)
-        delay += more
-    return fault, code, delay
-
-
 async def handle_embeddings(
-    engine: Engine, request: web.Request, cfg: SimConfig
+    state: SimState, request: web.Request, cfg: SimConfig
 ) -> tuple[web.StreamResponse, int]:
-    if cfg.api_key is not None and request.headers.get("Authorization") != f"Bearer {cfg.api_key}":
-        return error_response(401), 401
-    if cfg.fail_mode is not None:
-        return error_response(cfg.fail_mode), cfg.fail_mode
+    no = refused(request, cfg)
+    if no is not None:
+        return no, no.status
     try:
         body = orjson.loads(await request.read())
-        engine._record(request.path, body)
+        state.record(request.path, body)
         parsed = ParsedEmbeddings(body, cfg.embedding_dimensions)
     except orjson.JSONDecodeError:
         return error_response(400, "request body is not valid JSON"), 400
     except BadRequest as exc:
         return error_response(400, str(exc)), 400
-    with engine._lock:
-        engine._embedding_requests += 1
-        for text in parsed.inputs:
-            engine._per_prompt[text] = engine._per_prompt.get(text, 0) + 1
-        rejected, _ = engine._admit(cfg, parsed.prompt_tokens, time.monotonic())
-        if rejected is None:
-            fault, code, delay = _faults(engine, cfg, parsed)
-            if cfg.jitter:
-                delay += engine._rng.uniform(-cfg.jitter, cfg.jitter)
+    rejected, _ = state.admit(cfg, parsed.inputs, parsed.prompt_tokens, embeddings=True)
     if rejected is not None:
         return rejected, rejected.status
+    marked = [
+        ((parsed.model, text, "embeddings"), markers)
+        for text in parsed.inputs
+        if (markers := parse_markers(text) if "[[" in text else ())
+    ]
+    fault, code, delay, _ = state.draw(cfg, marked, jitter=True)
     delay += cfg.latency + (cfg.stall_seconds if fault == "stall" else 0.0)
     if delay > 0:
         await asyncio.sleep(delay)
     if fault is not None and not (fault == "status" and code == 200):
         name = fault if fault != "status" else f"status_{code}"
-        with engine._lock:
-            engine._count_fault(name)
+        state.count_fault(name)
         headers = {**JSON_HEADERS, "X-Sim-Fault": name}
         if fault in ("status", "error"):
             if code == 429:
@@ -135,10 +116,6 @@ async def handle_embeddings(
     )
     if fault == "truncated":
         raw = raw[: len(raw) // 2]
-    with engine._lock:
-        engine._ok += 1
-        engine._embedding_inputs += len(parsed.inputs)
-        engine._tokens_in += tokens
-        engine._cost += cost
+    state.embedded(len(parsed.inputs), tokens, cost)
     headers = JSON_HEADERS if fault is None else {**JSON_HEADERS, "X-Sim-Fault": fault}
     return web.Response(body=raw, headers=headers), 200

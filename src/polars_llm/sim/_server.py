@@ -24,7 +24,7 @@ from typing import Any
 from aiohttp import web
 
 from ..exceptions import ConfigError
-from ._engine import Engine
+from ._app import SimApp
 from ._options import SimConfig
 
 __all__ = ["SimServer", "serve", "start"]
@@ -40,7 +40,7 @@ class SimServer(str):
     starts it directly. Pickling or copying gives the plain URL string.
     """
 
-    _engine: Engine
+    _app: SimApp
     _sock: socket.socket
     _thread: threading.Thread
     _loop: asyncio.AbstractEventLoop | None
@@ -62,7 +62,7 @@ class SimServer(str):
         elif ":" in host:
             host = f"[{host}]"
         self = super().__new__(cls, f"http://{host}:{port}/v1")
-        self._engine = Engine(cfg)
+        self._app = SimApp(cfg)
         self._sock = sock
         self._port = port
         self._loop = None
@@ -105,7 +105,7 @@ class SimServer(str):
     @property
     def config(self) -> SimConfig:
         """The options in force now."""
-        return self._engine.config
+        return self._app.config
 
     @property
     def running(self) -> bool:
@@ -122,7 +122,7 @@ class SimServer(str):
         ``embedding_requests`` / ``embedding_inputs`` (``/embeddings`` requests and the texts they held;
         ``requests`` and ``per_prompt`` count them too) and ``logged_requests`` (see :meth:`requests`).
         """
-        return self._engine.stats(per_prompt=per_prompt)
+        return self._app.stats(per_prompt=per_prompt)
 
     def requests(self, limit: int | None = None) -> list[dict[str, Any]]:
         """The request bodies received last, oldest first: ``[{"path": ..., "body": {...}}, ...]``.
@@ -130,32 +130,32 @@ class SimServer(str):
         At most ``request_log`` (default 1000) are kept; ``limit`` returns only the last ``limit``.
         Also ``GET /requests?limit=N``. :meth:`reset` empties it.
         """
-        return self._engine.requests(limit)
+        return self._app.requests(limit)
 
     def reset(self) -> None:
         """Zero the counters, forget ``:N`` marker attempts and rate-limit windows, reseed the RNG."""
-        self._engine.reset()
+        self._app.reset()
 
     def configure(self, **changes: Any) -> SimConfig:
         """Change options live (all but host/port/backlog), e.g. ``configure(fail_mode=401)``.
 
         Setting ``burst_429=True`` (or a new ``burst_seconds`` while on) starts a fresh 429 storm.
         """
-        return self._engine.configure(**changes)
+        return self._app.configure(**changes)
 
     def batches(self) -> list[dict[str, Any]]:
         """Every batch submitted to this server (oldest first), as ``GET /v1/batches/{id}`` shows it now."""
-        return self._engine.batches.list()
+        return self._app.batches.list()
 
     def finish_batches(self, outcome: str | None = None) -> list[str]:
         """End every running batch now: ``completed``, ``expired``, ``failed`` or ``cancelled`` (default:
         the ``batch_outcome`` option); returns their ids. With ``batch_seconds=None`` batches wait for this.
         """
-        return self._engine.batches.finish(outcome)
+        return self._app.batches.finish(outcome)
 
     def burst(self, seconds: float = 5.0, retry_after: float = 1.0) -> SimConfig:
         """Answer every chat request 429 (``Retry-After: retry_after``) for the next ``seconds``."""
-        return self._engine.configure(burst_429=True, burst_seconds=seconds, burst_retry_after=retry_after)
+        return self._app.configure(burst_429=True, burst_seconds=seconds, burst_retry_after=retry_after)
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop serving, close every socket and join the thread. Idempotent."""
@@ -214,9 +214,9 @@ class SimServer(str):
                 ready.set()
 
     async def _serve(self, ready: threading.Event) -> None:
-        cfg = self._engine.config
+        cfg = self._app.config
         runner = web.AppRunner(
-            self._engine.app(),
+            self._app.app(),
             access_log=None,
             handle_signals=False,
             handler_cancellation=True,

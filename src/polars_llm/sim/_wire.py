@@ -6,12 +6,15 @@ import math
 import re
 from collections.abc import Mapping
 from functools import lru_cache
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import orjson
 from aiohttp import web
 
 from ._outputs import expected_json, expected_text
+
+if TYPE_CHECKING:
+    from ._options import SimConfig
 
 __all__ = [
     "HOSTILE_MARKERS",
@@ -23,7 +26,9 @@ __all__ = [
     "ParsedRequest",
     "error_response",
     "parse_markers",
+    "refused",
     "retry_headers",
+    "wrong_key",
 ]
 
 HOSTILE_MARKERS: Final = frozenset(
@@ -174,6 +179,21 @@ def retry_headers(wait: float) -> dict[str, str]:
         "Retry-After": str(max(1, math.ceil(wait - 1e-9))),
         "retry-after-ms": str(max(1, math.ceil(wait * 1000 - 1e-6))),
     }
+
+
+def wrong_key(request: web.Request, cfg: SimConfig) -> bool:
+    """Whether the server wants a key (``api_key``) and the request does not bear it."""
+    return cfg.api_key is not None and request.headers.get("Authorization") != f"Bearer {cfg.api_key}"
+
+
+def refused(request: web.Request, cfg: SimConfig) -> web.Response | None:
+    """What every API endpoint answers before reading a request: 401 for a wrong key, else the
+    ``fail_mode`` status; ``None`` to go on."""
+    if wrong_key(request, cfg):
+        return error_response(401)
+    if cfg.fail_mode is not None:
+        return error_response(cfg.fail_mode)
+    return None
 
 
 class BadRequest(Exception):
