@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from .budget import Budget, Costing, Estimate, TokenModel, budget_exceeded, build_estimate, plan_costs
-from .pricing import resolve_price
+from .pricing import Price, resolve_price
 
 __all__ = [
     "Budget",
     "Costing",
     "Estimate",
+    "Price",
     "TokenModel",
     "budget_exceeded",
     "build_estimate",

@@ -16,6 +16,7 @@ from .functions import (
     llm_map_series,
     output_dtype,
 )
+from .modes import Mode, mode_of
 from .pipeline import EMPTY_STATE, arun, assemble, estimate_series, map_series, per_row, prepare
 from .stream import map_chunks
 
@@ -23,6 +24,7 @@ __all__ = [
     "EMPTY_STATE",
     "EmbedOptions",
     "MapOptions",
+    "Mode",
     "arun",
     "assemble",
     "embed_series",
@@ -37,6 +39,7 @@ __all__ = [
     "llm_map_series",
     "map_chunks",
     "map_series",
+    "mode_of",
     "output_dtype",
     "per_row",
     "prepare",

@@ -31,6 +31,7 @@ from .._cost import Estimate
 from .._request import request_spec
 from ..exceptions import BudgetExceededError, ConfigError
 from .embed import EmbedSpec, check_options, embed_series
+from .modes import mode_of
 from .pipeline import amap_series, estimate_series, map_series
 from .stream import stream_frame
 
@@ -245,7 +246,7 @@ def llm_map_frame(
     cfg = resolve_config(model=model, model_required=required, **options)
     _check_names(existing, cfg, result_name, status_name)
     names = _names(cfg, result_name, status_name)
-    if cfg.mode == "batch":  # batches hold a whole run's rows: the column at once, not streamed
+    if not mode_of(cfg).streams:  # batch mode: the column at once
         return _split(frame.with_columns(_map_expr(source, cfg).alias(_TMP)), names)
     # streamed, cfg.chunk_rows rows at a time: a LazyFrame over a big scan runs out of core
     return stream_frame(frame, source, cfg, names)

@@ -21,15 +21,15 @@ from dataclasses import dataclass
 import anyio
 import polars as pl
 
-from .._batch import BATCH_PRICE_FACTOR, BatchProgress, BatchStats, batch_note, execute_batch
 from .._bridge import run_async, run_sync
 from .._config import INCLUDE_DTYPES, MapConfig, no_model_error
 from .._cost import Estimate, TokenModel, build_estimate, resolve_price
-from .._engine import Work, execute
+from .._engine import Work
 from .._progress import Progress, Reporter, RunStats, reporting
 from .._request import prepare_struct, request_spec
 from .._store import Store
-from ..exceptions import BudgetExceededError, ColumnTypeError, ConfigError, PolarsLLMError
+from ..exceptions import BudgetExceededError, ColumnTypeError, PolarsLLMError
+from .modes import mode_of
 
 __all__ = [
     "EMPTY_STATE",
@@ -173,27 +173,17 @@ def assemble(
 
 
 def progress_for(prepared: Prepared, cfg: MapConfig) -> Progress:
-    enabled = cfg.progress and len(prepared) > 0
-    if cfg.mode == "batch":
-        return BatchProgress(BatchStats(total=len(prepared)), enabled=enabled)
-    return Progress(RunStats(total=len(prepared)), enabled=enabled)
+    return mode_of(cfg).progress(len(prepared), enabled=cfg.progress and len(prepared) > 0)
 
 
 async def _execute(prepared: Prepared, cfg: MapConfig, reporter: Reporter) -> pl.DataFrame:
-    """The engine (or batch mode) with the progress display refreshing beside it."""
-    if cfg.mode == "batch" and prepared.work is not None:
-        raise ConfigError(
-            "mode='batch' takes a String prompt column; struct input (per-row system, images, messages, "
-            "model) runs online only (mode='online')"
-        )
+    """The call's mode (online or batch) with the progress display refreshing beside it."""
+    mode = mode_of(cfg)
+    mode.check(prepared.work)
     async with anyio.create_task_group() as tg:
         tg.start_soon(reporter.run)
         try:
-            if cfg.mode == "batch":
-                return await execute_batch(
-                    cfg, prepared.keys, prepared.unique, stats=reporter.stats, on_start=reporter.started
-                )
-            return await execute(
+            return await mode.execute(
                 cfg,
                 prepared.keys,
                 prepared.unique,
@@ -227,8 +217,7 @@ def stopped(error: BaseException, stats: RunStats, cfg: MapConfig) -> BaseExcept
         f"stopped after {stats.finished:,} of {to_send:,} requests "
         f"({stats.done:,} done, {stats.failed:,} failed); {where}"
     )
-    if cfg.mode == "batch":
-        note = batch_note(stats, cfg)
+    note = mode_of(cfg).stopped_note(stats, cfg) or note
     if isinstance(error, KeyboardInterrupt):
         return KeyboardInterrupt(note)
     if isinstance(error, PolarsLLMError):
@@ -287,8 +276,7 @@ def estimate_series(series: pl.Series, cfg: MapConfig) -> Estimate:
     done = known.filter(pl.col("status") == "done").get_column("key")
     to_send = prepared.unique.filter(~prepared.keys.is_in(done.implode()))
     tokens = TokenModel.learn(history, max_tokens=cfg.max_tokens, max_output=price.max_output)
-    if cfg.mode == "batch":
-        price = price.scaled(BATCH_PRICE_FACTOR)
+    price = mode_of(cfg).price(price)
     return build_estimate(
         model=request_spec(cfg).model,
         rows=len(prepared.rows),

@@ -25,7 +25,7 @@ import polars as pl
 from pydantic import BaseModel
 
 from .._config import DEFAULT_CACHE_PATH, MapConfig, env_value, option_fields, resolve_config
-from .._pipeline import estimate_series, map_chunks, map_series
+from .._pipeline import estimate_series, map_chunks, map_series, mode_of
 from ..exceptions import BudgetExceededError, ConfigError
 from .files import ChunkWriter, FileFormat, read_chunks
 
@@ -400,7 +400,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     names = {"result": args.result_column, "status": args.status_column, **{n: n for n in cfg.include}}
     fmt_out = file_format(target, "output")
     source = _source(args.column, fields, schema)
-    if cfg.mode == "batch":  # every row's batch first, then (with --wait) the answers: in one pass
+    if not mode_of(cfg).streams:  # batch mode: every row's batch first, then (with --wait) the answers
         chunks = iter([_batch_answers(lf, source, cfg, names)])
     else:  # streamed: cfg.chunk_rows rows at a time from the input, through one session, to the output file
         chunks = map_chunks(read_chunks(lf, rows=cfg.chunk_rows), source, cfg, names)
