@@ -96,7 +96,7 @@ def _finished_us(info: dict[str, Any]) -> int | None:
 
 
 def has_live(store: Store) -> bool:
-    with store._locked() as con:
+    with store.locked() as con:
         return bool(con.execute("SELECT 1 FROM batches WHERE collected_at IS NULL LIMIT 1").fetchall())
 
 
@@ -105,7 +105,7 @@ def live_rows(store: Store, keys: pl.DataFrame) -> pl.DataFrame:
     frame = keys.select(pl.col("key").cast(pl.String))
     if frame.height == 0 or not has_live(store):
         return pl.DataFrame(schema=_LIVE_ROWS_SCHEMA)
-    with store._locked() as con, store._registered(con, "_pl_live", frame):
+    with store.locked() as con, store.registered(con, "_pl_live", frame):
         out = con.sql(
             "SELECT r.key, r.batch_id, b.status AS batch_status FROM requests AS r "
             "JOIN batches AS b ON r.batch_id = b.batch_id AND b.collected_at IS NULL "
@@ -117,14 +117,14 @@ def live_rows(store: Store, keys: pl.DataFrame) -> pl.DataFrame:
 def live_batches(store: Store, keys: pl.DataFrame | None = None) -> list[dict[str, Any]]:
     """The live batches (oldest first): ``batch_id``, ``status``, ``requests``, ``submitted`` (unix
     seconds); with ``keys``, only those holding one of its keys."""
-    with store._locked() as con:
+    with store.locked() as con:
         if keys is None:
             rows = con.execute(
                 "SELECT batch_id, status, requests, epoch(submitted_at) FROM batches "
                 "WHERE collected_at IS NULL ORDER BY submitted_at, batch_id"
             ).fetchall()
         else:
-            with store._registered(con, "_pl_keys", keys.select(pl.col("key").cast(pl.String))):
+            with store.registered(con, "_pl_keys", keys.select(pl.col("key").cast(pl.String))):
                 rows = con.execute(
                     "SELECT b.batch_id, b.status, b.requests, epoch(b.submitted_at) FROM batches AS b "
                     "WHERE b.collected_at IS NULL "
@@ -136,7 +136,7 @@ def live_batches(store: Store, keys: pl.DataFrame | None = None) -> list[dict[st
 
 def batch_keys(store: Store, batch_id: str) -> list[str]:
     """The keys last sent in ``batch_id`` that are not ``done``."""
-    with store._locked() as con:
+    with store.locked() as con:
         rows = con.execute(
             "SELECT key FROM requests WHERE batch_id = ? AND status <> 'done'", [batch_id]
         ).fetchall()
@@ -150,7 +150,7 @@ def record_submission(
     now = _now_us()
     frame = pl.DataFrame({"key": list(keys)}, schema={"key": pl.String})
     done, failed = _counts(info)
-    with store._transaction() as con, store._registered(con, "_pl_submitted", frame):
+    with store.transaction() as con, store.registered(con, "_pl_submitted", frame):
         con.execute(
             "INSERT INTO batches (batch_id, base_url, model, endpoint, input_file_id, output_file_id, "
             "error_file_id, status, requests, bytes, completed, failed, submitted_at, checked_at) "
@@ -184,7 +184,7 @@ def record_status(store: Store, info: dict[str, Any]) -> None:
     """The provider's latest view of a batch: status, counts, file ids."""
     done, failed = _counts(info)
     finished = _finished_us(info)
-    with store._transaction() as con:
+    with store.transaction() as con:
         con.execute(
             "UPDATE batches SET status = ?, completed = coalesce(?, completed), "
             "failed = coalesce(?, failed), output_file_id = coalesce(?, output_file_id), "
@@ -211,12 +211,12 @@ def record_collections(store: Store, collected: Sequence[Collected]) -> None:
         return
     now = _now_us()
     outcomes = [o for c in collected for o in c.outcomes]
-    with store._transaction() as con:
+    with store.transaction() as con:
         apply_outcomes(con, outcomes)
         for c in collected:
             if c.requeue:
                 frame = pl.DataFrame({"key": c.requeue}, schema={"key": pl.String})
-                with store._registered(con, "_pl_requeue", frame):
+                with store.registered(con, "_pl_requeue", frame):
                     con.execute(
                         "UPDATE requests SET status = 'pending', error = ?, error_kind = ?, "
                         "attempts = attempts + 1, updated_at = make_timestamp(?::BIGINT) "
@@ -259,7 +259,7 @@ def get_batch(store: Store, batch_id: str) -> dict[str, Any] | None:
 def batches_frame(store: Store) -> pl.DataFrame:
     """Every batch the store remembers (newest first), with ``live`` and the cost of its rows."""
     cols = ", ".join(f"b.{c}" for c in BATCH_COLUMNS if c != "cost")
-    with store._locked() as con:
+    with store.locked() as con:
         frame = con.sql(
             f"SELECT {cols}, b.collected_at IS NULL AS live, "
             "(SELECT sum(r.cost) FROM requests AS r WHERE r.batch_id = b.batch_id) AS cost "

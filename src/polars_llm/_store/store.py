@@ -355,15 +355,19 @@ class Store:
 
     # -- helpers -------------------------------------------------------------------------------------------
 
+    # The connection primitives, public for the store's other tables (batches.py): one lock, one connection.
+
     @contextmanager
-    def _locked(self) -> Iterator[duckdb.DuckDBPyConnection]:
+    def locked(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """The connection, held under the store's lock (``StoreError`` once closed)."""
         with self._lock:
             if self._con is None:
                 raise StoreError(f"the cache {self._where} is closed", path=self._path_str)
             yield self._con
 
     @contextmanager
-    def _transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:
+    def transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """The connection under the lock, in one transaction (rolled back on any error)."""
         with self._locked() as con:
             con.execute("BEGIN TRANSACTION")
             try:
@@ -374,14 +378,17 @@ class Store:
             con.execute("COMMIT")
 
     @contextmanager
-    def _registered(
+    def registered(
         self, con: duckdb.DuckDBPyConnection, name: str, frame: pl.DataFrame | pa.Table
     ) -> Iterator[None]:
+        """``frame`` visible to SQL on ``con`` as the view ``name`` while the block runs."""
         con.register(name, frame)
         try:
             yield
         finally:
             con.unregister(name)
+
+    _locked, _transaction, _registered = locked, transaction, registered  # the names this module uses
 
     @property
     def _where(self) -> str:
