@@ -1,17 +1,12 @@
-"""Batch mode: the provider's batch API as a sibling of the online engine."""
+"""Batch mode: the provider's batch API as a sibling of the online engine.
+
+Other parts import from this package only: its names are those its modules declare in ``__all__``.
+"""
 
 from __future__ import annotations
 
-from .admin import batches, cancel_batch
-from .progress import BatchProgress, BatchStats, batch_note
-from .run import BATCH_PRICE_FACTOR, execute_batch
-
-__all__ = [
-    "BATCH_PRICE_FACTOR",
-    "BatchProgress",
-    "BatchStats",
-    "batch_note",
-    "batches",
-    "cancel_batch",
-    "execute_batch",
-]
+from .admin import *
+from .client import *
+from .lines import *
+from .progress import *
+from .run import *

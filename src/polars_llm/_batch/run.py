@@ -55,7 +55,7 @@ from .client import BatchClient
 from .lines import BatchFile, batch_errors, batch_files, outcome_of, parse_lines, row_outcome
 from .progress import BatchStats, say
 
-__all__ = ["BATCH_PRICE_FACTOR", "BatchFile", "check_endpoint", "execute_batch"]
+__all__ = ["BATCH_PRICE_FACTOR", "check_endpoint", "execute_batch"]
 
 log = logging.getLogger("polars_llm")
 

@@ -1,33 +1,9 @@
-"""The seed API's pieces: its results database and its progress line."""
+"""The seed API's pieces: its results database and its progress line.
+
+Other parts import from this package only: its names are those its modules declare in ``__all__``.
+"""
 
 from __future__ import annotations
 
-from .progress import SeedReporter
-from .results_db import (
-    DB_URL_DEFAULT,
-    db_path,
-    export_file,
-    export_rows,
-    in_use,
-    is_results_store,
-    read_results,
-    remove_db_files,
-    results_path_for,
-    track_active,
-    write_results,
-)
-
-__all__ = [
-    "DB_URL_DEFAULT",
-    "SeedReporter",
-    "db_path",
-    "export_file",
-    "export_rows",
-    "in_use",
-    "is_results_store",
-    "read_results",
-    "remove_db_files",
-    "results_path_for",
-    "track_active",
-    "write_results",
-]
+from .progress import *
+from .results_db import *

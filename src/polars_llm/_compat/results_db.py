@@ -33,6 +33,7 @@ __all__ = [
     "db_path",
     "export_file",
     "export_rows",
+    "in_use",
     "is_results_store",
     "read_results",
     "remove_db_files",

@@ -1,49 +1,9 @@
-"""Run settings: the option schema (:class:`MapConfig`) and its checks."""
+"""Run settings: the option schema (:class:`MapConfig`) and its checks.
+
+Other parts import from this package only: its names are those its modules declare in ``__all__``.
+"""
 
 from __future__ import annotations
 
-from .checks import check_model
-from .options import (
-    CHAT_ONLY,
-    DEFAULT_BASE_URL,
-    DEFAULT_CACHE,
-    DEFAULT_CACHE_PATH,
-    EMBED_ONLY,
-    INCLUDE_DTYPES,
-    CacheArg,
-    MapConfig,
-    Mode,
-    Secret,
-    Transport,
-    Worker,
-    env_value,
-    no_model_error,
-    option_fields,
-    resolve_cache,
-    resolve_config,
-    with_embed_options,
-    with_options,
-)
-
-__all__ = [
-    "CHAT_ONLY",
-    "DEFAULT_BASE_URL",
-    "DEFAULT_CACHE",
-    "DEFAULT_CACHE_PATH",
-    "EMBED_ONLY",
-    "INCLUDE_DTYPES",
-    "CacheArg",
-    "MapConfig",
-    "Mode",
-    "Secret",
-    "Transport",
-    "Worker",
-    "check_model",
-    "env_value",
-    "no_model_error",
-    "option_fields",
-    "resolve_cache",
-    "resolve_config",
-    "with_embed_options",
-    "with_options",
-]
+from .checks import *
+from .options import *

@@ -1,18 +1,9 @@
-"""Money: prices, estimates and the spending budget."""
+"""Money: prices, estimates and the spending budget.
+
+Other parts import from this package only: its names are those its modules declare in ``__all__``.
+"""
 
 from __future__ import annotations
 
-from .budget import Budget, Costing, Estimate, TokenModel, budget_exceeded, build_estimate, plan_costs
-from .pricing import Price, resolve_price
-
-__all__ = [
-    "Budget",
-    "Costing",
-    "Estimate",
-    "Price",
-    "TokenModel",
-    "budget_exceeded",
-    "build_estimate",
-    "plan_costs",
-    "resolve_price",
-]
+from .budget import *
+from .pricing import *

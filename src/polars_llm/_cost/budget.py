@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     from .._store import Store
     from .._transport import Completion
 
-__all__ = ["Budget", "Costing", "Estimate", "TokenModel", "build_estimate", "plan_costs"]
+__all__ = ["Budget", "Costing", "Estimate", "TokenModel", "budget_exceeded", "build_estimate", "plan_costs"]
 
 DEFAULT_CHARS_PER_TOKEN: Final = 4.0
 FRAMING_TOKENS: Final = 8

@@ -1,22 +1,10 @@
-"""The online mode: run loop, writer, session; ``pace/`` holds rate control."""
+"""The online mode: run loop, writer, session; ``pace/`` holds rate control.
+
+Other parts import from this package only: its names are those its modules declare in ``__all__``.
+"""
 
 from __future__ import annotations
 
-from .pace import Pacer, Ticket, TokenBucket
-from .run import FAIL, STOP, Run, Sink, Work, write_batches
-from .session import QueryAborted, Session, execute
-
-__all__ = [
-    "FAIL",
-    "STOP",
-    "Pacer",
-    "QueryAborted",
-    "Run",
-    "Session",
-    "Sink",
-    "Ticket",
-    "TokenBucket",
-    "Work",
-    "execute",
-    "write_batches",
-]
+from .pace import *
+from .run import *
+from .session import *

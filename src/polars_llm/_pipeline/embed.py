@@ -48,7 +48,8 @@ from .._request import KeyMaker, request_fingerprint
 from .._store import Outcome, Store, iter_jobs
 from .._transport import OpenAITransport, error_for_status, make_transport
 from ..exceptions import ColumnTypeError, ConfigError
-from .pipeline import Prepared, assemble, run
+from .pipeline import assemble, run
+from .prepared import Prepared
 
 __all__ = [
     "DEFAULT_BATCH_SIZE",
@@ -56,7 +57,6 @@ __all__ = [
     "check_options",
     "decode",
     "embed_series",
-    "prepare",
     "run_pool",
     "share",
 ]

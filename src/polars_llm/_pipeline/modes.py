@@ -15,16 +15,16 @@ False
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
 import polars as pl
 
 from .._batch import BATCH_PRICE_FACTOR, BatchProgress, BatchStats, batch_note, execute_batch
 from .._config import MapConfig
-from .._engine import Work, execute
-from .._progress import Progress, RunStats
+from .._engine import execute
+from .._progress import Progress, Reporter, RunStats
 from ..exceptions import ConfigError
+from .prepared import Prepared
 
 if TYPE_CHECKING:
     from .._cost import Price
@@ -38,8 +38,8 @@ class Mode(Protocol):
     streams: bool
     """Whether a LazyFrame may be answered chunk by chunk as it is read (else the column at once)."""
 
-    def check(self, work: Work | None) -> None:
-        """Raise :class:`~polars_llm.ConfigError` if this mode cannot send ``work`` (before any request)."""
+    def check(self, prepared: Prepared) -> None:
+        """Raise :class:`~polars_llm.ConfigError` if this mode cannot send ``prepared`` (before a request)."""
         ...
 
     def progress(self, total: int, *, enabled: bool) -> Progress:
@@ -54,24 +54,16 @@ class Mode(Protocol):
         """What a stopped run says it leaves behind (``None``: the online wording)."""
         ...
 
-    async def execute(
-        self,
-        cfg: MapConfig,
-        keys: pl.Series,
-        prompts: pl.Series,
-        *,
-        stats: RunStats,
-        on_start: Callable[[RunStats], None],
-        work: Work | None,
-    ) -> pl.DataFrame:
-        """Make sure every key is answered (or say why not); the state frame of every key."""
+    async def execute(self, cfg: MapConfig, prepared: Prepared, reporter: Reporter) -> pl.DataFrame:
+        """Make sure every key is answered (or say why not), counting on ``reporter.stats``; the state
+        frame of every key."""
         ...
 
 
 class _Online:
     streams = True
 
-    def check(self, work: Work | None) -> None:
+    def check(self, prepared: Prepared) -> None:
         return None
 
     def progress(self, total: int, *, enabled: bool) -> Progress:
@@ -83,24 +75,16 @@ class _Online:
     def stopped_note(self, stats: RunStats, cfg: MapConfig) -> str | None:
         return None
 
-    async def execute(
-        self,
-        cfg: MapConfig,
-        keys: pl.Series,
-        prompts: pl.Series,
-        *,
-        stats: RunStats,
-        on_start: Callable[[RunStats], None],
-        work: Work | None,
-    ) -> pl.DataFrame:
-        return await execute(cfg, keys, prompts, stats=stats, on_start=on_start, work=work)
+    async def execute(self, cfg: MapConfig, prepared: Prepared, reporter: Reporter) -> pl.DataFrame:
+        keys, prompts, work = prepared.keys, prepared.unique, prepared.work
+        return await execute(cfg, keys, prompts, stats=reporter.stats, on_start=reporter.started, work=work)
 
 
 class _Batch:
     streams = False  # batches hold a whole run's rows: the column at once, not streamed
 
-    def check(self, work: Work | None) -> None:
-        if work is not None:
+    def check(self, prepared: Prepared) -> None:
+        if prepared.work is not None:
             raise ConfigError(
                 "mode='batch' takes a String prompt column; struct input (per-row system, images, messages, "
                 "model) runs online only (mode='online')"
@@ -115,18 +99,10 @@ class _Batch:
     def stopped_note(self, stats: RunStats, cfg: MapConfig) -> str | None:
         return batch_note(stats, cfg)
 
-    async def execute(
-        self,
-        cfg: MapConfig,
-        keys: pl.Series,
-        prompts: pl.Series,
-        *,
-        stats: RunStats,
-        on_start: Callable[[RunStats], None],
-        work: Work | None,
-    ) -> pl.DataFrame:
-        self.check(work)
-        return await execute_batch(cfg, keys, prompts, stats=stats, on_start=on_start)
+    async def execute(self, cfg: MapConfig, prepared: Prepared, reporter: Reporter) -> pl.DataFrame:
+        self.check(prepared)
+        keys, prompts = prepared.keys, prepared.unique
+        return await execute_batch(cfg, keys, prompts, stats=reporter.stats, on_start=reporter.started)
 
 
 _MODES: dict[str, Mode] = {"online": _Online(), "batch": _Batch()}

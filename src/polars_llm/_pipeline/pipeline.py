@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import anyio
 import polars as pl
@@ -30,10 +29,10 @@ from .._request import prepare_struct, request_spec
 from .._store import Store
 from ..exceptions import BudgetExceededError, ColumnTypeError, PolarsLLMError
 from .modes import mode_of
+from .prepared import Prepared
 
 __all__ = [
     "EMPTY_STATE",
-    "Prepared",
     "amap_series",
     "arun",
     "assemble",
@@ -49,24 +48,6 @@ EMPTY_STATE = pl.DataFrame(
     schema={"key": pl.String, "status": pl.String, "result": pl.String, "batch_status": pl.String}
 )
 _DETAILS = frozenset(INCLUDE_DTYPES) | {"batch_status"}
-
-
-@dataclass(frozen=True, slots=True)
-class Prepared:
-    """One call's input: the prompt of every row, and the unique prompts to answer with their keys.
-
-    A struct input (:mod:`polars_llm._request.inputs`) also has each row's key (``row_keys``) and, per unique
-    request, its payload and per-row store columns (``work``).
-    """
-
-    rows: pl.Series  # String, one per input row, nulls kept, named like the input column
-    unique: pl.Series  # "prompt": unique non-null prompts in first-seen order
-    keys: pl.Series  # "key": their content keys
-    row_keys: pl.Series | None = None  # struct input: each row's key (null for a null prompt)
-    work: Work | None = None  # struct input: per-request payloads and store columns
-
-    def __len__(self) -> int:
-        return len(self.keys)
 
 
 def _prompts(series: pl.Series) -> pl.Series:
@@ -179,18 +160,11 @@ def progress_for(prepared: Prepared, cfg: MapConfig) -> Progress:
 async def _execute(prepared: Prepared, cfg: MapConfig, reporter: Reporter) -> pl.DataFrame:
     """The call's mode (online or batch) with the progress display refreshing beside it."""
     mode = mode_of(cfg)
-    mode.check(prepared.work)
+    mode.check(prepared)
     async with anyio.create_task_group() as tg:
         tg.start_soon(reporter.run)
         try:
-            return await mode.execute(
-                cfg,
-                prepared.keys,
-                prepared.unique,
-                stats=reporter.stats,
-                on_start=reporter.started,
-                work=prepared.work,
-            )
+            return await mode.execute(cfg, prepared, reporter)
         finally:
             tg.cancel_scope.cancel()
 

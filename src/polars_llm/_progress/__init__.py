@@ -1,8 +1,9 @@
-"""Progress: the bar and the run's counters."""
+"""Progress: the bar and the run's counters.
+
+Other parts import from this package only: its names are those its modules declare in ``__all__``.
+"""
 
 from __future__ import annotations
 
-from .bar import Progress, RateMeter, Reporter, format_postfix, in_notebook, reporting
-from .stats import RunStats
-
-__all__ = ["Progress", "RateMeter", "Reporter", "RunStats", "format_postfix", "in_notebook", "reporting"]
+from .bar import *
+from .stats import *

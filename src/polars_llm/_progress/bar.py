@@ -19,7 +19,7 @@ import anyio
 
 from .._progress.stats import RunStats
 
-__all__ = ["Progress", "RateMeter", "Reporter", "in_notebook", "reporting"]
+__all__ = ["Progress", "RateMeter", "Reporter", "format_postfix", "in_notebook", "reporting"]
 
 _TICK = 0.25
 _WINDOW = 60.0

@@ -1,10 +1,12 @@
-"""What is sent: the request spec, inputs, keys, structured output, templates."""
+"""What is sent: the request spec, inputs, keys, structured output, templates.
+
+Other parts import from this package only: its names are those its modules declare in ``__all__``.
+"""
 
 from __future__ import annotations
 
-from .inputs import prepare_struct
-from .keys import KeyMaker, request_fingerprint
-from .spec import request_spec
-from .template import template
-
-__all__ = ["KeyMaker", "prepare_struct", "request_fingerprint", "request_spec", "template"]
+from .inputs import *
+from .keys import *
+from .spec import *
+from .structured import *
+from .template import *

@@ -1,36 +1,12 @@
-"""The DuckDB job store: jobs, files and locking, migrations, the batches table."""
+"""The DuckDB job store: jobs, files and locking, migrations, the batches table.
+
+Other parts import from this package only: its names are those its modules declare in ``__all__``.
+"""
 
 from __future__ import annotations
 
-from .batches import (
-    Collected,
-    batch_keys,
-    batches_frame,
-    get_batch,
-    live_batches,
-    live_rows,
-    record_collections,
-    record_status,
-    record_submission,
-)
-from .jobs import iter_jobs, jobs_frame
-from .locking import connect
-from .store import DETAIL_SCHEMA, Outcome, Store
-
-__all__ = [
-    "DETAIL_SCHEMA",
-    "Collected",
-    "Outcome",
-    "Store",
-    "batch_keys",
-    "batches_frame",
-    "connect",
-    "get_batch",
-    "iter_jobs",
-    "jobs_frame",
-    "live_batches",
-    "live_rows",
-    "record_collections",
-    "record_status",
-    "record_submission",
-]
+from .batches import *
+from .jobs import *
+from .locking import *
+from .migrations import *
+from .store import *

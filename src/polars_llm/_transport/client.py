@@ -32,6 +32,7 @@ from .limit_headers import Limits, parse_limits, parse_number, parse_retry_after
 __all__ = [
     "MAX_RESPONSE_BYTES",
     "Completion",
+    "OpenAITransport",
     "Transport",
     "error_for_status",
     "make_transport",

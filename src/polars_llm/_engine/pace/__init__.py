@@ -1,8 +1,10 @@
-"""Rate control: the pacer, its learner, the user's token buckets, retry delays."""
+"""Rate control: the pacer, its learner, the user's token buckets, retry delays.
+
+Other parts import from this package only: its names are those its modules declare in ``__all__``.
+"""
 
 from __future__ import annotations
 
-from .buckets import TokenBucket
-from .pacer import Pacer, Ticket
-
-__all__ = ["Pacer", "Ticket", "TokenBucket"]
+from .buckets import *
+from .learner import *
+from .pacer import *
