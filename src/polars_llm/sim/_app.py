@@ -63,17 +63,17 @@ class SimApp:
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=64 * 1024 * 1024)  # batch uploads are streamed, not capped
-        app.router.add_post("/v1/chat/completions", self.chat)
-        app.router.add_post("/chat/completions", self.chat)
-        app.router.add_post("/v1/embeddings", self.embeddings)
-        app.router.add_post("/embeddings", self.embeddings)
-        app.router.add_get("/requests", self.requests_endpoint)
-        app.router.add_get("/v1/requests", self.requests_endpoint)
+        served = [
+            ("POST", "/chat/completions", self.chat),
+            ("POST", "/embeddings", self.embeddings),
+            ("GET", "/requests", self.requests_endpoint),
+            ("GET", "/stats", self.stats_endpoint),
+            ("POST", "/reset", self.reset_endpoint),
+        ]
+        for method, path, handler in served:  # each under /v1 and at the root
+            app.router.add_route(method, f"/v1{path}", handler)
+            app.router.add_route(method, path, handler)
         app.router.add_get("/v1/models", self.models)
-        app.router.add_get("/stats", self.stats_endpoint)
-        app.router.add_get("/v1/stats", self.stats_endpoint)
-        app.router.add_post("/reset", self.reset_endpoint)
-        app.router.add_post("/v1/reset", self.reset_endpoint)
         app.router.add_get("/config", self.config_endpoint)
         app.router.add_post("/configure", self.configure_endpoint)
         self.batches.add_routes(app)

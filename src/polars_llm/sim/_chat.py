@@ -21,15 +21,7 @@ from ._hostile import HOSTILE, hostile_response
 from ._options import SimConfig
 from ._outputs import count_tokens
 from ._state import SimState
-from ._wire import (
-    JSON_HEADERS,
-    BadRequest,
-    ParsedRequest,
-    error_response,
-    parse_markers,
-    refused,
-    retry_headers,
-)
+from ._wire import JSON_HEADERS, ParsedRequest, fault_error, parse_markers, receive
 
 __all__ = ["completion", "handle_chat"]
 
@@ -42,17 +34,9 @@ _LINGER_RST: Final = struct.pack("ii", 1, 0)
 async def handle_chat(
     state: SimState, request: web.Request, cfg: SimConfig
 ) -> tuple[web.StreamResponse, int]:
-    no = refused(request, cfg)
-    if no is not None:
-        return no, no.status
-    try:
-        body = orjson.loads(await request.read())
-        state.record(request.path, body)
-        parsed = ParsedRequest(body)
-    except orjson.JSONDecodeError:
-        return error_response(400, "request body is not valid JSON"), 400
-    except BadRequest as exc:
-        return error_response(400, str(exc)), 400
+    parsed = await receive(request, cfg, ParsedRequest, state.record)
+    if isinstance(parsed, web.Response):
+        return parsed, parsed.status
     prompt = parsed.prompt
     markers = parse_markers(prompt) if "[[" in prompt else ()
     rejected, limit_headers = state.admit(cfg, (prompt,), parsed.prompt_tokens)
@@ -76,12 +60,7 @@ async def handle_chat(
     if fault == "stall":
         return _answer(state, parsed, cfg, fault), 200
     if fault == "status" or fault == "error":
-        headers = {"X-Sim-Fault": name}
-        if code == 429:
-            headers.update(retry_headers(1.0))
-        elif code == 503 and cfg.error_retry_after is not None:
-            headers.update(retry_headers(cfg.error_retry_after))
-        return error_response(code, headers=headers), code
+        return fault_error(code, name, cfg), code
     if fault == "reset":
         _abort(request)
         return web.Response(status=204), 0

@@ -23,15 +23,7 @@ import orjson
 from aiohttp import web
 
 from ._outputs import expected_embedding
-from ._wire import (
-    JSON_HEADERS,
-    BadRequest,
-    ParsedEmbeddings,
-    error_response,
-    parse_markers,
-    refused,
-    retry_headers,
-)
+from ._wire import JSON_HEADERS, ParsedEmbeddings, fault_error, parse_markers, receive
 
 if TYPE_CHECKING:
     from ._options import SimConfig
@@ -55,17 +47,11 @@ def _vector(model: str, text: str, dimensions: int, encoding: str) -> Any:
 async def handle_embeddings(
     state: SimState, request: web.Request, cfg: SimConfig
 ) -> tuple[web.StreamResponse, int]:
-    no = refused(request, cfg)
-    if no is not None:
-        return no, no.status
-    try:
-        body = orjson.loads(await request.read())
-        state.record(request.path, body)
-        parsed = ParsedEmbeddings(body, cfg.embedding_dimensions)
-    except orjson.JSONDecodeError:
-        return error_response(400, "request body is not valid JSON"), 400
-    except BadRequest as exc:
-        return error_response(400, str(exc)), 400
+    parsed = await receive(
+        request, cfg, lambda body: ParsedEmbeddings(body, cfg.embedding_dimensions), state.record
+    )
+    if isinstance(parsed, web.Response):
+        return parsed, parsed.status
     rejected, _ = state.admit(cfg, parsed.inputs, parsed.prompt_tokens, embeddings=True)
     if rejected is not None:
         return rejected, rejected.status
@@ -83,11 +69,7 @@ async def handle_embeddings(
         state.count_fault(name)
         headers = {**JSON_HEADERS, "X-Sim-Fault": name}
         if fault in ("status", "error"):
-            if code == 429:
-                headers.update(retry_headers(1.0))
-            elif code == 503 and cfg.error_retry_after is not None:
-                headers.update(retry_headers(cfg.error_retry_after))
-            return error_response(code, headers=headers), code
+            return fault_error(code, name, cfg), code
         if fault == "reset":
             transport = request.transport
             if transport is not None:

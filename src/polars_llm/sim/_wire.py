@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from functools import lru_cache
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import orjson
 from aiohttp import web
@@ -25,7 +25,9 @@ __all__ = [
     "ParsedEmbeddings",
     "ParsedRequest",
     "error_response",
+    "fault_error",
     "parse_markers",
+    "receive",
     "refused",
     "retry_headers",
     "wrong_key",
@@ -194,6 +196,37 @@ def refused(request: web.Request, cfg: SimConfig) -> web.Response | None:
     if cfg.fail_mode is not None:
         return error_response(cfg.fail_mode)
     return None
+
+
+def fault_error(code: int, name: str, cfg: SimConfig) -> web.Response:
+    """A simulated error answer (fault ``name``): a 429 asks for 1 s, a 503 for ``error_retry_after``."""
+    headers = {"X-Sim-Fault": name}
+    if code == 429:
+        headers.update(retry_headers(1.0))
+    elif code == 503 and cfg.error_retry_after is not None:
+        headers.update(retry_headers(cfg.error_retry_after))
+    return error_response(code, headers=headers)
+
+
+T = TypeVar("T")
+
+
+async def receive(
+    request: web.Request, cfg: SimConfig, parse: Callable[[Any], T], record: Callable[[str, Any], None]
+) -> T | web.Response:
+    """A request's parsed body (``parse`` of its JSON, ``record``-ed first), or the error answer to send:
+    :func:`refused`'s, or a 400 for a body that is not JSON or not a valid request."""
+    no = refused(request, cfg)
+    if no is not None:
+        return no
+    try:
+        body = orjson.loads(await request.read())
+        record(request.path, body)
+        return parse(body)
+    except orjson.JSONDecodeError:
+        return error_response(400, "request body is not valid JSON")
+    except BadRequest as exc:
+        return error_response(400, str(exc))
 
 
 class BadRequest(Exception):
