@@ -18,7 +18,7 @@ import anyio
 import orjson
 
 from .. import exceptions as exc
-from .._transport import error_for_status, next_delay
+from .._transport import aiohttp_failures, error_for_status, next_delay
 
 if TYPE_CHECKING:
     import aiohttp
@@ -71,22 +71,14 @@ class BatchClient:
         assert self._session is not None, "use `async with BatchClient(...)`"
         aiohttp = self._aiohttp
         url = self.base_url + path
-        try:
+        with aiohttp_failures(
+            aiohttp, base_url=self.base_url, timeout=self._timeout, what=f"{method} {url}: "
+        ):
             async with self._session.request(method, url, **kwargs) as resp:
                 raw = await resp.read()
-                if resp.status >= 400:
-                    raise error_for_status(resp.status, dict(resp.headers), raw.decode("utf-8", "replace"))
-                return resp.status, raw
-        except TimeoutError:
-            raise exc.APITimeoutError(f"{method} {url}: no response within {self._timeout:g} s") from None
-        except aiohttp.ClientConnectorError as e:
-            raise exc.APIConnectionError(
-                f"cannot connect to {self.base_url}: {e.os_error}", refused=True
-            ) from None
-        except aiohttp.ClientPayloadError as e:
-            raise exc.MalformedResponseError(f"{method} {url}: truncated response body: {e}") from None
-        except (aiohttp.ClientError, OSError) as e:
-            raise exc.APIConnectionError(f"{method} {url}: {type(e).__name__}: {e}") from None
+        if resp.status >= 400:
+            raise error_for_status(resp.status, dict(resp.headers), raw.decode("utf-8", "replace"))
+        return resp.status, raw
 
     async def _call(
         self, method: str, path: str, *, form: Callable[[], Any] | None = None, **kwargs: Any

@@ -7,5 +7,6 @@ from __future__ import annotations
 
 from .answer import *
 from .client import *
+from .failures import *
 from .limit_headers import *
 from .retry import *

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 from .. import exceptions as exc
 from .._config import MapConfig, Worker
 from .._request import request_spec
+from .failures import aiohttp_failures
 from .limit_headers import Limits, parse_limits, parse_number, parse_retry_after
 
 __all__ = [
@@ -352,21 +353,11 @@ class AiohttpTransport:
         limit is not read."""
         session = self._get_session()
         aiohttp = self._aiohttp
-        try:
+        with aiohttp_failures(aiohttp, base_url=self._cfg.url, timeout=self._cfg.timeout):
             async with session.post(url, data=body, headers=self._headers, allow_redirects=False) as resp:
                 status = resp.status
                 headers = resp.headers
                 raw = await self._read(resp) if limited and status == 200 else await resp.read()
-        except TimeoutError:
-            raise exc.APITimeoutError(f"no complete response within {self._cfg.timeout:g} s") from None
-        except aiohttp.ClientConnectorError as e:
-            raise exc.APIConnectionError(
-                f"cannot connect to {self._cfg.url}: {e.os_error}", refused=True
-            ) from None
-        except aiohttp.ClientPayloadError as e:
-            raise exc.MalformedResponseError(f"truncated response body: {e}") from None
-        except (aiohttp.ClientError, OSError, ValueError) as e:
-            raise exc.APIConnectionError(f"connection error: {type(e).__name__}: {e}") from None
         if status != 200:
             raise error_for_status(status, dict(headers), raw[:MAX_RESPONSE_BYTES].decode("utf-8", "replace"))
         return headers, raw
