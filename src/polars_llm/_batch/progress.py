@@ -63,27 +63,8 @@ class BatchProgress(Progress):
         s = self.stats
         return min(s.total, s.cached + s.finished + s.batch_completed + s.batch_failed)
 
-    def update(self) -> None:
-        bar = self._bar
-        if bar is None:
-            return
-        bar.n = self._position()
-        bar.set_postfix_str(format_batch_postfix(self.stats), refresh=False)
-        bar.refresh()
-
-    def close(self, *, error: bool = False) -> None:
-        bar = self._bar
-        if bar is None:
-            return
-        self._bar = None
-        try:
-            bar.n = self._position()
-            bar.set_postfix_str(format_batch_postfix(self.stats), refresh=False)
-            if error and hasattr(bar, "colour"):
-                bar.colour = "red"
-            bar.refresh()
-        finally:
-            bar.close()
+    def _postfix(self) -> str:
+        return format_batch_postfix(self.stats)
 
 
 def batch_note(stats: RunStats, cfg: Any) -> str:

@@ -197,12 +197,19 @@ class Progress:
     def _rpm(self) -> float:
         return self._meter.rate(self.stats.requests)
 
+    def _position(self) -> int:
+        """Where the bar stands: requests answered, from the cache or sent."""
+        return self.stats.cached + self.stats.finished
+
+    def _postfix(self) -> str:
+        return format_postfix(self.stats, self._rpm())
+
     def update(self) -> None:
         bar = self._bar
         if bar is None:
             return
-        bar.n = self.stats.cached + self.stats.finished
-        bar.set_postfix_str(format_postfix(self.stats, self._rpm()), refresh=False)
+        bar.n = self._position()
+        bar.set_postfix_str(self._postfix(), refresh=False)
         bar.refresh()
 
     async def run(self) -> None:
@@ -219,8 +226,8 @@ class Progress:
             return
         self._bar = None
         try:
-            bar.n = self.stats.cached + self.stats.finished
-            bar.set_postfix_str(format_postfix(self.stats, self._rpm()), refresh=False)
+            bar.n = self._position()
+            bar.set_postfix_str(self._postfix(), refresh=False)
             if error and hasattr(bar, "colour"):
                 bar.colour = "red"
             bar.refresh()

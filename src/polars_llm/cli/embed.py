@@ -16,7 +16,15 @@ import polars as pl
 
 from .._config import CHAT_ONLY, DEFAULT_CACHE_PATH, option_fields
 from .._pipeline import embed_series
-from .run import add_option_flags, api_key_from_env, config_from, file_format, open_input, write_output
+from .run import (
+    add_key_and_column_flags,
+    add_option_flags,
+    api_key_from_env,
+    config_from,
+    file_format,
+    open_input,
+    write_output,
+)
 
 __all__ = ["add_embed_arguments", "cmd_embed"]
 
@@ -30,14 +38,7 @@ def add_embed_arguments(p: argparse.ArgumentParser) -> None:
         "--cache", default=str(DEFAULT_CACHE_PATH), help=f"cache file (default {DEFAULT_CACHE_PATH})"
     )
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar (progress=False)")
-    p.add_argument(
-        "--api-key-env",
-        default="OPENROUTER_API_KEY",
-        metavar="NAME",
-        help="environment variable (or ./.env entry) holding the API key (default: OPENROUTER_API_KEY)",
-    )
-    p.add_argument("--result-column", default="embedding", help="name of the added vector column")
-    p.add_argument("--status-column", default="status", help="name of the added status column")
+    add_key_and_column_flags(p, result="embedding", what="vector")
 
 
 def _options(args: argparse.Namespace) -> dict[str, Any]:

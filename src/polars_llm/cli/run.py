@@ -34,6 +34,7 @@ __all__ = [
     "EXIT_USAGE",
     "NOT_ON_CLI",
     "CLIError",
+    "add_key_and_column_flags",
     "add_option_flags",
     "add_run_arguments",
     "cmd_estimate",
@@ -122,6 +123,18 @@ def add_option_flags(p: argparse.ArgumentParser, skip: frozenset[str] = frozense
             p.add_argument(flag, dest=f.name, type=_parser_for(f), default=f.default, help=help_text)
 
 
+def add_key_and_column_flags(p: argparse.ArgumentParser, *, result: str, what: str) -> None:
+    """``--api-key-env`` and the names of the added columns (``--result-column`` defaults to ``result``)."""
+    p.add_argument(
+        "--api-key-env",
+        default="OPENROUTER_API_KEY",
+        metavar="NAME",
+        help="environment variable (or ./.env entry) holding the API key (default: OPENROUTER_API_KEY)",
+    )
+    p.add_argument("--result-column", default=result, help=f"name of the added {what} column")
+    p.add_argument("--status-column", default="status", help="name of the added status column")
+
+
 def add_run_arguments(p: argparse.ArgumentParser, *, output: bool = True) -> None:
     p.add_argument("input", metavar="INPUT", help="prompts file: .csv, .parquet, .jsonl or .ndjson")
     p.add_argument("--column", required=True, help="name of the prompt column")
@@ -145,14 +158,7 @@ def add_run_arguments(p: argparse.ArgumentParser, *, output: bool = True) -> Non
         metavar=("IN", "OUT"),
         help="USD per million input and output tokens (default: the provider's model list)",
     )
-    p.add_argument(
-        "--api-key-env",
-        default="OPENROUTER_API_KEY",
-        metavar="NAME",
-        help="environment variable (or ./.env entry) holding the API key (default: OPENROUTER_API_KEY)",
-    )
-    p.add_argument("--result-column", default="result", help="name of the added result column")
-    p.add_argument("--status-column", default="status", help="name of the added status column")
+    add_key_and_column_flags(p, result="result", what="result")
     struct = p.add_argument_group(
         "per-row fields (struct input; a null cell means the option applies)",
     )
