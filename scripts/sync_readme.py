@@ -18,7 +18,7 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 
 
 def sections() -> dict[str, str]:
-    from polars_llm._config.options import options_listing
+    from polars_llm._config import options_listing
     from polars_llm._store.store import TABLES_DOC
 
     return {"options": f"```python\n{options_listing()}\n```", "store": TABLES_DOC.rstrip("\n")}

@@ -7,3 +7,4 @@ from __future__ import annotations
 
 from .checks import *
 from .options import *
+from .signatures import *

@@ -2,15 +2,14 @@
 
 Each option is a field of :class:`MapConfig` declared with :func:`option`: its name, type, default, check
 and a one-line description. Everything else is derived from these fields: the keyword signatures of the
-entry points (:func:`with_options`), the ``polars-llm run`` flags (:mod:`polars_llm._cli_options`) and the
-README's option listing (:func:`options_listing`). Adding an option is one field here (plus its
+entry points and the README's option listing (:mod:`.signatures`), the ``polars-llm run`` flags
+(:func:`polars_llm.cli.run.add_option_flags`). Adding an option is one field here (plus its
 ``MapOptions`` line for type checkers, which a test keeps in step).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import math
 import os
 from collections.abc import Awaitable, Callable, Iterator, Mapping
@@ -41,11 +40,8 @@ __all__ = [
     "env_value",
     "no_model_error",
     "option_fields",
-    "options_listing",
     "resolve_cache",
     "resolve_config",
-    "with_embed_options",
-    "with_options",
 ]
 
 DEFAULT_BASE_URL: Final = "https://openrouter.ai/api/v1"
@@ -486,52 +482,3 @@ def resolve_config(
     if model_required and cfg.model is None and cfg.worker is None:
         raise no_model_error()
     return cfg
-
-
-# --- signatures and docs derived from the fields --------------------------------------------------------
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def with_options(fn: F) -> F:
-    """Give ``fn(..., **options)`` a signature listing every option as keyword-only, with its default.
-
-    ``help()``, Jupyter's Shift-Tab and ``inspect.signature`` then show the options of :class:`MapConfig`;
-    type checkers read the ``Unpack[MapOptions]`` annotation of ``**options``.
-    """
-    return _signed(fn, frozenset())
-
-
-def with_embed_options(fn: F) -> F:
-    """:func:`with_options` for ``llm.embed``'s entry points: every option but the chat-only ones."""
-    return _signed(fn, CHAT_ONLY)
-
-
-def _signed(fn: F, skip: frozenset[str]) -> F:
-    sig = inspect.signature(fn)
-    params = [p for p in sig.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
-    taken = {p.name for p in params} | skip
-    extra = [
-        inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=f.default, annotation=f.type)
-        for f in option_fields()
-        if f.name not in taken
-    ]
-    positional = [p for p in params if p.kind is not inspect.Parameter.KEYWORD_ONLY]
-    keyword = [p for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY]
-    fn.__signature__ = sig.replace(parameters=[*positional, *keyword, *extra])  # type: ignore[attr-defined]
-    return fn
-
-
-def _shown(value: Any) -> str:
-    return "DEFAULT_CACHE" if isinstance(value, _DefaultCache) else repr(value)
-
-
-def options_listing() -> str:
-    """The README's option listing: every option with its default and description."""
-    lines = ['pl.col("prompt").llm.map(']
-    for f in option_fields():
-        lines.append(f"    {f.name}={_shown(f.default)},".ljust(30) + f"  # {f.metadata['doc']}")
-        if f.name == "model":
-            lines.append("    *,")
-    lines.append(")")
-    return "\n".join(lines)
