@@ -363,7 +363,7 @@ class MapConfig:
                 "pass cache=<path> (or leave the default) instead of cache=None"
             )
         # a missing model is checked where the input is known (`model_required`): struct rows may name
-        # their own (see _inputs)
+        # their own (see _request/inputs.py)
         if self.worker is None and (self.api_key is None or not self.key):
             raise ConfigError(
                 "no API key: pass api_key=..., or set OPENROUTER_API_KEY in the environment or .env"

@@ -107,7 +107,7 @@ ALTER TABLE requests ADD COLUMN IF NOT EXISTS embedding FLOAT[];
 
 # Look-ups by ``k64`` (the key's first 64 bits as an integer): a semi-join on it reads an eighth of what
 # one on the 32-character key reads, which decides a streamed rerun's time once the file holds millions
-# of rows. The expression is :data:`K64_SQL` (kept equal to the Polars one in ``_store``).
+# of rows. The expression is :data:`K64_SQL` (kept equal to the Polars one in ``store.py``).
 K64_SQL: Final = (
     "CASE WHEN regexp_full_match(substr({key}, 1, 16), '[0-9a-f]{{16}}') "
     "THEN ('0x' || substr({key}, 1, 16))::UBIGINT ELSE 0 END"
