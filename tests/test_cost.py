@@ -148,6 +148,41 @@ def test_budget_stops_before_going_over_keeps_the_frame_and_resumes(
     assert server.stats()["requests"] <= 600 - n_done
 
 
+@pytest.mark.parametrize("form", ["expression", "lazy expression", "streamed lazy frame"])
+def test_a_budget_stop_carries_the_output_as_it_stands_in_every_form(
+    server: sim.SimServer, cache_path: Path, form: str
+) -> None:
+    """``stop.frame`` was ``None`` when the map ran as an expression (Polars raises a new exception of
+    the same type, without its attributes) or streamed. Varied prompt lengths: varied reservations."""
+    server.configure(report_cost=False)
+    df = pl.DataFrame({"q": [f"review {i}: " + "late " * (i % 37) for i in range(300)]})
+    options = opts(server, cache_path, price=(1000, 1000), max_tokens=64, concurrency=8, max_cost=0.5)
+    with pytest.raises(BudgetExceededError) as info:
+        if form == "expression":
+            df.with_columns(pl.col("q").llm.map(model=MODEL, **options).alias("llm"))
+        elif form == "lazy expression":
+            df.lazy().with_columns(pl.col("q").llm.map(model=MODEL, **options).alias("llm")).collect()
+        else:
+            df.lazy().llm.map("q", MODEL, **options).collect()
+    stop = info.value
+    assert stop.budget == 0.5 and 0 < stop.spent <= 0.5 and stop.rows_left > 0
+    sent = server.stats()["requests"]
+    out = stop.frame.collect() if isinstance(stop.frame, pl.LazyFrame) else stop.frame
+    assert server.stats()["requests"] == sent  # the output as it stands comes from the cache alone
+    assert out.height == 300 and out["q"].to_list() == df["q"].to_list()
+    done = out.filter(pl.col("status") == "done")
+    assert done.height == sent and set(out["status"]) == {"done", "pending"}
+    assert done["result"].to_list() == [sim.expected_text(MODEL, q) for q in done["q"]]
+
+
+def test_small_budgets_print_with_their_digits(server: sim.SimServer, cache_path: Path) -> None:
+    server.configure(report_cost=False)
+    options = opts(server, cache_path, price=(1, 1), max_tokens=16, max_cost=0.0002)
+    with pytest.raises(BudgetExceededError) as info:
+        frame(200).llm.map("q", MODEL, **options)
+    assert "of the $0.000200 budget" in str(info.value)  # was "$0.0000 spent of the $0.0000 budget"
+
+
 def test_budget_with_costs_the_provider_does_not_report(server: sim.SimServer, cache_path: Path) -> None:
     server.configure(report_cost=False)
     price = (PRICE_IN * 1e6, PRICE_OUT * 1e6)

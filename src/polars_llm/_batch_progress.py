@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ._engine import RunStats
+from ._pricing import usd
 from ._progress import Progress
 
 __all__ = ["BatchProgress", "BatchStats", "batch_note", "format_batch_postfix", "say"]
@@ -47,7 +48,7 @@ def format_batch_postfix(stats: BatchStats) -> str:
         )
     text += f"collected: done={stats.done:,} failed={stats.failed:,}"
     if stats.cost:
-        text += f" | ${stats.cost:.4f}"
+        text += f" | {usd(stats.cost)}"
     return text
 
 

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Final
 import anyio
 import polars as pl
 
-from ._pricing import Price, PriceSource, resolve_price
+from ._pricing import Price, PriceSource, resolve_price, usd
 from .exceptions import BudgetExceededError, ConfigError
 
 if TYPE_CHECKING:
@@ -132,16 +132,13 @@ class Budget:
     """
 
     def __init__(self, limit: float, spent: float = 0.0) -> None:
+        self.limit = limit  # as the user gave it
         self._limit = math.floor(round(limit * NANO_USD, 3))
         self._spent = nano_usd(spent)
         self._reserved = 0
         self.in_flight = 0  # reservations not settled yet
         self.exhausted = False
         self._settled = anyio.Event()
-
-    @property
-    def limit(self) -> float:
-        return self._limit / NANO_USD
 
     @property
     def spent(self) -> float:
@@ -200,12 +197,6 @@ class Budget:
         self._settled = anyio.Event()
 
 
-def _usd(value: float | None) -> str:
-    if value is None:
-        return "unknown"
-    return f"${value:,.4f}" if value < 100 else f"${value:,.2f}"
-
-
 @dataclass(frozen=True, slots=True)
 class Estimate:
     """What a map would send and cost, computed without sending a completion request.
@@ -244,7 +235,7 @@ class Estimate:
                 f"  cached: {self.cached:,}, to send: {self.to_send:,}",
                 f"  tokens: ~{self.input_tokens:,} in, ~{self.output_tokens:,} out{out_max}",
                 f"  price: {price}",
-                f"  cost: {_usd(self.cost_expected)} expected, {_usd(self.cost_max)} at most",
+                f"  cost: {usd(self.cost_expected)} expected, {usd(self.cost_max)} at most",
                 f"  ({self.basis})",
             ]
         )
@@ -260,8 +251,8 @@ class Estimate:
              + (f" (max {self.output_tokens_max:,})" if self.output_tokens_max is not None else "")),
             ("price (USD / 1M tokens)", "unknown" if self.price_in is None
              else f"{self.price_in:g} in, {self.price_out:g} out ({self.price_source})"),
-            ("expected cost", _usd(self.cost_expected)),
-            ("maximum cost", _usd(self.cost_max)),
+            ("expected cost", usd(self.cost_expected)),
+            ("maximum cost", usd(self.cost_max)),
         ]  # fmt: skip
         body = "".join(
             f"<tr><th style='text-align:left'>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>"
@@ -320,7 +311,7 @@ def build_estimate(
 def budget_exceeded(budget: Budget, left: int) -> BudgetExceededError:
     """The stop of a run whose next request no longer fits in ``max_cost``."""
     return BudgetExceededError(
-        f"max_cost reached: ${budget.spent:,.4f} spent of the ${budget.limit:,.4f} budget on this call's "
+        f"max_cost reached: {usd(budget.spent)} spent of the {usd(budget.limit)} budget on this call's "
         f"rows; {left:,} rows were not sent (still pending). Raise max_cost and run again to continue",
         spent=budget.spent,
         budget=budget.limit,
