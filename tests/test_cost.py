@@ -298,7 +298,7 @@ def test_a_cache_of_release_0_1_gains_the_new_usage_columns(tmp_path: Path) -> N
     path = tmp_path / "old.duckdb"
     with duckdb.connect(str(path)) as con:
         con.execute(SCHEMA_V2)
-    with polars_llm._store.Store.open(path) as store:
+    with polars_llm._store.store.Store.open(path) as store:
         assert store.summary()["tokens_reasoning"] == 0
     with duckdb.connect(str(path), read_only=True) as con:
         cols = {r[0] for r in con.execute("SELECT column_name FROM information_schema.columns").fetchall()}
@@ -390,7 +390,7 @@ def test_budget_reservations_settle_and_refuse_what_cannot_fit() -> None:
     """Unit: a reservation that does not fit waits for requests in flight, then fits or exhausts."""
     import anyio
 
-    from polars_llm._cost import Budget
+    from polars_llm._cost.budget import Budget
 
     async def scenario() -> list[object]:
         budget = Budget(limit=1.0, spent=0.25)
@@ -438,7 +438,7 @@ def test_budget_always_lets_a_request_go_or_ends_the_run(
     more than its reservation."""
     import anyio
 
-    from polars_llm._cost import Budget
+    from polars_llm._cost.budget import Budget
 
     async def scenario() -> tuple[Budget, int, int]:
         budget = Budget(limit, spent)

@@ -1,8 +1,8 @@
 """The rate controller under a fake clock: no sleeps, no timing asserts.
 
 Pure-Python servers (a sliding log, fixed windows, a token bucket, scattered 429s, limit headers) answer
-a simulated client driven by :class:`polars_llm._pacer.Pacer` the way the engine drives it: take a slot
-(``try_take``), record the send, feed each answer back after the latency, and make everybody wait when
+a simulated client driven by :class:`polars_llm._engine.pace.pacer.Pacer` the way the engine drives it: take a
+slot (``try_take``), record the send, feed each answer back after the latency, and make everybody wait when
 429s crowd in with a retry hint. Every run is deterministic.
 """
 
@@ -17,9 +17,9 @@ from typing import Any
 
 import pytest
 
-from polars_llm._learner import RateLearner, Ticket, wall_backoff
-from polars_llm._limits import Budget, Limits
-from polars_llm._pacer import Announced, Pacer
+from polars_llm._engine.pace.learner import RateLearner, Ticket, wall_backoff
+from polars_llm._engine.pace.pacer import Announced, Pacer
+from polars_llm._transport.limit_headers import Budget, Limits
 
 
 class FakeClock:

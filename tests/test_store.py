@@ -17,8 +17,8 @@ import duckdb
 import polars as pl
 import pytest
 
-from polars_llm import _migrations
-from polars_llm._store import OUTPUT_COLUMNS, TABLES_DOC, Outcome, Store, k64
+from polars_llm._store import migrations as _migrations
+from polars_llm._store.store import OUTPUT_COLUMNS, TABLES_DOC, Outcome, Store, k64
 from polars_llm.exceptions import ConfigError, StoreError
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
@@ -316,7 +316,7 @@ def test_lock_held_by_another_process(tmp_path: Path) -> None:
     with Store.open(path) as store:
         store.register(jobs(["a"]))
     proc = spawn(
-        "import sys\nfrom pathlib import Path\nfrom polars_llm._store import Store\n"
+        "import sys\nfrom pathlib import Path\nfrom polars_llm._store.store import Store\n"
         f"s = Store.open(Path({str(path)!r}))\nprint('ready', flush=True)\nsys.stdin.read()\ns.close()\n"
     )
     try:
@@ -496,7 +496,7 @@ _WRITER = """
 import sys, time
 from pathlib import Path
 import polars as pl
-from polars_llm._store import Outcome, Store
+from polars_llm._store.store import Outcome, Store
 
 store = Store.open(Path({path!r}))
 batch = 500
@@ -571,7 +571,7 @@ def test_a_run_never_imports_pandas(tmp_path: Path) -> None:
 import json, sys, time
 sys.path.insert(0, {SRC!r})
 import polars as pl
-from polars_llm._store import Outcome, Store
+from polars_llm._store.store import Outcome, Store
 with Store.open({str(tmp_path / "c.duckdb")!r}) as store:
     store.lookup(pl.DataFrame({{"key": ["a"]}}))
     looked_up = set(sys.modules)
