@@ -13,6 +13,7 @@ import sys
 from dataclasses import dataclass
 from typing import Any
 
+from .._cost import usd
 from .._progress import Progress, RunStats
 
 __all__ = ["BatchProgress", "BatchStats", "batch_note", "format_batch_postfix", "say"]
@@ -36,7 +37,7 @@ def format_batch_postfix(stats: BatchStats) -> str:
 
     >>> format_batch_postfix(BatchStats(done=5, failed=1, live_batches=2, in_batches=100,
     ...                                 batch_completed=40, batch_failed=2, cost=0.5))
-    'batches=2 running: 40/100 completed, 2 failed | collected: done=5 failed=1 | $0.5000'
+    'batches=2 running: 40/100 completed, 2 failed | collected: done=5 failed=1 | $0.500'
     """
     text = ""
     if stats.live_batches:
@@ -46,7 +47,7 @@ def format_batch_postfix(stats: BatchStats) -> str:
         )
     text += f"collected: done={stats.done:,} failed={stats.failed:,}"
     if stats.cost:
-        text += f" | ${stats.cost:.4f}"
+        text += f" | {usd(stats.cost)}"
     return text
 
 

@@ -28,14 +28,23 @@ import anyio
 import polars as pl
 
 from ..exceptions import BudgetExceededError, ConfigError
-from .pricing import Price, PriceSource, resolve_price
+from .pricing import Price, PriceSource, resolve_price, usd
 
 if TYPE_CHECKING:
     from .._config import MapConfig
     from .._store import Store
     from .._transport import Completion
 
-__all__ = ["Budget", "Costing", "Estimate", "TokenModel", "budget_exceeded", "build_estimate", "plan_costs"]
+__all__ = [
+    "Budget",
+    "Costing",
+    "Estimate",
+    "TokenModel",
+    "budget_exceeded",
+    "build_estimate",
+    "nano_usd",
+    "plan_costs",
+]
 
 DEFAULT_CHARS_PER_TOKEN: Final = 4.0
 FRAMING_TOKENS: Final = 8
@@ -104,23 +113,69 @@ class Costing:
         return cost if cost is not None else math.inf
 
 
+NANO_USD: Final = 1_000_000_000  # the budget counts money in integer nano-dollars
+
+
+def nano_usd(usd: float) -> int:
+    """``usd`` in whole nano-dollars, rounded up (a reservation never comes out smaller).
+
+    >>> nano_usd(0.1) + nano_usd(0.2) - nano_usd(0.3), nano_usd(1.5e-10)
+    (0, 1)
+    """
+    return math.ceil(round(usd * NANO_USD, 3))
+
+
 class Budget:
-    """``max_cost`` for one run: reserve before sending, settle after; never past the limit."""
+    """``max_cost`` for one run: reserve before sending, settle after; never past the limit.
+
+    Money is counted in integer nano-dollars and requests in flight are counted, not summed: a float
+    sum of reservations drifts (``0.096 + … − 0.096`` leaves ``2.8e-17``), and a budget that waits for
+    it to reach zero again never ends. So a request that does not fit either waits for one in flight
+    to settle or, when none is, ends the run: the budget always lets a request go or stops.
+
+    >>> b = Budget(0.30)
+    >>> b.try_reserve(0.1), b.try_reserve(0.1), b.try_reserve(0.1), b.try_reserve(0.1)
+    (True, True, True, False)
+    >>> b.settle(0.1, 0.05); b.spent, b.in_flight
+    (0.05, 2)
+    """
 
     def __init__(self, limit: float, spent: float = 0.0) -> None:
-        self.limit = limit
-        self.spent = spent
-        self.reserved = 0.0
+        self.limit = limit  # as the user gave it
+        self._limit = math.floor(round(limit * NANO_USD, 3))
+        self._spent = nano_usd(spent)
+        self._reserved = 0
+        self.in_flight = 0  # reservations not settled yet
         self.exhausted = False
         self._settled = anyio.Event()
 
+    @property
+    def spent(self) -> float:
+        return self._spent / NANO_USD
+
+    @property
+    def reserved(self) -> float:
+        return self._reserved / NANO_USD
+
+    def add_spent(self, usd: float) -> None:
+        """Count money spent outside this run's requests (an earlier chunk's rows, a batch collected)."""
+        self._spent += nano_usd(usd)
+
+    def _fits(self, units: int) -> bool:
+        return self._spent + self._reserved + units <= self._limit
+
+    def _take(self, units: int) -> None:
+        self._reserved += units
+        self.in_flight += 1
+
     async def reserve(self, amount: float) -> bool:
         """Reserve ``amount``; ``False`` (and the budget is exhausted) when it cannot fit."""
+        units = nano_usd(amount) if math.isfinite(amount) else None
         while not self.exhausted:
-            if self.spent + self.reserved + amount <= self.limit:
-                self.reserved += amount
+            if units is not None and self._fits(units):
+                self._take(units)
                 return True
-            if self.reserved <= 0:  # nothing in flight will free room
+            if self.in_flight == 0:  # nothing in flight will free room
                 self.exhausted = True
                 break
             await self._settled.wait()
@@ -130,28 +185,25 @@ class Budget:
     def try_reserve(self, amount: float) -> bool:
         """Reserve ``amount`` if it fits now, without waiting for requests in flight (a batch file's
         reservation is held until the batch is collected, perhaps by another run)."""
-        if self.exhausted or self.spent + self.reserved + amount > self.limit:
+        units = nano_usd(amount) if math.isfinite(amount) else None
+        if self.exhausted or units is None or not self._fits(units):
             self.exhausted = True
             return False
-        self.reserved += amount
+        self._take(units)
         return True
 
     def settle(self, reserved: float, cost: float | None) -> None:
         """A reserved request finished: free its reservation and count what it really cost (unknown:
         the reservation)."""
-        self.reserved = max(0.0, self.reserved - reserved)
-        self.spent += reserved if cost is None else cost
+        units = nano_usd(reserved)
+        self._reserved = max(0, self._reserved - units)
+        self.in_flight = max(0, self.in_flight - 1)
+        self._spent += units if cost is None else nano_usd(cost)
         self._wake()
 
     def _wake(self) -> None:
         self._settled.set()
         self._settled = anyio.Event()
-
-
-def _usd(value: float | None) -> str:
-    if value is None:
-        return "unknown"
-    return f"${value:,.4f}" if value < 100 else f"${value:,.2f}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,7 +244,7 @@ class Estimate:
                 f"  cached: {self.cached:,}, to send: {self.to_send:,}",
                 f"  tokens: ~{self.input_tokens:,} in, ~{self.output_tokens:,} out{out_max}",
                 f"  price: {price}",
-                f"  cost: {_usd(self.cost_expected)} expected, {_usd(self.cost_max)} at most",
+                f"  cost: {usd(self.cost_expected)} expected, {usd(self.cost_max)} at most",
                 f"  ({self.basis})",
             ]
         )
@@ -208,8 +260,8 @@ class Estimate:
              + (f" (max {self.output_tokens_max:,})" if self.output_tokens_max is not None else "")),
             ("price (USD / 1M tokens)", "unknown" if self.price_in is None
              else f"{self.price_in:g} in, {self.price_out:g} out ({self.price_source})"),
-            ("expected cost", _usd(self.cost_expected)),
-            ("maximum cost", _usd(self.cost_max)),
+            ("expected cost", usd(self.cost_expected)),
+            ("maximum cost", usd(self.cost_max)),
         ]  # fmt: skip
         body = "".join(
             f"<tr><th style='text-align:left'>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>"
@@ -268,7 +320,7 @@ def build_estimate(
 def budget_exceeded(budget: Budget, left: int) -> BudgetExceededError:
     """The stop of a run whose next request no longer fits in ``max_cost``."""
     return BudgetExceededError(
-        f"max_cost reached: ${budget.spent:,.4f} spent of the ${budget.limit:,.4f} budget on this call's "
+        f"max_cost reached: {usd(budget.spent)} spent of the {usd(budget.limit)} budget on this call's "
         f"rows; {left:,} rows were not sent (still pending). Raise max_cost and run again to continue",
         spent=budget.spent,
         budget=budget.limit,

@@ -15,6 +15,7 @@ Price(input=0.15, output=0.6, source='option', max_output=None)
 from __future__ import annotations
 
 import json
+import math
 import time
 import urllib.error
 import urllib.request
@@ -27,11 +28,29 @@ if TYPE_CHECKING:
     from .._config import MapConfig
     from .._store import Store
 
-__all__ = ["MAX_AGE", "UNKNOWN", "Price", "fetch_model_list", "price_from_option", "resolve_price"]
+__all__ = ["MAX_AGE", "UNKNOWN", "Price", "fetch_model_list", "price_from_option", "resolve_price", "usd"]
 
 MAX_AGE: Final = 7 * 24 * 3600.0
 FETCH_TIMEOUT: Final = 5.0
 PriceSource = Literal["option", "provider", "unknown"]
+
+
+def usd(value: float | None) -> str:
+    """Money as people read it: cents from a dollar up, three significant digits below (a $0.0005
+    budget is not "$0.00").
+
+    >>> [usd(v) for v in (None, 0, 1234.5, 2.0, 0.75, 0.0123, 0.0005, 0.000012345)]
+    ['unknown', '$0', '$1,234.50', '$2.00', '$0.750', '$0.0123', '$0.000500', '$0.0000123']
+    """
+    if value is None:
+        return "unknown"
+    if value == 0:
+        return "$0"
+    size = abs(value)
+    if size >= 1:
+        return f"${value:,.2f}"
+    digits = 2 - math.floor(math.log10(size))  # three significant digits
+    return f"${value:.{digits}f}"
 
 
 @dataclass(frozen=True, slots=True)

@@ -200,7 +200,7 @@ class Session:
             price = self._costing.price
             earlier = functools.partial(store.spent, before=self.started)
             spent = await anyio.to_thread.run_sync(earlier, keys, (price.input, price.output))
-            self._budget.spent += spent
+            self._budget.add_spent(spent)
             self.stats.spent_before += spent
         return self._costing, self._budget
 

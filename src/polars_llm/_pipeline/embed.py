@@ -302,7 +302,8 @@ def decode(raw: bytes, n: int, dimensions: int | None) -> Reply:
         raise exc.MalformedResponseError(
             "an embedding holds something other than numbers", body=text()
         ) from None
-    offsets = pa.array(list(itertools.accumulate(lengths, initial=0)), type=pa.int32())
+    bounds = array.array("i", itertools.accumulate(lengths, initial=0))  # (no pa.array: see _store)
+    offsets = pa.Array.from_buffers(pa.int32(), len(bounds), [None, pa.py_buffer(bounds)])
     values = pa.Array.from_buffers(pa.float32(), len(flat), [None, pa.py_buffer(flat)])
     usage = data.get("usage") if isinstance(data.get("usage"), dict) else {}
     tokens = usage.get("prompt_tokens", usage.get("total_tokens"))

@@ -1,4 +1,4 @@
-"""The ``llm`` namespaces on Expr, Series, DataFrame and LazyFrame: thin forwards to the typed functions (:mod:`.functions`)."""
+"""The ``llm`` namespaces on Expr, Series, DataFrame and LazyFrame: thin forwards to :mod:`.functions`."""
 
 from __future__ import annotations
 

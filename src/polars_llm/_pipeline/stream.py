@@ -15,7 +15,7 @@ finished, and the query ends with the interrupt — within about a second, as el
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 
 import polars as pl
 
@@ -24,7 +24,7 @@ from .._config import INCLUDE_DTYPES, MapConfig
 from .._engine import QueryAborted, Session
 from .._progress import Progress, RunStats, reporting
 from .._request import request_spec
-from ..exceptions import BudgetExceededError, PolarsLLMError
+from ..exceptions import BudgetExceededError, PolarsLLMError, remember
 from .pipeline import EMPTY_STATE, assemble, prepare, stopped
 
 __all__ = ["map_chunks", "stream_frame"]
@@ -42,12 +42,16 @@ def map_chunks(
     names: Mapping[str, str],
     *,
     from_polars: bool = False,
+    send: bool = True,
+    after_stop: Callable[[], pl.LazyFrame] | None = None,
 ) -> Iterator[pl.DataFrame]:
     """Each chunk with the struct fields ``names`` (``{field: column}``) of its mapped ``source`` added.
 
     A budget stop (``max_cost``) answers the remaining chunks from the cache only (the rest ``pending``)
-    and raises :class:`~polars_llm.BudgetExceededError` once every chunk was yielded. ``from_polars``:
-    the chunks are pulled by a Polars query (see the module docstring).
+    and raises :class:`~polars_llm.BudgetExceededError` once every chunk was yielded; its ``frame`` is
+    ``after_stop()`` if given (the same query answered from the cache alone). ``send=False`` sends
+    nothing: every chunk is answered from the cache. ``from_polars``: the chunks are pulled by a Polars
+    query (see the module docstring).
     """
     stats = RunStats()
     progress = Progress(stats, enabled=cfg.progress)
@@ -68,7 +72,7 @@ def map_chunks(
                             prepared.unique,
                             on_start=progress.started,
                             work=prepared.work,
-                            send=stop is None,
+                            send=send and stop is None,
                         )
                     except BudgetExceededError as error:
                         stop, state = error, error.state
@@ -82,7 +86,10 @@ def map_chunks(
             ticker.cancel()
             loop.call(session.__aexit__, None, None, None, probe=False)
     if stop is not None:
-        raise stopped(stop, stats, cfg)
+        error = stopped(stop, stats, cfg)
+        if isinstance(error, BudgetExceededError) and after_stop is not None:
+            error.frame = after_stop()
+        raise remember(error)
 
 
 def output_schema(schema: pl.Schema, cfg: MapConfig, names: Mapping[str, str]) -> pl.Schema:
@@ -90,14 +97,21 @@ def output_schema(schema: pl.Schema, cfg: MapConfig, names: Mapping[str, str]) -
     return pl.Schema({**schema, **{column: dtypes[field] for field, column in names.items()}})
 
 
-def stream_frame(lf: pl.LazyFrame, source: pl.Expr, cfg: MapConfig, names: Mapping[str, str]) -> pl.LazyFrame:
+def stream_frame(
+    lf: pl.LazyFrame, source: pl.Expr, cfg: MapConfig, names: Mapping[str, str], *, send: bool = True
+) -> pl.LazyFrame:
     """``lf`` with the mapped columns added, as a LazyFrame that maps ``cfg.chunk_rows`` rows at a time.
 
     Nothing runs until the result is collected or sunk. A filter on input columns that Polars pushes down
-    runs before the rows are sent; ``head(n)`` sends only what the first ``n`` rows need.
+    runs before the rows are sent; ``head(n)`` sends only what the first ``n`` rows need. A budget stop's
+    ``frame`` is this LazyFrame with ``send=False``: the output as it stands, from the cache, sending
+    nothing (collect or sink it like the original).
     """
     schema = lf.collect_schema()
     out_schema = output_schema(schema, cfg, names)
+
+    def as_it_stands() -> pl.LazyFrame:
+        return stream_frame(lf, source, cfg, names, send=False)
 
     def source_fn(
         with_columns: list[str] | None, predicate: pl.Expr | None, n_rows: int | None, batch_size: int | None
@@ -113,7 +127,10 @@ def stream_frame(lf: pl.LazyFrame, source: pl.Expr, cfg: MapConfig, names: Mappi
             upstream = upstream.head(n_rows)
         chunks = upstream.collect_batches(chunk_size=cfg.chunk_rows, maintain_order=True)
         try:
-            for out in map_chunks(chunks, source, cfg, names, from_polars=True):
+            rest = map_chunks(
+                chunks, source, cfg, names, from_polars=True, send=send, after_stop=as_it_stands
+            )
+            for out in rest:
                 if after is not None:
                     out = out.filter(after)
                 yield out.select(with_columns) if with_columns is not None else out

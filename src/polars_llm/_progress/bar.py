@@ -17,7 +17,8 @@ from typing import Any, Protocol
 
 import anyio
 
-from .._progress.stats import RunStats
+from .._cost import usd
+from .stats import RunStats
 
 __all__ = ["Progress", "RateMeter", "Reporter", "format_postfix", "in_notebook", "reporting"]
 
@@ -125,9 +126,11 @@ def format_postfix(stats: RunStats, rpm: float) -> str:
     limit — or, while everybody waits, for how long and why.
 
     >>> format_postfix(RunStats(done=5, failed=1, retrying=2, tokens_in=10, tokens_out=20, cost=0.5), 120.0)
-    'done=5 failed=1 retrying=2 rpm=120 tok=30 $0.5000'
+    'done=5 failed=1 retrying=2 rpm=120 tok=30 $0.500'
     >>> format_postfix(RunStats(done=5, cost=0.25, spent_before=0.5, budget=2.0), 60.0)
-    'done=5 failed=0 retrying=0 rpm=60 $0.7500/$2.00'
+    'done=5 failed=0 retrying=0 rpm=60 $0.750/$2.00'
+    >>> format_postfix(RunStats(done=1, cost=0.0005, budget=0.002), 60.0)  # small sums keep their digits
+    'done=1 failed=0 retrying=0 rpm=60 $0.000500/$0.00200'
     >>> paced = RunStats(done=5, pacing=lambda: (2940.0, "learned", 0.0, ""))
     >>> format_postfix(paced, 2900.0)
     'done=5 failed=0 retrying=0 rpm=2,900 pace≤2,940/min (learned)'
@@ -140,9 +143,9 @@ def format_postfix(stats: RunStats, rpm: float) -> str:
     if tokens:
         text += f" tok={tokens:,}"
     if stats.budget is not None:
-        text += f" ${stats.spent_before + stats.cost:.4f}/${stats.budget:,.2f}"
+        text += f" {usd(stats.spent_before + stats.cost)}/{usd(stats.budget)}"
     elif stats.cost:
-        text += f" ${stats.cost:.4f}"
+        text += f" {usd(stats.cost)}"
     if stats.pacing is not None:
         allowed, source, paused, why = stats.pacing()
         if paused > 0:

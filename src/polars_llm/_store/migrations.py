@@ -125,7 +125,7 @@ CURRENT_VERSION: Final = MIGRATIONS[-1][0]
 State = Literal["empty", "ours", "foreign"]
 
 
-def _user_tables(con: duckdb.DuckDBPyConnection) -> set[str]:
+def user_tables(con: duckdb.DuckDBPyConnection) -> set[str]:
     rows = con.execute(
         "SELECT table_name FROM information_schema.tables WHERE table_catalog = current_database() "
         "AND table_schema NOT IN ('information_schema', 'pg_catalog')"
@@ -135,7 +135,7 @@ def _user_tables(con: duckdb.DuckDBPyConnection) -> set[str]:
 
 def stored_version(con: duckdb.DuckDBPyConnection) -> int:
     """The schema version recorded in the file (0 when nothing was applied yet)."""
-    if "schema_version" not in _user_tables(con):
+    if "schema_version" not in user_tables(con):
         return 0
     rows = con.execute("SELECT max(version) FROM schema_version").fetchall()
     return int(rows[0][0]) if rows and rows[0][0] is not None else 0
@@ -143,7 +143,7 @@ def stored_version(con: duckdb.DuckDBPyConnection) -> int:
 
 def classify(con: duckdb.DuckDBPyConnection) -> tuple[State, int]:
     """``("empty", 0)`` for a database without tables, ``("ours", version)``, or ``("foreign", 0)``."""
-    tables = _user_tables(con)
+    tables = user_tables(con)
     if "schema_version" in tables:
         return "ours", stored_version(con)
     return ("empty" if not tables else "foreign"), 0
@@ -155,11 +155,16 @@ def migrate(
     path: Path | None = None,
     target: int = CURRENT_VERSION,
     migrations: Sequence[Migration] = MIGRATIONS,
+    fresh: bool = False,
 ) -> int:
     """Bring the database up to ``target``; returns the version it ends at.
 
-    Raises :class:`StoreError` for a foreign database or one newer than this library.
+    ``fresh``: a new database no other connection can see (in memory): every step in one transaction,
+    without looking first. Raises :class:`StoreError` for a foreign database or one newer than this
+    library.
     """
+    if fresh:
+        return _apply_all(con, target, migrations)
     where = str(path) if path is not None else ":memory:"
     state, version = classify(con)
     if state == "foreign":
@@ -192,6 +197,29 @@ def migrate(
             con.execute("ROLLBACK")
             raise
         version = step_version
+    return version
+
+
+def _apply_all(con: duckdb.DuckDBPyConnection, target: int, migrations: Sequence[Migration]) -> int:
+    version = 0
+    con.execute("BEGIN TRANSACTION")
+    try:
+        for step_version, step in migrations:
+            if step_version > target:
+                break
+            if callable(step):
+                step(con)
+            else:
+                con.execute(step)
+            con.execute(
+                "INSERT INTO schema_version VALUES (?, make_timestamp(?::BIGINT))",
+                [step_version, int(time.time() * 1_000_000)],
+            )
+            version = step_version
+        con.execute("COMMIT")
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
     return version
 
 

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import json
 import math
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
@@ -47,6 +48,7 @@ import pyarrow as pa
 
 from ..exceptions import ConfigError, StoreError
 from . import migrations as _migrations
+from . import scratch as _scratch
 from .locking import connect, path_lock, prepare_file, probe
 from .migrations import K64_SQL
 
@@ -140,9 +142,6 @@ _VECTOR_SCHEMA: Final = {
     "key": pl.String, "status": pl.String, "embedding": pl.List(pl.Float32), "error": pl.String,
 }  # fmt: skip
 _VECTOR_TYPE: Final = pa.list_(pa.float32())
-# The batch is built with pyarrow, not Polars: after a SIGINT during a Polars query, Polars raises
-# KeyboardInterrupt from every call in the process until that query ends, and this write is the final
-# flush that must still happen then.
 _BATCH_SCHEMA: Final = pa.schema(
     [
         ("key", pa.string()),
@@ -159,6 +158,11 @@ _BATCH_SCHEMA: Final = pa.schema(
         ("finished_at", pa.float64()),
     ]
 )
+
+_BATCH_DTYPES: Final = {
+    f.name: {pa.string(): pl.String, pa.int32(): pl.Int32, pa.int64(): pl.Int64}.get(f.type, pl.Float64)
+    for f in _BATCH_SCHEMA
+}
 
 
 def k64(key: str = "key") -> pl.Expr:
@@ -203,7 +207,7 @@ class Outcome:
 
 def _vectors(outcomes: Sequence[Outcome]) -> pa.Array:
     """The ``embedding`` column of a batch: one ``list<float>`` per outcome (null when it has none)."""
-    empty = pa.array([None], type=_VECTOR_TYPE)
+    empty = pa.nulls(1, type=_VECTOR_TYPE)
     parts = [o.embedding if o.embedding is not None else empty for o in outcomes]
     return pa.concat_arrays([p.cast(_VECTOR_TYPE) if p.type != _VECTOR_TYPE else p for p in parts])
 
@@ -248,15 +252,29 @@ def _now_us() -> int:
     return int(time.time() * 1_000_000)
 
 
-def _warm_arrow() -> None:
-    """Have pyarrow do its one-time set-up before any request is sent (a run with nothing to send, a
-    cached rerun, never pays for it).
+def _batch_table(outcomes: Sequence[Outcome]) -> pa.Table:
+    """The columns of ``outcomes`` as an Arrow table of :data:`_BATCH_SCHEMA`.
 
-    The first time pyarrow converts Python objects it imports pandas, when installed: 0.3 s holding the
-    GIL with a bytecode cache, 2.5 s without. In the first write of a run that stalled the event loop (sends
-    and answers alike) for as long, right while the rate was being learned.
+    Built by Polars: pyarrow's own conversion of Python objects imports pandas the first time, when it
+    is installed (0.3 s holding the GIL with a bytecode cache, 2.5 s without), in the first write of a
+    run. After a SIGINT during a Polars query, Polars raises ``KeyboardInterrupt`` from every call in the
+    process until that query ends, and this write is the final flush that must still happen then: off
+    the main thread (where no real interrupt is raised) pyarrow builds it instead. A value of the wrong
+    type (a provider's odd answer that got this far) is coerced, so no batch-mate is lost.
     """
-    pa.array([], type=pa.string())
+    columns = {name: [getattr(o, name) for o in outcomes] for name in _BATCH_SCHEMA.names}
+    try:
+        return pl.DataFrame(columns, schema=_BATCH_DTYPES).to_arrow(compat_level=pl.CompatLevel.oldest())
+    except KeyboardInterrupt:
+        if threading.current_thread() is threading.main_thread():
+            raise
+    except (pl.exceptions.PolarsError, TypeError, ValueError, OverflowError):
+        pass
+    try:
+        return pa.table(columns, schema=_BATCH_SCHEMA)
+    except (pa.ArrowException, TypeError, ValueError, OverflowError):
+        coerced = {name: [_coerce(name, getattr(o, name)) for o in outcomes] for name in _BATCH_SCHEMA.names}
+        return pa.table(coerced, schema=_BATCH_SCHEMA)
 
 
 def apply_outcomes(con: duckdb.DuckDBPyConnection, outcomes: Sequence[Outcome]) -> None:
@@ -264,17 +282,7 @@ def apply_outcomes(con: duckdb.DuckDBPyConnection, outcomes: Sequence[Outcome]) 
     if not outcomes:
         return
     unique = list({o.key: o for o in outcomes}.values())  # the last outcome wins for a repeated key
-    try:
-        batch = pa.table(
-            {name: [getattr(o, name) for o in unique] for name in _BATCH_SCHEMA.names}, schema=_BATCH_SCHEMA
-        )
-    except (pa.ArrowException, TypeError, ValueError, OverflowError):
-        # one outcome holds a value of the wrong type (a provider's odd answer that got this far): store
-        # every row, that one with its values coerced, so no batch-mate is lost
-        batch = pa.table(
-            {name: [_coerce(name, getattr(o, name)) for o in unique] for name in _BATCH_SCHEMA.names},
-            schema=_BATCH_SCHEMA,
-        )
+    batch = _batch_table(unique)
     vectors = ""
     if any(o.embedding is not None for o in unique):
         batch = batch.append_column("embedding", _vectors(unique))
@@ -323,7 +331,7 @@ class Store:
 
     path: Path | None
 
-    def __init__(self, con: duckdb.DuckDBPyConnection, path: Path | None, version: int) -> None:
+    def __init__(self, con: duckdb.DuckDBPyConnection, version: int, path: Path | None = None) -> None:
         self._con: duckdb.DuckDBPyConnection | None = con
         self.path = path
         self.version = version
@@ -338,8 +346,7 @@ class Store:
                 or was written by a newer polars_llm.
         """
         if path is None:
-            con = duckdb.connect(":memory:")
-            return cls(con, None, _migrations.migrate(con))
+            return cls(*_scratch.take())  # (an emptied one from an earlier call, when there is one)
         path = Path(path).expanduser().absolute()
         with path_lock(path):
             prepare_file(path)
@@ -351,7 +358,7 @@ class Store:
             except BaseException:
                 con.close()
                 raise
-        return cls(con, path, version)
+        return cls(con, version, path)
 
     # -- helpers -------------------------------------------------------------------------------------------
 
@@ -484,7 +491,6 @@ class Store:
 
     def register(self, jobs: pl.DataFrame) -> int:
         """Insert ``jobs`` as ``pending`` rows for keys not yet stored; returns the number inserted."""
-        _warm_arrow()  # the last store call before requests go out: see there
         missing = [c for c in _REQUIRED_JOB_COLUMNS if c not in jobs.columns]
         if missing:
             raise ValueError(f"register() needs columns {missing}")
@@ -613,10 +619,12 @@ class Store:
             con, self._con = self._con, None
             if con is None:
                 return
-            if self.path is not None:
-                # fails only while another connection of this process is mid-transaction; it checkpoints later
-                with suppress(duckdb.Error):
-                    con.execute("CHECKPOINT")
+            if self.path is None:
+                _scratch.give_back(con, self.version)
+                return
+            # fails only while another connection of this process is mid-transaction; it checkpoints later
+            with suppress(duckdb.Error):
+                con.execute("CHECKPOINT")
             con.close()
 
     @property

@@ -10,6 +10,7 @@ import polars as pl
 
 from .._batch import batches, cancel_batch
 from .._config import DEFAULT_CACHE_PATH
+from .._cost import usd
 from .store import existing_cache
 
 __all__ = ["add_batches_arguments", "cmd_batches", "format_batches"]
@@ -55,7 +56,7 @@ def format_batches(frame: pl.DataFrame) -> str:
         collected = (
             "-" if r["rows_done"] is None else f"{r['rows_done']}/{r['rows_failed']}/{r['rows_requeued']}"
         )
-        cost = "" if r["cost"] is None else f"  ${r['cost']:.4f}"
+        cost = "" if r["cost"] is None else f"  {usd(r['cost'])}"
         lines.append(
             f"{r['batch_id']:<16} {r['status'] or '-':<12} {'yes' if r['live'] else 'no':<4} "
             f"{r['requests'] or 0:>9}  {provider:<19} {collected}{cost}".rstrip()

@@ -127,7 +127,7 @@ class Hub:
                 self._budget = Budget(self.cfg.max_cost, spent)  # type: ignore[arg-type]
         elif self._budget is not None:
             price = self._costing.price
-            self._budget.spent += store.spent(frame, (price.input, price.output), before=self._planned_at)
+            self._budget.add_spent(store.spent(frame, (price.input, price.output), before=self._planned_at))
         budget = self._budget
         return self._costing, budget.spent if budget is not None else None, budget.limit if budget else 0.0
 

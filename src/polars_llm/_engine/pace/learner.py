@@ -1,21 +1,29 @@
 """The rate to send at when a provider's limit is unknown: learned from its answers.
 
-With no limit known, requests are paced at a rate that starts gently (4/s), doubles while answers
-succeed (slow start), and on rate-limit refusals settles just under the rate the server *admitted* —
-measured from our own sends before the refusal (sends minus refusals, per second, over the provider's
-window when its waits tell how long that is; what is still in flight counts as admitted, and nothing sent
-after the refused request counts; or, when what was sent at the current rate is refused steadily but
-mostly admitted, that rate times the admitted share — the window can still hold a bucket's first
-burst) — then probes upwards again, first towards what was admitted, then in steps that
-double while answers keep succeeding. Above what was admitted, a few refusals (a binomial tail under
-1 %, under 5 % at the end of a period) end the probe.
+No pace at all until the provider shows a limit: requests go as fast as ``concurrency`` allows, so a
+run against an uncapped endpoint pays no start-up tax at any latency. The first convincing rate-limit
+refusals (the density guard below) or the first limit headers engage pacing: the rate settles just
+under what the server *admitted* — measured from our own sends before the refusal (sends minus
+refusals, per second, over the provider's window when its waits tell how long that is; what is still in
+flight counts as admitted, and nothing sent after the refused request counts; or, when what was sent at
+the current rate is refused steadily but mostly admitted, that rate times the admitted share — the
+window can still hold a bucket's first burst) — then probes upwards again, first towards what was
+admitted, then in steps that double while answers keep succeeding. Above what was admitted, a few
+refusals (a binomial tail under 1 %, under 5 % at the end of a period) end the probe. The burst an
+unknown cap costs is what was in flight when its first refusals came back: about one ``concurrency``
+of refused requests, once.
+
+Refusals with next to nothing admitted in the window (a key whose window is still full, an upstream
+shedding load, an outage) are a *wall*: there is no admitted rate to settle under, so the rate is left
+as it was and everybody waits instead (the provider's hint, else a backoff that doubles with each wall
+in a row, see :data:`WALL_BACKOFF`); recovery takes the wait, not a climb from a collapsed rate.
 
 The density guard: a cut needs refusals that the *background* share — what a busy shared provider
-refuses whatever our rate, measured in slow start and right after each cut — explains with a probability
-under 1 % (binomial tail), or a wall (three refusals in a row, above the background); a refusal that
-says our budget is spent (remaining 0, in its limit headers) is a sure sign by itself. Refusals of
-requests sent before the last cut never count. Scattered 429s therefore neither collapse the rate nor
-make everybody wait.
+refuses whatever our rate, measured before the first cut and right after each cut — explains with a
+probability under 1 % (binomial tail), or a wall (three refusals in a row, above the background); a
+refusal that says our budget is spent (remaining 0, in its limit headers) is a sure sign by itself.
+Refusals of requests sent before the last cut never count. Scattered 429s therefore neither collapse
+the rate nor make everybody wait.
 
 Everything is driven by an injectable clock; the tests run servers of every shape against it (see
 ``tests/test_pacer.py``).
@@ -30,13 +38,13 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
-__all__ = ["START_RATE", "RateLearner", "Ticket"]
+__all__ = ["WALL_BACKOFF", "RateLearner", "Ticket", "wall_backoff"]
 
 log = logging.getLogger("polars_llm.pacer")
 
 Clock = Callable[[], float]
 
-START_RATE = 4.0  # requests/s before anything is known: gentle
+WALL_BACKOFF = (0.5, 8.0)  # seconds everybody waits at a first wall without a hint, doubling up to…
 MIN_RATE = 0.05
 MAX_BACKGROUND = 0.1  # the largest share of scattered 429s taken for a provider's background
 PRIOR_BACKGROUND = 0.02  # assumed until enough answers are known
@@ -137,6 +145,16 @@ class _Ring:
         return max(0.0, total) / horizon
 
 
+def wall_backoff(walls: int) -> float:
+    """How long everybody waits at the ``walls``-th wall in a row when the provider gave no hint.
+
+    >>> [wall_backoff(n) for n in (1, 2, 3, 6)]
+    [0.5, 1.0, 2.0, 8.0]
+    """
+    first, most = WALL_BACKOFF
+    return min(most, first * 2.0 ** max(0, walls - 1))
+
+
 @dataclass(frozen=True, slots=True)
 class Ticket:
     """One send: when, its place in the send order, and the tokens sent before it (for headers)."""
@@ -150,29 +168,27 @@ class Ticket:
 class RateLearner:
     """The rate to send at when the provider's limit is unknown (see the module docstring).
 
-    ``engaged=False`` starts unlimited (a client limit or announced budget is in charge) and engages
-    at the first rate-limit answer.
+    It starts unpaced (``rate`` is ``inf``) and engages at the first convincing rate-limit refusals.
     """
 
-    def __init__(self, *, clock: Clock = time.monotonic, engaged: bool = True, start: float = START_RATE):
+    def __init__(self, *, clock: Clock = time.monotonic) -> None:
         now = clock()
         self._clock = clock
-        self.rate = start if engaged else math.inf
-        self.slow_start = engaged
+        self.rate = math.inf
         self.ring = _Ring()
         self.srtt = 0.0
         self.horizon = HORIZON
         self._hint: float | None = None
         self._first_send: float | None = None
-        self._restart_to = math.inf
-        self._measured = False  # a cut has measured an admitted rate (not just hit a wall)
-        self._restarted = False
         self._holds: deque[tuple[float, float]] = deque(maxlen=8)
         self._followed = -math.inf
         self.last_cut = -math.inf
+        self._cut_rate = math.inf  # the rate the last cut set
         self.ceiling = math.inf  # the admitted rate measured at the last cut
         self.cuts = 0
         self.strong_cut = False
+        self.wall = False  # the last cut found nothing admitted: a wait, not a rate
+        self.walls = 0  # walls in a row (no answer admitted since)
         self.limited_seen = 0
         self._step = STEP0
         self._limited_at = now
@@ -244,12 +260,9 @@ class RateLearner:
             if evidence > 1 or (evidence and (self._known_background or self._probing)):
                 self._cut(now, ticket.sent_at, strong=evidence > 1)
                 return True
-            if self.slow_start and not self._restarted:  # one refusal ends doubling
-                self.slow_start = False
-                self.ceiling = self.rate
-                self._step = PROBE0
         else:
             self._ok += 1
+            self.walls = 0
         if now - self._period_start >= self._period():
             return self._evaluate(now)
         return False
@@ -257,8 +270,6 @@ class RateLearner:
     def _period(self) -> float:
         if math.isinf(self.rate):
             return 1.0
-        if self.slow_start:  # doubles once per round trip (answers come back at the new rate)
-            return min(2.0, max(0.05, 1.5 * self.srtt))
         return min(MAX_HORIZON, max(self.horizon, 2.0 * self.srtt, 30.0 / self.rate))
 
     @property
@@ -267,7 +278,7 @@ class RateLearner:
 
     @property
     def background(self) -> float:
-        """The 429 share seen in slow start and right after each cut (at the rate it settled on): what
+        """The 429 share seen before the first cut and right after each cut (at the rate it settled on): what
         a busy shared provider refuses whatever our rate (at most 10 %), as opposed to what our own
         probing causes. 2 % is assumed until enough of those answers are known."""
         if not self._known_background:
@@ -314,11 +325,11 @@ class RateLearner:
     @property
     def _probing(self) -> bool:
         """Sending above the rate the server admitted at the last cut."""
-        return self.cuts > 0 and not self.slow_start and self.rate > self.ceiling
+        return self.cuts > 0 and self.rate > self.ceiling
 
     def _evaluate(self, now: float) -> bool:
         n = self._ok + self._limited
-        if n == 0 or (n < 10 and not self.slow_start):
+        if n < 10:
             return False  # too few answers to judge: the period goes on
         binding = self._period_sent >= 0.6 * self.rate * (now - self._period_start)
         cut = False
@@ -329,11 +340,7 @@ class RateLearner:
             self._cut(now, self._limited_at, strong=strong)  # measured where the server refused
             cut = True
         elif binding and not math.isinf(self.rate) and now - self._followed > self._period():
-            if self.slow_start:  # doubling (after a wall: back up to the rate before it)
-                self._set(min(self.rate * 2.0, self._restart_to), "slow start")
-                if self.rate >= self._restart_to:
-                    self.slow_start, self._restart_to, self._restarted = False, math.inf, False
-            elif self.rate < RECOVER * self.ceiling:  # back up towards what was admitted
+            if self.rate < RECOVER * self.ceiling:  # back up towards what was admitted
                 self._set(min(RECOVER * self.ceiling, self.rate * (1.0 + STEP0)), "recover")
             elif self._step == 0:  # there: one more clean period before probing above it
                 self._step = PROBE0
@@ -348,9 +355,9 @@ class RateLearner:
         n = self._ok + self._limited
         if record and self._quiet_period and n and self._limited <= 2 * MAX_BACKGROUND * n:
             self._quiet.append((self._limited, n))
-        # in slow start, or in the first two periods after a cut (at the rate it settled on): periods
+        # unpaced, or in the first two periods after a cut (at the rate it settled on): periods
         # whose refusals are the provider's background, not our rate
-        self._quiet_period = self.slow_start or self._since_cut < 2
+        self._quiet_period = math.isinf(self.rate) or self._since_cut < 2
         self._since_cut += 1
         self._period_start = now
         self._period_sent = self._ok = self._limited = 0
@@ -362,13 +369,19 @@ class RateLearner:
         be a busy provider's background — cuts to at most 15 % under what was really sent.
         """
         hint = self._hint
-        wall_from: float | None = None
         if hint is not None:
             self.horizon = min(MAX_HORIZON, max(self.horizon, hint))
         h = self.horizon
         admitted = self.ring.admitted(at, h, after=max(0, self._sends - self._limited_seq))
         n = self._ok + self._limited
         why = f"cut: admitted {admitted:.1f}/s, {self._limited}/{n} refused, background {self.background:.3f}"
+        if admitted * h < 2.0:
+            # next to nothing got through (a key whose window is still full, an upstream shedding load,
+            # an outage): there is no admitted rate to settle under. A wait, not a rate: the pacer holds
+            # everybody (the provider's hint, else a backoff that grows with each wall in a row) and the
+            # sends resume at the rate they had, so recovery takes the wait, not a climb from nothing
+            self._wall(now, why)
+            return
         steady = self._admitted_at_this_rate(at)
         if steady is not None and steady < 0.9 * admitted:  # (not the lower of two noisy measures)
             admitted = steady
@@ -385,24 +398,21 @@ class RateLearner:
                 self._set(target, why + " (weak)")
             admitted = min(admitted, before)
         elif target < self.rate:
-            if admitted * h < 2.0:
-                # next to nothing got through: a wall (an outage, a window longer than we measure)
-                # says nothing about the rate; halve, let the provider's wait hold everybody, and once
-                # answers come back double again up to where we were
-                wall_from = max(self.rate, self._restart_to if self._restart_to < math.inf else 0.0)
-                if not self._measured:  # no rate learned yet: start again from the beginning
-                    wall_from = math.inf
-                target = max(MIN_RATE, 0.5 * self.rate)
             self._set(target, why)
-        self._measured = self._measured or wall_from is None
-        self.strong_cut = strong
-        self.slow_start = wall_from is not None
-        self._restart_to = wall_from if wall_from is not None else math.inf
-        self._restarted = wall_from is not None  # after a wall: only a cut ends this slow start
+        self.strong_cut, self.wall = strong, False
+        self._cut_rate = target  # announced budgets may not lift the pace above it for a while
         self._step = 0.0
-        self.ceiling = admitted if wall_from is None else wall_from
-        if wall_from == math.inf:
-            self.ceiling = math.inf
+        self.ceiling = admitted
+        self._ended(now)
+
+    def _wall(self, now: float, why: str) -> None:
+        log.debug("%.3f wall at %.2f/s: %s", now, self.rate, why)
+        self.strong_cut, self.wall = True, True
+        self.walls += 1
+        self._ended(now)
+
+    def _ended(self, now: float) -> None:
+        """A cut or a wall: what was sent before it says nothing about what comes after."""
         self.last_cut = now
         self.cuts += 1
         self._recent.clear()
@@ -450,14 +460,12 @@ class RateLearner:
         """Stop pacing on our own (a budget announced by the provider is in charge), unless 429s
         already taught us a rate."""
         if self.cuts == 0:
-            self.slow_start = False
             self._set(math.inf)
 
     def follow(self, rate: float) -> None:
         """Take ``rate`` announced by the provider (not above it after a recent cut of our own)."""
         now = self._clock()
         if now - self.last_cut < 10.0:
-            rate = min(rate, self.rate)
+            rate = min(rate, self._cut_rate)
         self._followed = now  # the provider's figures set the pace: no probing of our own meanwhile
-        self.slow_start = False
         self._set(max(MIN_RATE, rate))

@@ -22,7 +22,7 @@ from collections.abc import Callable
 import anyio
 
 from ..._transport import Budget, Limits, describe_hint
-from .learner import RateLearner, Ticket
+from .learner import RateLearner, Ticket, wall_backoff
 
 __all__ = ["Announced", "Pacer", "Pause", "RateLearner", "Ticket"]
 
@@ -102,13 +102,13 @@ class Pause:
 class Pacer:
     """Everything that decides *when* the next request may go, shared by a run's workers.
 
-    ``learn=False`` (the user set ``rpm_limit``/``tpm_limit``) starts the learner disengaged: it takes
-    over only if the provider still answers 429.
+    The learner starts unpaced either way; ``learn=False`` (the user set ``rpm_limit``/``tpm_limit``)
+    only labels the pace as the user's limit until the provider still answers 429.
     """
 
     def __init__(self, *, learn: bool = True, clock: Clock = time.monotonic) -> None:
         self._clock = clock
-        self.learner = RateLearner(clock=clock, engaged=learn)
+        self.learner = RateLearner(clock=clock)
         self.requests = Announced(clock=clock)
         self.tokens = Announced(clock=clock)
         self.pause = Pause(clock=clock)
@@ -209,16 +209,22 @@ class Pacer:
     ) -> float:
         """Feed back a rate-limit refusal; returns how long everybody now waits (0: only this row).
 
-        Everybody waits for the provider's ``hint`` when this refusal cut the rate for sure or refusals
-        crowd in (several in a row, above the background); without a hint, crowded ones wait ``backoff``.
+        Everybody waits for the provider's ``hint`` when this refusal cut the rate for sure, hit a wall
+        (nothing admitted) or refusals crowd in (several in a row, above the background); without a
+        hint, a wall waits :func:`~polars_llm._learner.wall_backoff` and crowded ones ``backoff``.
         Scattered refusals make only their own row wait.
         """
+        learner = self.learner
         cut = self.answered(ticket, limited=True, limits=limits, hint=hint)
-        if not ((cut and self.learner.strong_cut) or self.learner.crowded):
+        if not ((cut and learner.strong_cut) or learner.crowded):
             return 0.0
         if hint is not None and hint > 0:
             self.hold(hint, f"provider asked to wait {describe_hint(hint)}")
             return hint
+        if cut and learner.wall:
+            wait = wall_backoff(learner.walls)
+            self.hold(wait, f"rate limited, nothing admitted: waiting {describe_hint(wait)}")
+            return wait
         if self.learner.crowded:
             self.hold(backoff, f"rate limited: backing off {describe_hint(backoff)}")
             return backoff
