@@ -5,7 +5,7 @@ Sections sit between ``<!-- generated:NAME -->`` and ``<!-- /generated:NAME -->`
 * ``options`` — every option of ``MapConfig`` with its default and description;
 * ``store`` — the cache's tables (``polars_llm._store.store.TABLES_DOC``).
 
-``tests/test_readme.py`` fails when a section differs from what this script would write.
+``tests/e2e/test_readme.py`` fails when a section differs from what this script would write.
 """
 
 from __future__ import annotations

@@ -26,7 +26,7 @@ Refusals of requests sent before the last cut never count. Scattered 429s theref
 the rate nor make everybody wait.
 
 Everything is driven by an injectable clock; the tests run servers of every shape against it (see
-``tests/test_pacer.py``).
+``tests/engine/test_pacer.py``).
 """
 
 from __future__ import annotations

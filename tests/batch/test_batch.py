@@ -27,7 +27,7 @@ from polars_llm._pipeline.pipeline import prepare
 from polars_llm._request.spec import request_spec
 from polars_llm.exceptions import ConfigError
 
-SRC = str(Path(__file__).resolve().parents[1] / "src")
+SRC = str(Path(__file__).resolve().parents[2] / "src")
 KEY = "sk-batch-SECRET-test-key"
 OPTS: dict[str, Any] = {"api_key": KEY, "mode": "batch", "progress": False, "poll_interval": 0.01}
 

@@ -9,11 +9,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from test_kernel import INTERNALS, KERNEL_SETUP, plain
 
 from batch_utils import batches_created, per_prompt, query, wait_until
 from kernel_utils import Kernel, start_kernel
 from polars_llm import sim
-from test_kernel import INTERNALS, KERNEL_SETUP, plain
 
 pytestmark = pytest.mark.timeout(240)
 

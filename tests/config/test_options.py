@@ -21,7 +21,7 @@ from polars_llm.cli.run import NOT_ON_CLI
 from polars_llm.exceptions import ConfigError
 from polars_llm.seed import SEED_ALIASES
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+README = Path(__file__).resolve().parents[2] / "README.md"
 FIELDS = {f.name: f for f in dataclasses.fields(MapConfig)}
 
 ENTRY_POINTS: dict[str, Any] = {

@@ -172,7 +172,7 @@ def test_interrupting_a_lazy_sink_keeps_what_finished_and_the_rerun_completes_it
     frame = prompts_file(tmp_path / "in.parquet", 2_000, 2_000)
     cache = tmp_path / "c.duckdb"
     with sim.serve(latency=0.02) as server:
-        env = {**os.environ, "PYTHONPATH": str(HERE.parent / "src")}
+        env = {**os.environ, "PYTHONPATH": str(HERE.parents[1] / "src")}
         proc = subprocess.Popen(
             [
                 sys.executable,

@@ -22,7 +22,7 @@ import pytest
 
 from polars_llm import sim
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
 BLOCK = re.compile(
     r"(?P<marker><!-- readme-test: skip[^>]*-->\n(?:<!--[^>]*-->\n)*)?```python\n(?P<code>.*?)```", re.DOTALL

@@ -21,7 +21,7 @@ import polars_llm
 from polars_llm import MapConfig, sim
 from polars_llm._request.spec import request_spec
 
-DATA = Path(__file__).parent / "data"
+DATA = Path(__file__).resolve().parents[1] / "data"
 GOLDEN = json.loads((DATA / "golden_keys_v1.json").read_text())
 PROMPTS = ["hello", "", "héllo ✓"]
 

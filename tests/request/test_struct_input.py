@@ -306,7 +306,7 @@ def test_changing_any_field_asks_again_and_nothing_else_does(
 
 
 def test_plain_string_keys_are_unchanged() -> None:
-    golden = json.loads((Path(__file__).parent / "data" / "golden_keys_v1.json").read_text())
+    golden = json.loads((Path(__file__).resolve().parents[1] / "data" / "golden_keys_v1.json").read_text())
     cfg = MapConfig(model="m", system="be brief", api_key="k", cache=None)
     assert request_spec(cfg).key_maker().keys(["hello", "", "héllo ✓"]) == golden["system"]
     struct_keys = polars_llm._pipeline.pipeline.prepare(
