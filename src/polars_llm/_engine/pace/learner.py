@@ -1,17 +1,17 @@
 """The rate to send at when a provider's limit is unknown: learned from its answers.
 
-A fast start: the pace begins at :data:`START_RATE` (256 requests/s: a concurrency of 64 is full within
-a quarter of a second, so a small cell at any latency pays next to nothing) and quadruples every round
-trip while answers succeed and nothing was refused (then doubles). An unknown cap therefore costs the
-few requests sent in the round trip of its first refusals, not a whole concurrency sent at once. The
-first convincing rate-limit refusals (the density guard below) or the first limit headers end the
-start: the rate settles just under what the server *admitted* — measured from our own sends before the refusal (sends minus
+A fast start: the pace begins at :data:`START_RATE` (256 requests/s: a concurrency of 64 is full within a
+quarter of a second, so a small cell at any latency pays next to nothing) and quadruples every round trip
+while answers succeed and nothing was refused (then doubles). An unknown cap therefore costs the few
+requests sent in the round trip of its first refusals, not a whole concurrency sent at once. The first
+convincing rate-limit refusals (the density guard below) or the first limit headers end the start: the rate
+settles just under what the server *admitted* — measured from our own sends before the refusal (sends minus
 refusals, per second, over the provider's window when its waits tell how long that is; what is still in
-flight counts as admitted, and nothing sent after the refused request counts; or, when what was sent at
-the current rate is refused steadily but mostly admitted, that rate times the admitted share — the
-window can still hold a bucket's first burst) — then probes upwards again, first towards what was
-admitted, then in steps that double while answers keep succeeding. Above what was admitted, a few
-refusals (a binomial tail under 1 %, under 5 % at the end of a period) end the probe.
+flight counts as admitted, and nothing sent after the refused request counts; or, when what was sent at the
+current rate is refused steadily but mostly admitted, that rate times the admitted share — the window can
+still hold a bucket's first burst) — then probes upwards again, first towards what was admitted, then in
+steps that double while answers keep succeeding. Above what was admitted, a few refusals (a binomial tail
+under 1 %, under 5 % at the end of a period) end the probe.
 
 Refusals with next to nothing admitted in the window (a key whose window is still full, an upstream
 shedding load, an outage) are a *wall*: there is no admitted rate to settle under, so the rate is left
@@ -366,8 +366,8 @@ class RateLearner:
         n = self._ok + self._limited
         if record and self._quiet_period and n and self._limited <= 2 * MAX_BACKGROUND * n:
             self._quiet.append((self._limited, n))
-        # in the start (or unpaced), or in the first two periods after a cut (at the rate it settled on): periods
-        # whose refusals are the provider's background, not our rate
+        # in the start (or unpaced), or in the first two periods after a cut (at the rate it settled on):
+        # periods whose refusals are the provider's background, not our rate
         self._quiet_period = self.slow_start or math.isinf(self.rate) or self._since_cut < 2
         self._since_cut += 1
         self._period_start = now
