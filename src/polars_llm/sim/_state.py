@@ -52,6 +52,7 @@ class SimState:
         self.config = config
         self._rng = random.Random(config.seed)
         self._burst_until = time.monotonic() + config.burst_seconds if config.burst_429 else 0.0
+        self._burst_left = config.burst_requests
         self._zero()
 
     def _zero(self) -> None:
@@ -111,6 +112,7 @@ class SimState:
             in_flight = self._in_flight
             self._zero()
             self._in_flight = in_flight
+            self._burst_left = self.config.burst_requests
             self._rng = random.Random(self.config.seed)
 
     def configure(self, **changes: Any) -> SimConfig:
@@ -127,6 +129,8 @@ class SimState:
                 self._burst_until = time.monotonic() + new.burst_seconds
             elif not new.burst_429:
                 self._burst_until = 0.0
+            if "burst_requests" in changes:
+                self._burst_left = new.burst_requests
             self.config = new
         return new
 
@@ -167,9 +171,11 @@ class SimState:
                 self._embedding_requests += 1
             for prompt in prompts:
                 self._per_prompt[prompt] = self._per_prompt.get(prompt, 0) + 1
-            if self._burst_until and now < self._burst_until:
+            if (self._burst_until and now < self._burst_until) or self._burst_left > 0:
+                self._burst_left = max(0, self._burst_left - 1)
                 self._count_fault("burst_429")
-                return error_response(429, headers=retry_headers(cfg.burst_retry_after)), {}
+                hint = retry_headers(cfg.burst_retry_after) if cfg.burst_retry_after else {}
+                return error_response(429, headers=hint), {}
             rejected, headers, fault = self._limiter.admit(cfg, tokens, now)
             if fault:
                 self._count_fault(fault)
