@@ -87,8 +87,11 @@ def _small(workdir: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
 
 def _stalls(workdir: Path, outage: float) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     out, targets = {}, []
-    with SimProcess(burst_429=True, burst_seconds=outage, burst_retry_after=0) as sim:
-        res = run_child("ordinary", {"case": "done_in", "url": sim.url, "n": 200, "concurrency": 16})
+    with SimProcess(burst_retry_after=0) as sim:  # the outage starts when the child's clock does
+        burst = {"burst_429": True, "burst_seconds": outage}
+        res = run_child(
+            "ordinary", {"case": "done_in", "url": sim.url, "n": 200, "concurrency": 16, "configure": burst}
+        )
     out["refused for 3 s"] = res
     wall = res.get("wall_s")
     name = f"server refusing everything for {outage:g} s (no hint), 200 prompts c=16: all done after (s)"
@@ -168,6 +171,14 @@ def _case(params: dict[str, Any]) -> dict[str, Any]:
                 "later_s": [round(w, 4) for w in walls[1:]]}  # fmt: skip
     if params["case"] == "done_in":
         df = pl.DataFrame({"q": [f"stall {i}" for i in range(params["n"])]})
+        if params.get("configure"):
+            import json
+            import urllib.request
+
+            body = json.dumps(params["configure"]).encode()
+            urllib.request.urlopen(
+                urllib.request.Request(url[: -len("/v1")] + "/configure", data=body), timeout=5
+            )
         start = time.perf_counter()
         out = df.llm.map("q", MODEL, cache=None, concurrency=params["concurrency"], **base)
         wall = time.perf_counter() - start

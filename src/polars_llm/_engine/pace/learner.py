@@ -16,7 +16,9 @@ under 1 %, under 5 % at the end of a period) end the probe.
 Refusals with next to nothing admitted in the window (a key whose window is still full, an upstream
 shedding load, an outage) are a *wall*: there is no admitted rate to settle under, so the rate is left
 as it was and everybody waits instead (the provider's hint, else a backoff that doubles with each wall
-in a row, see :data:`WALL_BACKOFF`); recovery takes the wait, not a climb from a collapsed rate.
+in a row, up to a second, see :data:`WALL_BACKOFF`); recovery takes the wait, not a climb from a
+collapsed rate. While everybody waits, a refused row retries when the wait ends, not after a backoff of
+its own on top of it.
 
 The density guard: a cut needs refusals that the *background* share — what a busy shared provider
 refuses whatever our rate, measured in the start and right after each cut — explains with a
@@ -45,7 +47,10 @@ log = logging.getLogger("polars_llm.pacer")
 Clock = Callable[[], float]
 
 START_RATE = 256.0  # requests/s before anything is known; ×4 per round trip until a refusal, then ×2
-WALL_BACKOFF = (0.5, 8.0)  # seconds everybody waits at a first wall without a hint, doubling up to…
+# seconds everybody waits at a first wall without a hint, doubling up to the second: each wall costs the
+# couple of requests that found it, so probing every second is cheap, and the run resumes within a
+# second of the wall's end (a burst of 30 refusals at 2 per wall used to take 75 s with an 8 s cap)
+WALL_BACKOFF = (0.5, 1.0)
 MIN_RATE = 0.05
 MAX_BACKGROUND = 0.1  # the largest share of scattered 429s taken for a provider's background
 PRIOR_BACKGROUND = 0.02  # assumed until enough answers are known
@@ -150,7 +155,7 @@ def wall_backoff(walls: int) -> float:
     """How long everybody waits at the ``walls``-th wall in a row when the provider gave no hint.
 
     >>> [wall_backoff(n) for n in (1, 2, 3, 6)]
-    [0.5, 1.0, 2.0, 8.0]
+    [0.5, 1.0, 1.0, 1.0]
     """
     first, most = WALL_BACKOFF
     return min(most, first * 2.0 ** max(0, walls - 1))
