@@ -298,6 +298,11 @@ class MapConfig:
     flush_rows: int = option(
         5000, "finished rows that trigger a write before flush_interval", ck.integer(1, 10_000_000)
     )
+    fsync: bool = option(
+        False,
+        "flush each answer's journal record to disk (a power cut loses nothing; a kill needs no fsync)",
+        ck.boolean,
+    )
     max_cost: float | None = option(
         None,
         "USD budget for the call's rows, earlier runs' spend on them included; stops before going over",

@@ -72,6 +72,7 @@ class EmbedOptions(TypedDict, total=False):
     cache: CacheArg | Path
     flush_interval: float
     flush_rows: int
+    fsync: bool
     max_cost: float | None
     price: tuple[float, float] | Mapping[str, tuple[float, float]] | None
     progress: bool

@@ -27,6 +27,7 @@ from ._client import Transport, make_transport
 from ._config import MapConfig
 from ._cost import Budget, Costing, budget_exceeded, plan_costs
 from ._engine import Run, RunStats, Sink, Work, iter_jobs, jobs_frame, work_jobs, write_batches
+from ._journal import Journal
 from ._store import DETAIL_SCHEMA, Store
 
 __all__ = ["QueryAborted", "Session", "execute"]
@@ -211,7 +212,7 @@ class Session:
         if self._transport is None:
             self._transport = make_transport(cfg)
         workers = min(cfg.concurrency, max(1, len(keys)))
-        sink = Sink(cfg.flush_rows)
+        sink = Sink(cfg.flush_rows, Journal.for_store(store, fsync=cfg.fsync))
         finished_before = stats.finished
         run = self._run
         try:
@@ -239,12 +240,15 @@ class Session:
             with anyio.CancelScope(shield=True):
                 # the writer has stopped; if it was cancelled before it ever ran, this keeps what finished,
                 # and rows cut off mid-request keep their attempts (they stay pending)
-                batch = sink.take()
+                taken, unfinished = sink.take(), []
                 if run is not None and run.unfinished:
-                    batch, run.unfinished = batch + run.unfinished, []
-                if batch:
-                    await anyio.to_thread.run_sync(store.write_outcomes, batch)
-                    log.debug("stored %d finished rows", len(batch))
+                    unfinished, run.unfinished = run.unfinished, []
+                try:
+                    if taken or unfinished or taken.segments:
+                        await anyio.to_thread.run_sync(sink.commit, store, taken, *unfinished)
+                        log.debug("stored %d finished rows", len(taken) + len(unfinished))
+                finally:
+                    sink.release()
         if run is not None and run.fatal is not None:
             raise run.fatal
         left = len(keys) - (stats.finished - finished_before)

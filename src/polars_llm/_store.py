@@ -26,7 +26,8 @@ single writer: every insert is an anti-join against ``requests``, and all calls 
 process are serialised by one lock. Another process cannot open the file at all (DuckDB holds an
 exclusive file lock), which :meth:`Store.open` reports as a :class:`StoreError` naming the holder.
 
-Every write is one transaction; DuckDB's write-ahead log makes a committed batch survive ``kill -9``.
+Every write is one transaction; DuckDB's write-ahead log makes a committed batch survive ``kill -9``, and
+the journal (:mod:`polars_llm._journal`) keeps the answers received since the last write.
 """
 
 from __future__ import annotations
@@ -333,6 +334,9 @@ class Store:
     def open(cls, path: Path | None) -> Store:
         """Open (creating or migrating) the store at ``path``; ``None`` keeps it in memory.
 
+        Outcomes a killed run left in the journal beside the file are folded in first (see
+        :mod:`polars_llm._journal`).
+
         Raises:
             StoreError: the file is locked by another process, cannot be created, is not a polars_llm cache,
                 or was written by a newer polars_llm.
@@ -348,6 +352,9 @@ class Store:
             con = connect(path, read_only=False)
             try:
                 version = _migrations.migrate(con, path=path)
+                from ._journal import replay  # imports this module
+
+                replay(con, path)  # answers a killed run received but had not written yet
             except BaseException:
                 con.close()
                 raise
