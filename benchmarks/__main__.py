@@ -103,6 +103,7 @@ SCALES: dict[str, dict[str, Any]] = {
         "rate_cells": ["sliding1s-cap50-lat0-c64"],
         "rate_extras": False,
         "resume_n": 600,
+        "resume_kill_at": [0.5],
         "cached_sizes": [5_000],
         "memory_small": 200,
         "memory_big": 1_000,

@@ -10,13 +10,16 @@ journal. The test SIGKILLs it the moment the simulator has answered a random num
 * at most ``CONCURRENCY`` answered prompts are missing (the answers on the wire at the kill);
 * the rerun requests exactly the prompts not ``done``, each once: requests ≤ N + CONCURRENCY overall.
 
-Three trials run in the normal suite; ``-m slow`` runs twenty more.
+Three trials run in the normal suite; ``-m slow`` runs twenty-two more.
+
+Two processes on one cache: the second waits its turn (``cache_wait``) and pays for nothing twice.
 """
 
 from __future__ import annotations
 
 import random
 import signal
+import subprocess
 from pathlib import Path
 
 import duckdb
@@ -28,6 +31,7 @@ import polars_llm  # noqa: F401  (registers .llm)
 from polars_llm import sim
 from polars_llm._journal import Journal, iter_segments, journal_dir, read_segment, replay
 from polars_llm._store import Outcome, Store
+from polars_llm.exceptions import StoreError
 from reliability_utils import MODEL, expect_line, map_options, prompts, spawn, store_rows, wait_for
 
 N = 600
@@ -184,3 +188,72 @@ def test_sigkill_loses_no_answer(trial: int, tmp_path: Path, reference: pl.DataF
 @pytest.mark.parametrize("trial", range(3, 25))
 def test_sigkill_loses_no_answer_many(trial: int, tmp_path: Path, reference: pl.DataFrame) -> None:
     _kill_trial(trial, tmp_path, reference)
+
+
+# -- two processes, one cache ------------------------------------------------------------------------------
+
+
+def _stderr_line(proc: subprocess.Popen[str], needle: str) -> str:
+    """Read the child's stderr until a line containing ``needle``; fail with what it wrote if it ends."""
+    assert proc.stderr is not None
+    seen: list[str] = []
+    while True:
+        line = proc.stderr.readline()
+        if not line:
+            raise AssertionError(
+                f"child exited ({proc.wait(timeout=60)}) before {needle!r}:\n{''.join(seen)}"
+            )
+        seen.append(line)
+        if needle in line:
+            return line
+
+
+def test_second_process_waits_its_turn_and_pays_nothing_twice(tmp_path: Path) -> None:
+    """Two processes map overlapping prompts into one cache: the second waits (saying so, naming the
+    first) while the first runs, then sends only what the first did not answer. Both finish, each prompt
+    is requested once, every row is in the cache."""
+    n = 300
+    cache = tmp_path / "shared.duckdb"
+    with sim.serve(latency=0.01) as server:
+        first = spawn("map", server, str(cache), str(n), "--concurrency", "4")
+        second: subprocess.Popen[str] | None = None
+        try:
+            expect_line(first, "started")
+            wait_for(lambda: server.stats(per_prompt=False)["ok"] >= 20, what="the first run under way")
+            server.configure(latency=2.0)  # the first run holds the cache until the second is seen waiting
+            second = spawn("map", server, str(cache), str(2 * n), "--concurrency", "4")
+            line = _stderr_line(second, "waiting for it to finish")
+            assert str(cache) in line and f"PID {first.pid}" in line
+            server.configure(latency=0.01)
+            out_first, err_first = first.communicate(timeout=120)
+            out_second, err_second = second.communicate(timeout=120)
+        finally:
+            for proc in (first, second):
+                if proc is not None and proc.poll() is None:
+                    proc.kill()
+                    proc.communicate(timeout=60)
+        assert first.returncode == 0, err_first
+        assert second.returncode == 0, err_second
+        assert f"finished {n}" in out_first and f"finished {2 * n}" in out_second
+        per_prompt = server.stats()["per_prompt"]
+    assert set(per_prompt) == set(prompts(2 * n))
+    assert set(per_prompt.values()) == {1}  # nothing paid twice
+    rows = store_rows(cache)
+    assert rows.height == 2 * n and set(rows["status"]) == {"done"}
+    assert rows["result"].to_list() == [sim.expected_text(MODEL, p) for p in rows["prompt"]]
+
+
+def test_cache_wait_zero_fails_at_once(tmp_path: Path) -> None:
+    cache = tmp_path / "held.duckdb"
+    Store.open(cache).close()
+    holder = spawn("hold", str(cache))
+    try:
+        expect_line(holder, "ready")
+        with sim.serve() as server, pytest.raises(StoreError, match=f"PID {holder.pid}") as info:
+            pl.DataFrame({"p": ["a"]}).llm.map("p", MODEL, **map_options(server, cache=cache, cache_wait=0))
+        assert "waited" not in str(info.value)
+        assert server.stats()["requests"] == 0
+        with sim.serve() as server, pytest.raises(StoreError, match=r"waited cache_wait=0\.3 s"):
+            pl.DataFrame({"p": ["a"]}).llm.map("p", MODEL, **map_options(server, cache=cache, cache_wait=0.3))
+    finally:
+        holder.communicate(input="", timeout=60)

@@ -49,6 +49,7 @@ from ._config import MapConfig
 from ._cost import Budget, Costing, budget_exceeded, plan_costs
 from ._engine import RunStats, jobs_frame
 from ._retry import next_delay
+from ._session import open_store
 from ._store import DETAIL_SCHEMA, Outcome, Store
 from .exceptions import StoreError
 
@@ -434,7 +435,7 @@ async def execute_batch(
     """
     stats = stats if stats is not None else BatchStats()
     stats.total = len(keys)
-    store = await anyio.to_thread.run_sync(Store.open, cfg.cache_path)
+    store = await open_store(cfg.cache_path, cfg.cache_wait)
     run: _BatchRun | None = None
     try:
         key_frame = pl.DataFrame(

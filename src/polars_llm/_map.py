@@ -70,6 +70,7 @@ class EmbedOptions(TypedDict, total=False):
     max_backoff: float
     max_wait: float
     cache: CacheArg | Path
+    cache_wait: float
     flush_interval: float
     flush_rows: int
     fsync: bool

@@ -30,9 +30,38 @@ from ._engine import Run, RunStats, Sink, Work, iter_jobs, jobs_frame, work_jobs
 from ._journal import Journal
 from ._store import DETAIL_SCHEMA, Store
 
-__all__ = ["QueryAborted", "Session", "execute"]
+__all__ = ["QueryAborted", "Session", "execute", "open_store"]
 
 log = logging.getLogger("polars_llm")
+
+
+async def open_store(path: Any, wait: float) -> Store:
+    """Open the cache; while another process holds it, wait up to ``wait`` seconds for its turn, saying so
+    once (a warning naming the holder), then raise its :class:`~polars_llm.StoreError`. The wait is an
+    ``anyio.sleep``: an interrupt stops it at once."""
+    deadline = time.monotonic() + wait
+    told = False
+    while True:
+        try:
+            return await anyio.to_thread.run_sync(Store.open, path)
+        except exc.StoreError as error:
+            left = deadline - time.monotonic()
+            if error.holder is None or left <= 0:
+                if told:
+                    raise exc.StoreError(
+                        f"{error} (waited cache_wait={wait:g} s for it)", path=error.path, holder=error.holder
+                    ) from None
+                raise
+            if not told:
+                log.warning(
+                    "the cache %s is in use by %s; waiting for it to finish (up to cache_wait=%g s; "
+                    "interrupt to stop)",
+                    path,
+                    error.holder,
+                    wait,
+                )
+                told = True
+            await anyio.sleep(min(0.5, left))
 
 
 class QueryAborted(Exception):
@@ -77,7 +106,7 @@ class Session:
 
     async def _open(self) -> Any:
         if self.store is None:
-            self.store = await anyio.to_thread.run_sync(Store.open, self.cfg.cache_path)
+            self.store = await open_store(self.cfg.cache_path, self.cfg.cache_wait)
         return self.store
 
     async def __aexit__(
