@@ -56,9 +56,16 @@ def run(scale: dict[str, Any], workdir: Path) -> dict[str, Any]:
                 ("bare_aiohttp", n, None),
                 ("map_aiohttp", n, {"cache": str(workdir / f"overhead-{r}.duckdb")}),
                 ("map_memory", n, {"cache": None}),
-                ("map_nojournal", n, {"cache": str(workdir / f"overhead-nj-{r}.duckdb"), "journal": False}),
-                ("map_fsync", n, {"cache": str(workdir / f"overhead-fsync-{r}.duckdb"), "fsync": True}),
             ]
+            if scale.get("journal_arms", True):
+                plan += [
+                    (
+                        "map_nojournal",
+                        n,
+                        {"cache": str(workdir / f"overhead-nj-{r}.duckdb"), "journal": False},
+                    ),
+                    ("map_fsync", n, {"cache": str(workdir / f"overhead-fsync-{r}.duckdb"), "fsync": True}),
+                ]
             if r == 0 or scale.get("sdk_every_round"):
                 plan += [
                     ("openai_httpx", n_sdk, None),
@@ -94,6 +101,23 @@ def run(scale: dict[str, Any], workdir: Path) -> dict[str, Any]:
     measured = ratios["map_aiohttp/bare_aiohttp"]
     without = ratios["map_nojournal/bare_aiohttp"]
     shift = round(without - measured, 3) if without is not None and measured is not None else None
+    targets = [
+        {
+            "name": "map (durable, aiohttp) ÷ bare aiohttp loop",
+            "measured": measured,
+            "target": f">= {TARGET_RATIO}",
+            "met": measured is not None and measured >= TARGET_RATIO,
+        }
+    ]
+    if "map_nojournal" in runs:  # measured in the same run as map_aiohttp, round by round
+        targets.append(
+            {
+                "name": "the journal's cost: (map without journal − map) ÷ bare aiohttp loop",
+                "measured": shift,
+                "target": f"< {JOURNAL_SHIFT}",
+                "met": shift is not None and shift < JOURNAL_SHIFT,
+            }
+        )
     return {
         "params": {"n": n, "n_sdk": n_sdk, "rounds": rounds, "concurrency": c, "latency": 0.0},
         "prompts_per_s": rate,
@@ -104,18 +128,5 @@ def run(scale: dict[str, Any], workdir: Path) -> dict[str, Any]:
             "note": "the simulator's CPU share during each arm is in runs[*].sim_cpu_share",
         },
         "runs": runs,
-        "targets": [
-            {
-                "name": "map (durable, aiohttp) ÷ bare aiohttp loop",
-                "measured": measured,
-                "target": f">= {TARGET_RATIO}",
-                "met": measured is not None and measured >= TARGET_RATIO,
-            },
-            {
-                "name": "the journal's cost: (map without journal − map) ÷ bare aiohttp loop",
-                "measured": shift,
-                "target": f"< {JOURNAL_SHIFT}",
-                "met": shift is not None and shift < JOURNAL_SHIFT,
-            },
-        ],
+        "targets": targets,
     }
