@@ -174,6 +174,7 @@ def _kill_trial(trial: int, tmp_path: Path, reference: pl.DataFrame) -> None:
         assert set(rerun.values()) <= {1}
         assert before["requests"] + sum(rerun.values()) <= N + CONCURRENCY
     assert out.equals(reference)
+    assert not journal_dir(cache).exists()  # a finished run leaves nothing beside the cache
     rows = store_rows(cache)
     assert set(rows["status"]) == {"done"} and rows.height == N
     print(f"trial {trial}: killed after {kill_after} answers; {len(answered)} answered, {len(lost)} lost")

@@ -31,6 +31,7 @@ record's (or unset), so a segment folded by a run killed just before deleting it
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
@@ -185,7 +186,14 @@ def replay(con: duckdb.DuckDBPyConnection, cache: Path) -> int:
     con.execute("COMMIT")
     for segment in segments:
         segment.unlink(missing_ok=True)
+    _tidy(directory)
     return len(fresh)
+
+
+def _tidy(directory: Path) -> None:
+    """Remove the journal directory once it is empty (no trace beside the cache after a clean run)."""
+    with contextlib.suppress(OSError):
+        directory.rmdir()
 
 
 class Journal:
@@ -265,6 +273,8 @@ class Journal:
         with _LIVE_LOCK:
             for path in self._mine:
                 _LIVE.discard(str(path))
+        if self._mine:
+            _tidy(self.directory)
         self._mine = []
 
 
