@@ -120,6 +120,17 @@ def test_a_live_segment_of_this_process_is_not_replayed(tmp_path: Path) -> None:
         assert store.counts() == {"done": 1}
 
 
+def test_fsync_run_keeps_every_answer(tmp_path: Path) -> None:
+    """``fsync=True`` (the journal flushed to disk off the event loop): same answers, nothing left over."""
+    cache = tmp_path / "c.duckdb"
+    frame = pl.DataFrame({"prompt": prompts(200)})
+    with sim.serve() as server:
+        out = frame.llm.map("prompt", MODEL, **map_options(server, cache=cache, fsync=True, flush_rows=50))
+    assert out["result"].to_list() == [sim.expected_text(MODEL, p) for p in prompts(200)]
+    assert not journal_dir(cache).exists()
+    assert store_rows(cache)["status"].to_list() == ["done"] * 200
+
+
 # -- SIGKILL at random points ------------------------------------------------------------------------------
 
 

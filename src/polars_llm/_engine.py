@@ -503,9 +503,7 @@ async def write_batches(store: Store, sink: Sink, cfg: MapConfig) -> None:
                 await anyio.to_thread.run_sync(sink.commit, store, taken)
             log.debug("stored %d finished rows", len(taken))
 
-    async with anyio.create_task_group() as syncing:
-        if sink.journal is not None and sink.journal.fsync:
-            syncing.start_soon(sink.journal.keep_synced)
+    async def write() -> None:
         try:
             while not sink.closed:
                 with anyio.move_on_after(cfg.flush_interval):
@@ -514,6 +512,15 @@ async def write_batches(store: Store, sink: Sink, cfg: MapConfig) -> None:
         finally:
             with anyio.CancelScope(shield=True):
                 await flush()
+
+    if sink.journal is None or not sink.journal.fsync:
+        await write()
+        return
+    async with anyio.create_task_group() as syncing:
+        syncing.start_soon(sink.journal.keep_synced)
+        try:
+            await write()
+        finally:
             syncing.cancel_scope.cancel()
 
 

@@ -219,7 +219,7 @@ class Journal:
 
     def _open(self) -> int:
         self.directory.mkdir(parents=True, exist_ok=True)
-        path = self.directory / f"{os.getpid()}-{next(_SEQUENCE):08d}.log"
+        path = self.directory / f"{os.getpid()}-{next(_SEQUENCE):08d}-{os.urandom(4).hex()}.log"
         with _LIVE_LOCK:
             _LIVE.add(str(path))
         self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
