@@ -21,6 +21,7 @@ import random
 import signal
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import polars as pl
@@ -43,8 +44,17 @@ def _jobs(keys: list[str]) -> pl.DataFrame:
     return pl.DataFrame({"key": keys, "prompt": keys, "base_url": "u", "model": "m", "params": "{}"})
 
 
-def _done(key: str, at: float = 1000.5, **fields: object) -> Outcome:
-    return Outcome(key=key, status="done", attempts=1, finished_at=at, result=f"answer {key}", **fields)
+def _done(key: str, at: float = 1000.5, **fields: Any) -> Outcome:
+    return Outcome(
+        **{
+            "key": key,
+            "status": "done",
+            "attempts": 1,
+            "finished_at": at,
+            "result": f"answer {key}",
+            **fields,
+        }
+    )
 
 
 # -- units -------------------------------------------------------------------------------------------------
@@ -94,6 +104,18 @@ def test_replay_is_idempotent_and_keeps_newer_rows(tmp_path: Path) -> None:
     finally:
         con.close()
     assert store_rows(cache).sort("key")["attempts"].to_list() == [1, 1, 1]
+
+
+def test_odd_values_round_trip(tmp_path: Path) -> None:
+    journal = Journal(tmp_path / "j")
+    journal.append(_done("s", result="lone \ud800 surrogate, ünïcode", tokens_in=2**70, cost=float("nan")))
+    journal.append(
+        Outcome(key="f", status="failed", attempts=3, finished_at=2.0, error="boom", error_kind="x")
+    )
+    (segment,) = journal.directory.iterdir()
+    odd, failed = read_segment(segment)
+    assert odd.result == "lone \ud800 surrogate, ünïcode" and odd.tokens_in == 2**70
+    assert (failed.status, failed.attempts, failed.error, failed.error_kind) == ("failed", 3, "boom", "x")
 
 
 def test_embedding_records_round_trip(tmp_path: Path) -> None:
