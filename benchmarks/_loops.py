@@ -103,7 +103,7 @@ def llm_map(url: str, prompts: list[str], concurrency: int, **options: Any) -> d
         import openai  # noqa: F401
 
     if not options.pop("journal", True):  # the "before" arm of the journal's cost (section 1)
-        from polars_llm import _journal
+        from polars_llm._store import journal as _journal
 
         _journal.Journal.for_store = staticmethod(lambda store, *, fsync=False: None)  # type: ignore[method-assign]
     df = pl.DataFrame({"prompt": prompts})

@@ -52,8 +52,8 @@ def journal_append_us(workdir: Path, n: int = 20_000) -> float:
     in this process on ``n`` answers like the simulator's: a noise-free bound on the journal's cost."""
     import time
 
-    from polars_llm._journal import Journal
-    from polars_llm._store import Outcome
+    from polars_llm._store.journal import Journal
+    from polars_llm._store.store import Outcome
 
     journal = Journal(workdir / "overhead-journal-micro")
     now = time.time()

@@ -30,8 +30,8 @@ import pytest
 
 import polars_llm  # noqa: F401  (registers .llm)
 from polars_llm import sim
-from polars_llm._journal import Journal, iter_segments, journal_dir, read_segment, replay
-from polars_llm._store import Outcome, Store
+from polars_llm._store.journal import Journal, iter_segments, journal_dir, read_segment, replay
+from polars_llm._store.store import Outcome, Store
 from polars_llm.exceptions import StoreError
 from reliability_utils import MODEL, expect_line, map_options, prompts, spawn, store_rows, wait_for
 
