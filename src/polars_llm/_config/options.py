@@ -305,7 +305,7 @@ class MapConfig:
     )
     fsync: bool = option(
         False,
-        "flush each answer's journal record to disk (a power cut loses nothing; a kill needs no fsync)",
+        "flush the journal to disk as answers arrive, for power cuts (a process kill needs no fsync)",
         ck.boolean,
     )
     max_cost: float | None = option(
