@@ -33,7 +33,7 @@ from polars_llm import sim
 from polars_llm._store.journal import Journal, iter_segments, journal_dir, read_segment, replay
 from polars_llm._store.store import Outcome, Store
 from polars_llm.exceptions import StoreError
-from reliability_utils import MODEL, expect_line, map_options, prompts, spawn, store_rows, wait_for
+from reliability_utils import MODEL, expect_line, map_options, prompts, rerun, spawn, store_rows, wait_for
 
 N = 600
 CONCURRENCY = 8
@@ -171,16 +171,15 @@ def _kill_trial(trial: int, tmp_path: Path, reference: pl.DataFrame) -> None:
         proc = spawn(
             "map", server, str(cache), str(N), "--concurrency", str(CONCURRENCY), "--flush-interval", "60"
         )
-        try:
-            expect_line(proc, "started")
-            wait_for(lambda: server.stats(per_prompt=False)["ok"] >= kill_after, what="answers", timeout=60)
-            still_running = proc.poll() is None
-            proc.send_signal(signal.SIGKILL)
-            proc.communicate(timeout=60)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.communicate(timeout=60)
+        with proc:  # SIGKILL the moment the simulator has answered `kill_after` requests
+            try:
+                expect_line(proc, "started")
+                wait_for(
+                    lambda: server.stats(per_prompt=False)["ok"] >= kill_after, what="answers", timeout=60
+                )
+                still_running = proc.poll() is None
+            finally:
+                proc.send_signal(signal.SIGKILL)
         assert still_running, "the child finished before the kill"
         before = server.stats()
         answered = set(before["per_prompt"])
@@ -199,13 +198,10 @@ def _kill_trial(trial: int, tmp_path: Path, reference: pl.DataFrame) -> None:
         lost = answered - done_prompts
         assert len(lost) <= CONCURRENCY, f"{len(lost)} answered prompts were lost"
 
-        server.reset()
-        frame = pl.DataFrame({"prompt": prompts(N)})
-        out = frame.llm.map("prompt", MODEL, **map_options(server, cache=cache, concurrency=32))
-        rerun = server.stats()["per_prompt"]
-        assert set(rerun) == set(prompts(N)) - done_prompts
-        assert set(rerun.values()) <= {1}
-        assert before["requests"] + sum(rerun.values()) <= N + CONCURRENCY
+        out, requested = rerun(server, cache, N)
+        assert set(requested) == set(prompts(N)) - done_prompts
+        assert set(requested.values()) <= {1}
+        assert before["requests"] + sum(requested.values()) <= N + CONCURRENCY
     assert out.equals(reference)
     assert not journal_dir(cache).exists()  # a finished run leaves nothing beside the cache
     rows = store_rows(cache)
@@ -213,14 +209,10 @@ def _kill_trial(trial: int, tmp_path: Path, reference: pl.DataFrame) -> None:
     print(f"trial {trial}: killed after {kill_after} answers; {len(answered)} answered, {len(lost)} lost")
 
 
-@pytest.mark.parametrize("trial", range(3))
+@pytest.mark.parametrize(
+    "trial", [*range(3), *(pytest.param(trial, marks=pytest.mark.slow) for trial in range(3, 25))]
+)
 def test_sigkill_loses_no_answer(trial: int, tmp_path: Path, reference: pl.DataFrame) -> None:
-    _kill_trial(trial, tmp_path, reference)
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("trial", range(3, 25))
-def test_sigkill_loses_no_answer_many(trial: int, tmp_path: Path, reference: pl.DataFrame) -> None:
     _kill_trial(trial, tmp_path, reference)
 
 

@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import _thread
 import signal
 import subprocess
 import sys
@@ -26,6 +25,7 @@ import pytest
 import polars_llm  # noqa: F401  (registers .llm)
 from polars_llm import sim
 from polars_llm._bridge import _os_sigint, _set_os_sigint
+from test_map import test_interrupted_run_resumes_without_paying_twice as interrupted_run
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 
@@ -45,45 +45,9 @@ def sigint_ignored() -> Iterator[None]:
 
 @pytest.mark.usefixtures("sigint_ignored")
 def test_interrupt_main_stops_a_run_when_sigint_is_ignored(tmp_path: Path) -> None:
-    cache = tmp_path / "c.duckdb"
-    n, concurrency = 300, 8
-    df = pl.DataFrame({"p": [f"row {i}" for i in range(n)]})
-    options = {
-        "base_url": None,
-        "api_key": "sk-k",
-        "progress": False,
-        "cache": cache,
-        "concurrency": concurrency,
-    }
-    with sim.serve(latency=0.01) as server:
-        options["base_url"] = server
-        stop = threading.Event()
-
-        def interrupt_when_half_done() -> None:
-            while not stop.is_set():
-                if server.stats(per_prompt=False)["ok"] >= n // 2:
-                    server.configure(latency=20.0)  # held until the interrupt lands; released if it is lost
-                    _thread.interrupt_main()
-                    stop.wait(20.0)
-                    server.configure(latency=0.01)
-                    return
-                stop.wait(0.005)
-
-        watcher = threading.Thread(target=interrupt_when_half_done)
-        watcher.start()
-        try:
-            with pytest.raises(KeyboardInterrupt):
-                df.llm.map("p", "m", **options)
-        finally:
-            stop.set()
-            watcher.join()
-        server.configure(latency=0.0)
-        first = server.stats(per_prompt=False)["requests"]
-        out = df.llm.map("p", "m", **options)
-        total = server.stats(per_prompt=False)["requests"]
-    assert first < n
-    assert out["status"].to_list() == ["done"] * n
-    assert total <= n + concurrency  # what finished before the interrupt was kept
+    """test_map's interrupt test (``_thread.interrupt_main()`` half-way, then a rerun that pays nothing
+    twice), with SIGINT ignored as a background job inherits it."""
+    interrupted_run(tmp_path)
 
 
 def test_real_sigint_stops_a_background_child(tmp_path: Path) -> None:
@@ -117,17 +81,19 @@ def test_real_sigint_stops_a_background_child(tmp_path: Path) -> None:
             env={"PYTHONPATH": SRC, "PATH": "/usr/bin:/bin"},
             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
         )
-        try:
-            assert proc.stdout is not None and proc.stdout.readline().strip() == "started"
-            while server.stats(per_prompt=False)["ok"] < 40 and proc.poll() is None:
-                threading.Event().wait(0.005)
-            server.configure(latency=30.0)  # the rest is held: a lost interrupt shows as a slow "finished"
-            proc.send_signal(signal.SIGINT)
-            out, err = proc.communicate(timeout=120)
-        finally:
-            if proc.poll() is None:
+        with proc:
+            try:
+                assert proc.stdout is not None and proc.stdout.readline().strip() == "started"
+                while server.stats(per_prompt=False)["ok"] < 40 and proc.poll() is None:
+                    threading.Event().wait(0.005)
+                server.configure(
+                    latency=30.0
+                )  # the rest is held: a lost interrupt shows as a slow "finished"
+                proc.send_signal(signal.SIGINT)
+                out, err = proc.communicate(timeout=120)
+            except BaseException:
                 proc.kill()
-                proc.communicate(timeout=60)
+                raise
         assert out.strip() == "interrupted", err
         server.configure(latency=0.0)
         first = server.stats()["per_prompt"]
