@@ -118,6 +118,20 @@ def test_odd_values_round_trip(tmp_path: Path) -> None:
     assert (failed.status, failed.attempts, failed.error, failed.error_kind) == ("failed", 3, "boom", "x")
 
 
+def test_a_journal_that_cannot_be_written_stops_quietly(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("x")
+    journal = Journal(blocker / "j")  # its directory cannot be created
+    journal.append(_done("a"))
+    journal.append(_done("b"))
+    assert journal.broken
+    (warning,) = [r.message for r in caplog.records]  # said once
+    assert warning.startswith(f"the journal {blocker / 'j'} cannot be written ([Errno 20] Not a directory")
+    assert warning.endswith("finished rows are kept in batches only")
+
+
 def test_embedding_records_round_trip(tmp_path: Path) -> None:
     journal = Journal(tmp_path / "j")
     vectors = pa.array([[0.25, -1.5, 3.0], [7.0, 8.0]], type=pa.list_(pa.float64()))

@@ -34,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import json
+import logging
 import os
 import struct
 import threading
@@ -50,6 +51,8 @@ import pyarrow as pa
 from .store import Outcome, Store, apply_outcomes
 
 __all__ = ["Journal", "journal_dir", "read_segment", "replay"]
+
+log = logging.getLogger("polars_llm")
 
 _HEADER: Final = struct.Struct("<III")
 _FIELDS: Final = (
@@ -213,6 +216,7 @@ class Journal:
         self._mine: list[Path] = []
         self._lock = threading.Lock()  # the current fd, between appends/seals and a concurrent sync
         self.dirty = anyio.Event() if fsync else None
+        self.broken = False
 
     @classmethod
     def for_store(cls, store: Any, *, fsync: bool = False) -> Journal | None:
@@ -232,10 +236,22 @@ class Journal:
         return self._fd
 
     def append(self, outcome: Outcome) -> None:
-        """Append one outcome (one ``write``)."""
+        """Append one outcome (one ``write``). A journal that cannot be written (disk full, directory
+        removed) says so once and stops: the run goes on, its rows still reach DuckDB in batches."""
+        if self.broken:
+            return
         record = encode(outcome)
-        fd = self._fd if self._fd is not None else self._open()
-        os.write(fd, record)
+        try:
+            fd = self._fd if self._fd is not None else self._open()
+            os.write(fd, record)
+        except OSError as error:
+            self.broken = True
+            log.warning(
+                "the journal %s cannot be written (%s): finished rows are kept in batches only",
+                self.directory,
+                error,
+            )
+            return
         if self.dirty is not None:
             self.dirty.set()
 
