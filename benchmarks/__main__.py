@@ -109,6 +109,8 @@ SCALES: dict[str, dict[str, Any]] = {
         "rate_cells": ["sliding1s-cap50-lat0-c64"],
         "rate_extras": False,
         "resume_n": 600,
+        "resume_kill_at": [0.5],
+        "journal_arms": False,
         "cached_sizes": [5_000],
         "memory_small": 200,
         "memory_big": 1_000,

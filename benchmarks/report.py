@@ -13,7 +13,7 @@ SECTION_TITLES = {
     "overhead": "1. Overhead (zero latency, c=64)",
     "latency": "2. Latency-bound efficiency (100 ± 20 ms)",
     "rate_limits": "3. Rate limits",
-    "resume": "4. Resume waste (SIGKILL at ~50 %)",
+    "resume": "4. Resume waste (SIGKILL at 25/50/75 %)",
     "cached_rerun": "5. Cached rerun",
     "memory": "6. Memory",
     "import_time": "7. Import time",

@@ -79,6 +79,16 @@ def wait_for(condition: Callable[[], bool], *, timeout: float = 30.0, what: str 
         time.sleep(0.002)
 
 
+def rerun(server: Any, cache: Path, n: int) -> tuple[pl.DataFrame, dict[str, int]]:
+    """Map ``prompts(n)`` again into ``cache`` in this process: the frame and the requests per prompt."""
+    import polars_llm  # noqa: F401  (registers .llm)
+
+    server.reset()
+    frame = pl.DataFrame({"prompt": prompts(n)})
+    out = frame.llm.map("prompt", MODEL, **map_options(server, cache=cache, concurrency=32))
+    return out, server.stats()["per_prompt"]
+
+
 def store_rows(path: Path) -> pl.DataFrame:
     """Every row of the cache's ``requests`` table (read-only; the file must not be in use)."""
     con = duckdb.connect(str(path), read_only=True)

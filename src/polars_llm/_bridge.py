@@ -19,6 +19,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import copy
+import ctypes
 import functools
 import inspect
 import signal
@@ -27,11 +28,12 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, ParamSpec, TypeVar
 
+import polars as pl
 from anyio.from_thread import start_blocking_portal
 
 from .exceptions import PolarsLLMError, remember
 
-__all__ = ["LoopThread", "run_async", "run_sync", "surfaced"]
+__all__ = ["LoopThread", "polars_aborted", "run_async", "run_sync", "surfaced"]
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -50,6 +52,18 @@ def _unwrap(error: BaseException) -> BaseException:
     return error
 
 
+def polars_aborted() -> None:
+    """Raise ``KeyboardInterrupt`` if the Polars query this thread works for was interrupted.
+
+    Importing Polars installs its own SIGINT handler at the OS level, even over an inherited "ignore": a
+    process started in the background (``cmd &`` in a script) has SIGINT ignored by Python, yet Polars
+    catches the signal and aborts its query, raising ``KeyboardInterrupt`` from every Polars call until
+    the query ends. A run waiting inside a Polars UDF asks Polars on every slice, so such an interrupt
+    stops it as promptly as one Python raised itself.
+    """
+    pl.select(pl.lit(0))
+
+
 def run_sync(fn: Callable[P, Awaitable[T]], *args: P.args, **kwargs: P.kwargs) -> T:
     """Run ``await fn(*args, **kwargs)`` on a private event loop thread and return its result.
 
@@ -61,7 +75,7 @@ def run_sync(fn: Callable[P, Awaitable[T]], *args: P.args, **kwargs: P.kwargs) -
     3
     """
     __tracebackhide__ = True  # IPython and pytest: show the caller's line, not this wait loop
-    with LoopThread() as loop:
+    with LoopThread(probe=polars_aborted) as loop:
         return loop.call(fn, *args, **kwargs)
 
 
@@ -137,7 +151,7 @@ class LoopThread:
             # Raised here, outside any ``except``, so it does not get the task group's ExceptionGroup as
             # its ``__context__`` (see _detach_groups).
             raise _detach_groups(error).with_traceback(error.__traceback__)
-        if guard.active:
+        if guard.forwarding:
             # Called from a coroutine (an ``await`` cell): tell the loop's owner about the interrupt and
             # stop this coroutine the way it would have, by cancellation. A KeyboardInterrupt escaping a
             # task would break the kernel's event loop.
@@ -149,30 +163,45 @@ class LoopThread:
 
 
 class _SigintGuard:
-    """Make Ctrl-C reach :func:`run_sync` when it is called from a coroutine on the main thread.
+    """Make Ctrl-C reach :func:`run_sync` on the main thread, whatever SIGINT was left to.
 
-    An ``await`` cell in Jupyter (and ``asyncio.run``) replaces the SIGINT handler with one that only
-    *schedules* a cancellation on the event loop, which this blocking call is holding: the interrupt
-    would wait for the whole run. While we wait, Python's default handler is installed instead, so
-    the interrupt cancels the run at once; :meth:`forward` then hands the signal to the loop's own
-    handler. Outside a running loop (scripts, plain cells) nothing is changed.
+    * An ``await`` cell in Jupyter (and ``asyncio.run``) replaces the SIGINT handler with one that only
+      *schedules* a cancellation on the event loop, which this blocking call is holding: the interrupt
+      would wait for the whole run. While we wait, Python's default handler is installed instead, so the
+      interrupt cancels the run at once; :meth:`forward` then hands the signal to the loop's own handler.
+    * A process started in the background by a script (``cmd &``) inherits SIGINT *ignored*: Python never
+      raises ``KeyboardInterrupt`` then, not even for ``_thread.interrupt_main()``, while Polars (whose
+      import installs its own OS-level handler over the ignore) still aborts its queries on the signal.
+      While we wait, Python's default handler is installed too, so the run stops like Polars's queries.
+
+    On leaving, the OS-level handler is put back exactly as it was (:func:`_os_sigint`): ``signal.signal``
+    alone would leave Python's handler where Polars's was, and Polars would stop seeing interrupts (a
+    streamed run, which relies on them on its pool threads, would then miss every later Ctrl-C).
+    Elsewhere (a default handler already, SIG_DFL, a handler not set from Python) nothing is changed.
     """
 
     def __init__(self) -> None:
         self.active = False
+        self.forwarding = False
         self._previous: Any = None
+        self._os_action: Any = None
 
     def __enter__(self) -> _SigintGuard:
         if threading.current_thread() is not threading.main_thread():
             return self
-        try:
-            asyncio.get_running_loop()
-        except RuntimeError:
-            return self
         previous = signal.getsignal(signal.SIGINT)
-        if previous is signal.default_int_handler or not callable(previous):
-            return self  # already raising KeyboardInterrupt, or SIGINT ignored / not from Python
+        if previous is signal.SIG_IGN:
+            pass  # inherited as ignored: see the class docstring
+        elif previous is signal.default_int_handler or not callable(previous):
+            return self  # already raising KeyboardInterrupt, or SIG_DFL / not from Python
+        else:
+            try:
+                asyncio.get_running_loop()
+            except RuntimeError:
+                return self  # a handler of the program's own, outside any loop: its choice
+            self.forwarding = True
         self._previous = previous
+        self._os_action = _os_sigint()
         signal.signal(signal.SIGINT, signal.default_int_handler)
         self.active = True
         return self
@@ -180,11 +209,40 @@ class _SigintGuard:
     def __exit__(self, *exc_info: object) -> None:
         if self.active:
             signal.signal(signal.SIGINT, self._previous)
+            _set_os_sigint(self._os_action)
 
     def forward(self) -> None:
         """Run the loop owner's SIGINT handler, as if the signal had reached it."""
         with contextlib.suppress(Exception):
             self._previous(signal.SIGINT, None)
+
+
+_LIBC: Any = None
+if hasattr(signal, "pthread_sigmask"):  # POSIX: sigaction is in the C library already loaded
+    with contextlib.suppress(OSError, AttributeError):
+        _LIBC = ctypes.CDLL(None, use_errno=True)
+        _LIBC.sigaction.argtypes = (ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p)
+_SIGACTION_SIZE = 512  # larger than any platform's struct sigaction (152 bytes on Linux x86-64)
+
+
+def _os_sigint() -> Any:
+    """The OS-level SIGINT action as raw bytes (``None`` where sigaction is not available).
+
+    >>> raw = _os_sigint()
+    >>> _set_os_sigint(raw)
+    """
+    if _LIBC is None:
+        return None
+    buffer = ctypes.create_string_buffer(_SIGACTION_SIZE)
+    if _LIBC.sigaction(signal.SIGINT, None, buffer) != 0:
+        return None
+    return buffer
+
+
+def _set_os_sigint(action: Any) -> None:
+    """Put back an action read by :func:`_os_sigint` (after ``signal.signal`` restored Python's own)."""
+    if _LIBC is not None and action is not None:
+        _LIBC.sigaction(signal.SIGINT, action, None)
 
 
 async def run_async(fn: Callable[P, Awaitable[T]], *args: P.args, **kwargs: P.kwargs) -> T:

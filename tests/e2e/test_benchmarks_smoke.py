@@ -41,8 +41,11 @@ def test_benchmark_smoke_run_writes_every_section(tmp_path: Path) -> None:
     for arm, runs in results["overhead"]["runs"].items():
         for run in runs:
             assert run["errors"] == 0 and run["wrong"] == 0, (arm, run)
-    assert results["resume"]["default"]["complete_and_correct"]
-    assert results["resume"]["tight_flush"]["complete_and_correct"]
+    assert {(c["path"], c["latency"]) for c in results["resume"]["cases"]} == {
+        (path, latency) for path in ("eager", "streamed") for latency in (0.0, 0.02)
+    }
+    for case in results["resume"]["cases"]:
+        assert case["complete_and_correct"] and case["first_run"]["killed"], case
     for section in ("embeddings", "struct_input"):
         for arm, runs in results[section]["runs"].items():
             for run in runs:

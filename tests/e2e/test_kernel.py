@@ -282,8 +282,9 @@ def test_error_in_an_await_cell_is_reported(kernel: Kernel, tmp_path: Path) -> N
 
 
 def test_two_kernels_on_one_cache(kernel: Kernel, tmp_path: Path) -> None:
-    """A second kernel on a cache another kernel is writing gets a clear StoreError naming the holder,
-    at once; the file is never corrupted; once the first run finishes the second kernel's run works."""
+    """A second kernel on a cache another kernel is writing gets (with ``cache_wait=0``) a clear StoreError
+    naming the holder, at once; the file is never corrupted; once the first run finishes the second
+    kernel's run works."""
     cache = tmp_path / "shared.duckdb"
     with sim.serve(latency=0.2) as server, start_kernel(cwd=tmp_path) as second:
         second.run(KERNEL_SETUP)
@@ -291,7 +292,10 @@ def test_two_kernels_on_one_cache(kernel: Kernel, tmp_path: Path) -> None:
         prepare(second, server, cache, 300, prefix="second")
         first_run = kernel.submit(MAP_CELL)  # ~50 s at this latency: it holds the file meanwhile
         wait_until(requests_reach(server, CONCURRENCY), "the first kernel's run to be under way")
-        blocked = second.run(MAP_CELL, check=False, timeout=60)
+        # cache_wait=0: the error at once (by default the second run waits its turn; test_journal.py)
+        blocked = second.run(
+            MAP_CELL.replace("cache=CACHE,", "cache=CACHE, cache_wait=0,"), check=False, timeout=60
+        )
         assert blocked.ename == "StoreError", blocked.traceback
         message = plain(blocked.error["evalue"]) if blocked.error else ""
         assert "locked" in message and f"PID {kernel.pid}" in message, message

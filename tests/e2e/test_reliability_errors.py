@@ -206,7 +206,7 @@ def test_second_process_on_the_cache(sim_server: sim.SimServer, cache_path: Path
     try:
         expect_line(holder, "ready")
         with pytest.raises(StoreError) as info:
-            _map(sim_server, prompts(3), cache=cache_path)
+            _map(sim_server, prompts(3), cache=cache_path, cache_wait=0)
         message = str(info.value)
         assert str(cache_path) in message and f"PID {holder.pid}" in message
         assert "another notebook or process" in message

@@ -34,6 +34,7 @@ from reliability_utils import (
     expect_line,
     map_options,
     prompts,
+    rerun,
     spawn,
     store_rows,
     stored_lines,
@@ -115,22 +116,19 @@ def _kill_trial(trial: int, tmp_path: Path, reference: pl.DataFrame) -> None:
         assert done.height <= before["ok"]
 
         # rerun in this process: only what is not done is requested, each once
-        server.reset()
-        frame = pl.DataFrame({"prompt": prompts(N)})
-        out = frame.llm.map("prompt", MODEL, **map_options(server, cache=cache, concurrency=32))
-        rerun = server.stats()["per_prompt"]
-        assert set(rerun) == set(prompts(N)) - done_prompts
-        assert set(rerun.values()) <= {1}
-        assert sum(rerun.values()) <= N - len(sent)
+        out, requested = rerun(server, cache, N)
+        assert set(requested) == set(prompts(N)) - done_prompts
+        assert set(requested.values()) <= {1}
+        assert sum(requested.values()) <= N - len(sent)
         # paid twice: what was answered but not yet committed — in flight, or within the last flush window
-        wasted = before["requests"] + len(rerun) - N
+        wasted = before["requests"] + len(requested) - N
         assert wasted <= CONCURRENCY + 2 * round(CONCURRENCY / LATENCY * FLUSH)
     assert out.equals(reference)
     rows = store_rows(cache)
     assert set(rows["status"]) == {"done"} and rows.height == N
     print(
         f"trial {trial}: snapshot after {kill_after} answers, {len(sent)} sent, {done.height} done at kill, "
-        f"{before['requests']} requests before the kill, {len(rerun)} on rerun ({wasted} paid twice)"
+        f"{before['requests']} requests before the kill, {len(requested)} on rerun ({wasted} paid twice)"
     )
 
 

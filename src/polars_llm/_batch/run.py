@@ -45,6 +45,7 @@ from .._store import (
     jobs_frame,
     live_batches,
     live_rows,
+    open_store,
     record_collections,
     record_status,
     record_submission,
@@ -437,7 +438,7 @@ async def execute_batch(
     """
     stats = stats if stats is not None else BatchStats()
     stats.total = len(keys)
-    store = await anyio.to_thread.run_sync(Store.open, cfg.cache_path)
+    store = await open_store(cfg.cache_path, cfg.cache_wait)
     run: _BatchRun | None = None
     try:
         key_frame = pl.DataFrame(

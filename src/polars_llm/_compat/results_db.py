@@ -147,9 +147,9 @@ def in_use(path: Path) -> bool:
 
 
 def remove_db_files(path: Path) -> list[Path]:
-    """Delete a DuckDB file with its WAL and temp directory; returns what was removed."""
+    """Delete a DuckDB file with its WAL, temp directory and journal; returns what was removed."""
     removed: list[Path] = []
-    for candidate in (path, Path(f"{path}.wal"), Path(f"{path}.tmp")):
+    for candidate in (path, Path(f"{path}.wal"), Path(f"{path}.tmp"), Path(f"{path}.journal")):
         if candidate.is_dir():
             shutil.rmtree(candidate, ignore_errors=True)
             removed.append(candidate)

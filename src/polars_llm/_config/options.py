@@ -289,9 +289,19 @@ class MapConfig:
         _check_cache,
         cli="--cache",
     )
+    cache_wait: float = option(
+        3600.0,
+        "seconds to wait for another process using the cache to finish; 0: a StoreError at once",
+        ck.seconds(allow_zero=True),
+    )
     flush_interval: float = option(1.0, "seconds between writes of finished rows to the cache", ck.seconds())
     flush_rows: int = option(
         5000, "finished rows that trigger a write before flush_interval", ck.integer(1, 10_000_000)
+    )
+    fsync: bool = option(
+        False,
+        "flush the journal to disk as answers arrive, for power cuts (a process kill needs no fsync)",
+        ck.boolean,
     )
     max_cost: float | None = option(
         None,

@@ -27,7 +27,7 @@ from .._config import MapConfig
 from .._cost import Budget, Costing
 from .._progress import RunStats
 from .._request import request_spec
-from .._store import Outcome, Store
+from .._store import Journal, Outcome, Store
 from .._transport import (
     Completion,
     Transport,
@@ -48,6 +48,7 @@ __all__ = [
     "STOP",
     "Run",
     "Sink",
+    "Taken",
     "Work",
     "work_jobs",
     "write_batches",
@@ -360,23 +361,34 @@ class Run:
             self.tpm.adjust(completion.tokens_in + (completion.tokens_out or 0) - estimate)
 
 
+class Taken(list[Outcome]):
+    """A batch taken from a :class:`Sink`, with the journal segments that hold exactly its outcomes."""
+
+    segments: Sequence[Any] = ()
+
+
 class Sink:
     """Finished outcomes waiting for the writer: a plain list (no per-row task switch), with backpressure.
 
     Workers ``put`` synchronously; the writer wakes when ``flush_rows`` are waiting, on its interval, or
-    when the pool closes the sink. Workers wait (``room``) only if the writer falls far behind.
+    when the pool closes the sink. Workers wait (``room``) only if the writer falls far behind. With a
+    ``journal`` (:mod:`polars_llm._store.journal`) each outcome is also appended to it as it is put, so a
+    killed process loses nothing it was answered.
     """
 
-    def __init__(self, flush_rows: int) -> None:
+    def __init__(self, flush_rows: int, journal: Journal | None = None) -> None:
         self.flush_rows = flush_rows
         self.high_water = max(4 * flush_rows, 4096)
         self.buffer: list[Outcome] = []
         self.full = anyio.Event()
         self.drained = anyio.Event()
         self.closed = False
+        self.journal = journal
 
     def put(self, outcome: Outcome) -> None:
         self.buffer.append(outcome)
+        if self.journal is not None:
+            self.journal.append(outcome)
         if len(self.buffer) >= self.flush_rows:
             self.full.set()
 
@@ -384,18 +396,33 @@ class Sink:
         while len(self.buffer) >= self.high_water and not self.closed:
             await self.drained.wait()
 
-    def take(self) -> list[Outcome]:
-        batch, self.buffer = self.buffer, []
+    def take(self) -> Taken:
+        taken = Taken(self.buffer)
+        self.buffer = []
+        if self.journal is not None:
+            taken.segments = self.journal.seal()
         if self.full.is_set():
             self.full = anyio.Event()
         self.drained.set()
         self.drained = anyio.Event()
-        return batch
+        return taken
+
+    def commit(self, store: Store, taken: Taken, *extra: Outcome) -> None:
+        """Write ``taken`` (and ``extra`` outcomes) in one transaction, then drop its journal segments; in
+        a worker thread."""
+        store.write_outcomes([*taken, *extra] if extra else taken)
+        if self.journal is not None and taken.segments:
+            self.journal.remove(taken.segments)
 
     def close(self) -> None:
         self.closed = True
         self.full.set()
         self.drained.set()
+
+    def release(self) -> None:
+        """After the last commit: close the journal (a segment whose write failed stays for the next open)."""
+        if self.journal is not None:
+            self.journal.close()
 
 
 async def work_jobs(run: Run, jobs: Iterator[tuple[str, Any]], sink: Sink) -> None:
@@ -412,23 +439,35 @@ async def work_jobs(run: Run, jobs: Iterator[tuple[str, Any]], sink: Sink) -> No
 
 
 async def write_batches(store: Store, sink: Sink, cfg: MapConfig) -> None:
-    """The single writer: batches outcomes into one DuckDB transaction each, off the event loop."""
+    """The single writer: batches outcomes into one DuckDB transaction each, off the event loop (and, with
+    ``fsync``, keeps the journal flushed to disk meanwhile)."""
 
     async def flush() -> None:
-        batch = sink.take()
-        if batch:
+        taken = sink.take()
+        if taken or taken.segments:
             with anyio.CancelScope(shield=True):  # taken from the sink: it must be written
-                await anyio.to_thread.run_sync(store.write_outcomes, batch)
-            log.debug("stored %d finished rows", len(batch))
+                await anyio.to_thread.run_sync(sink.commit, store, taken)
+            log.debug("stored %d finished rows", len(taken))
 
-    try:
-        while not sink.closed:
-            with anyio.move_on_after(cfg.flush_interval):
-                await sink.full.wait()
-            await flush()
-    finally:
-        with anyio.CancelScope(shield=True):
-            await flush()
+    async def write() -> None:
+        try:
+            while not sink.closed:
+                with anyio.move_on_after(cfg.flush_interval):
+                    await sink.full.wait()
+                await flush()
+        finally:
+            with anyio.CancelScope(shield=True):
+                await flush()
+
+    if sink.journal is None or not sink.journal.fsync:
+        await write()
+        return
+    async with anyio.create_task_group() as syncing:
+        syncing.start_soon(sink.journal.keep_synced)
+        try:
+            await write()
+        finally:
+            syncing.cancel_scope.cancel()
 
 
 # (cfg, store, keys, payloads, stats, costing, budget): sends the jobs of one call (chat workers by default)

@@ -25,7 +25,7 @@ from .. import exceptions as exc
 from .._config import MapConfig
 from .._cost import Budget, Costing, budget_exceeded, plan_costs
 from .._progress import RunStats
-from .._store import DETAIL_SCHEMA, Store, iter_jobs, jobs_frame, live_rows
+from .._store import DETAIL_SCHEMA, Journal, iter_jobs, jobs_frame, live_rows, open_store
 from .._transport import Transport, make_transport
 from .run import Run, Sink, Work, work_jobs, write_batches
 
@@ -76,7 +76,7 @@ class Session:
 
     async def _open(self) -> Any:
         if self.store is None:
-            self.store = await anyio.to_thread.run_sync(Store.open, self.cfg.cache_path)
+            self.store = await open_store(self.cfg.cache_path, self.cfg.cache_wait)
         return self.store
 
     async def __aexit__(
@@ -211,7 +211,7 @@ class Session:
         if self._transport is None:
             self._transport = make_transport(cfg)
         workers = min(cfg.concurrency, max(1, len(keys)))
-        sink = Sink(cfg.flush_rows)
+        sink = Sink(cfg.flush_rows, Journal.for_store(store, fsync=cfg.fsync))
         finished_before = stats.finished
         run = self._run
         try:
@@ -239,12 +239,15 @@ class Session:
             with anyio.CancelScope(shield=True):
                 # the writer has stopped; if it was cancelled before it ever ran, this keeps what finished,
                 # and rows cut off mid-request keep their attempts (they stay pending)
-                batch = sink.take()
+                taken, unfinished = sink.take(), []
                 if run is not None and run.unfinished:
-                    batch, run.unfinished = batch + run.unfinished, []
-                if batch:
-                    await anyio.to_thread.run_sync(store.write_outcomes, batch)
-                    log.debug("stored %d finished rows", len(batch))
+                    unfinished, run.unfinished = run.unfinished, []
+                try:
+                    if taken or unfinished or taken.segments:
+                        await anyio.to_thread.run_sync(sink.commit, store, taken, *unfinished)
+                        log.debug("stored %d finished rows", len(taken) + len(unfinished))
+                finally:
+                    sink.release()
         if run is not None and run.fatal is not None:
             raise run.fatal
         left = len(keys) - (stats.finished - finished_before)

@@ -45,7 +45,7 @@ from .._cost import Budget, Costing, budget_exceeded
 from .._engine import FAIL, STOP, Run, Sink, Work, write_batches
 from .._progress import RunStats
 from .._request import KeyMaker, request_fingerprint
-from .._store import Outcome, Store, iter_jobs
+from .._store import Journal, Outcome, Store, iter_jobs
 from .._transport import OpenAITransport, error_for_status, make_transport
 from ..exceptions import ColumnTypeError, ConfigError
 from .pipeline import assemble, run
@@ -459,7 +459,7 @@ async def run_pool(
     transport = make_transport(run_cfg)
     groups = _groups(iter_jobs(keys, texts), spec.batch_size)
     workers = min(cfg.concurrency, max(1, -(-len(keys) // spec.batch_size)))
-    sink = Sink(cfg.flush_rows)
+    sink = Sink(cfg.flush_rows, Journal.for_store(store, fsync=cfg.fsync))
     run: Run | None = None
     try:
         async with anyio.create_task_group() as outer:
@@ -475,9 +475,12 @@ async def run_pool(
     finally:
         with anyio.CancelScope(shield=True):
             rest = sink.take()  # the writer has stopped; keep what it had not taken yet
-            if rest:
-                await anyio.to_thread.run_sync(store.write_outcomes, rest)
-            await transport.aclose()
+            try:
+                if rest or rest.segments:
+                    await anyio.to_thread.run_sync(sink.commit, store, rest)
+            finally:
+                sink.release()
+                await transport.aclose()
     if run is not None and run.fatal is not None:
         raise run.fatal
     left = len(keys) - stats.finished

@@ -72,8 +72,10 @@ class EmbedOptions(TypedDict, total=False):
     max_backoff: float
     max_wait: float
     cache: CacheArg | Path
+    cache_wait: float
     flush_interval: float
     flush_rows: int
+    fsync: bool
     max_cost: float | None
     price: tuple[float, float] | Mapping[str, tuple[float, float]] | None
     progress: bool

@@ -9,8 +9,9 @@ repeated in later chunks are answered from the cache. The progress bar's total g
 :func:`stream_frame` turns that into a LazyFrame (a Polars IO source): ``lf.llm.map(...)`` then
 ``sink_parquet`` runs out of core. Polars pulls the chunks on its pool threads, where no ``SIGINT``
 arrives; while a query is aborted every Polars call raises ``KeyboardInterrupt``, so the chunk being
-answered is interrupted by probing Polars between waits (:func:`_aborted`): the run stops, flushes what
-finished, and the query ends with the interrupt — within about a second, as elsewhere.
+answered is interrupted by probing Polars between waits (:func:`~polars_llm._bridge.polars_aborted`):
+the run stops, flushes what finished, and the query ends with the interrupt — within about a second, as
+elsewhere.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 
 import polars as pl
 
-from .._bridge import LoopThread
+from .._bridge import LoopThread, polars_aborted
 from .._config import INCLUDE_DTYPES, MapConfig
 from .._engine import QueryAborted, Session
 from .._progress import Progress, RunStats, reporting
@@ -28,11 +29,6 @@ from ..exceptions import BudgetExceededError, PolarsLLMError, remember
 from .pipeline import EMPTY_STATE, assemble, prepare, stopped
 
 __all__ = ["map_chunks", "stream_frame"]
-
-
-def _aborted() -> None:
-    """Raise ``KeyboardInterrupt`` if the Polars query this thread works for was interrupted."""
-    pl.select(pl.lit(0))
 
 
 def map_chunks(
@@ -57,7 +53,7 @@ def map_chunks(
     progress = Progress(stats, enabled=cfg.progress)
     session = Session(cfg, stats)
     stop: PolarsLLMError | None = None
-    with LoopThread(probe=_aborted if from_polars else None) as loop, reporting(progress):
+    with LoopThread(probe=polars_aborted if from_polars else None) as loop, reporting(progress):
         ticker = loop.background(progress.run)
         loop.call(session.__aenter__)
         try:

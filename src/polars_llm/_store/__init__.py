@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from .batches import *
 from .jobs import *
+from .journal import *
 from .locking import *
 from .migrations import *
+from .outcomes import *
 from .store import *

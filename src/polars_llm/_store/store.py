@@ -26,33 +26,36 @@ single writer: every insert is an anti-join against ``requests``, and all calls 
 process are serialised by one lock. Another process cannot open the file at all (DuckDB holds an
 exclusive file lock), which :meth:`Store.open` reports as a :class:`StoreError` naming the holder.
 
-Every write is one transaction; DuckDB's write-ahead log makes a committed batch survive ``kill -9``.
+Every write is one transaction; DuckDB's write-ahead log makes a committed batch survive ``kill -9``, and
+the journal (:mod:`polars_llm._store.journal`) keeps the answers received since the last write.
 """
 
 from __future__ import annotations
 
-import json
-import math
-import threading
+import logging
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Final, Literal, Self
 
+import anyio
 import duckdb
 import polars as pl
 import pyarrow as pa
 
+from .. import exceptions as exc
 from ..exceptions import ConfigError, StoreError
 from . import migrations as _migrations
 from . import scratch as _scratch
+from .journal import replay
 from .locking import connect, path_lock, prepare_file, probe
-from .migrations import K64_SQL
+from .outcomes import Outcome, apply_outcomes, now_us
 
-__all__ = ["DETAIL_SCHEMA", "TABLES_DOC", "Outcome", "Store", "apply_outcomes", "k64"]
+_log = logging.getLogger("polars_llm")
+
+__all__ = ["DETAIL_SCHEMA", "TABLES_DOC", "Outcome", "Store", "apply_outcomes", "k64", "open_store"]
 
 TABLES_DOC: Final = """\
 The cache is one DuckDB file (default `.polars_llm/cache.duckdb`); open it with any DuckDB client
@@ -141,28 +144,6 @@ DETAIL_SCHEMA: Final = {
 _VECTOR_SCHEMA: Final = {
     "key": pl.String, "status": pl.String, "embedding": pl.List(pl.Float32), "error": pl.String,
 }  # fmt: skip
-_VECTOR_TYPE: Final = pa.list_(pa.float32())
-_BATCH_SCHEMA: Final = pa.schema(
-    [
-        ("key", pa.string()),
-        ("status", pa.string()),
-        ("result", pa.string()),
-        ("error", pa.string()),
-        ("error_kind", pa.string()),
-        ("attempts", pa.int32()),
-        ("tokens_in", pa.int64()),
-        ("tokens_out", pa.int64()),
-        ("tokens_reasoning", pa.int64()),
-        ("tokens_cached", pa.int64()),
-        ("cost", pa.float64()),
-        ("finished_at", pa.float64()),
-    ]
-)
-
-_BATCH_DTYPES: Final = {
-    f.name: {pa.string(): pl.String, pa.int32(): pl.Int32, pa.int64(): pl.Int64}.get(f.type, pl.Float64)
-    for f in _BATCH_SCHEMA
-}
 
 
 def k64(key: str = "key") -> pl.Expr:
@@ -184,136 +165,6 @@ def _hits(table: str, columns: str) -> str:
         f"WITH hit AS MATERIALIZED (SELECT {columns} FROM requests AS r "
         f"SEMI JOIN {table} AS q ON r.k64 = q.k64) "
     )
-
-
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    """One finished request, as the engine hands it to :meth:`Store.write_outcomes`."""
-
-    key: str
-    status: str
-    attempts: int
-    finished_at: float | None
-    result: str | None = None
-    error: str | None = None
-    error_kind: str | None = None
-    tokens_in: int | None = None
-    tokens_out: int | None = None
-    tokens_reasoning: int | None = None
-    tokens_cached: int | None = None
-    cost: float | None = None
-    embedding: pa.Array | None = None  # an embedding: a length-1 ``list<float>`` slice of its response
-
-
-def _vectors(outcomes: Sequence[Outcome]) -> pa.Array:
-    """The ``embedding`` column of a batch: one ``list<float>`` per outcome (null when it has none)."""
-    empty = pa.nulls(1, type=_VECTOR_TYPE)
-    parts = [o.embedding if o.embedding is not None else empty for o in outcomes]
-    return pa.concat_arrays([p.cast(_VECTOR_TYPE) if p.type != _VECTOR_TYPE else p for p in parts])
-
-
-_TEXT_FIELDS: Final = frozenset({"key", "status", "result", "error", "error_kind"})
-_INT_LIMITS: Final = {
-    "attempts": 2**31 - 1,
-    "tokens_in": 2**63 - 1,
-    "tokens_out": 2**63 - 1,
-    "tokens_reasoning": 2**63 - 1,
-    "tokens_cached": 2**63 - 1,
-}
-
-
-def _coerce(name: str, value: Any) -> Any:
-    """``value`` made storable in column ``name`` (text as text, counts as non-negative ints, or NULL).
-
-    >>> _coerce("result", [{"type": "text", "text": "hi"}]), _coerce("tokens_in", "12"), _coerce("cost", -1)
-    ('[{"type": "text", "text": "hi"}]', 12, None)
-    """
-    if value is None:
-        return None
-    if name in _TEXT_FIELDS:
-        if isinstance(value, str):
-            return value
-        try:
-            return json.dumps(value, ensure_ascii=False, default=str)
-        except (TypeError, ValueError):
-            return str(value)
-    try:
-        number = float(value)
-    except (TypeError, ValueError, OverflowError):
-        return None
-    if not math.isfinite(number) or number < 0:
-        return None
-    if name in _INT_LIMITS:
-        return min(int(number), _INT_LIMITS[name])
-    return number
-
-
-def _now_us() -> int:
-    return int(time.time() * 1_000_000)
-
-
-def _batch_table(outcomes: Sequence[Outcome]) -> pa.Table:
-    """The columns of ``outcomes`` as an Arrow table of :data:`_BATCH_SCHEMA`.
-
-    Built by Polars: pyarrow's own conversion of Python objects imports pandas the first time, when it
-    is installed (0.3 s holding the GIL with a bytecode cache, 2.5 s without), in the first write of a
-    run. After a SIGINT during a Polars query, Polars raises ``KeyboardInterrupt`` from every call in the
-    process until that query ends, and this write is the final flush that must still happen then: off
-    the main thread (where no real interrupt is raised) pyarrow builds it instead. A value of the wrong
-    type (a provider's odd answer that got this far) is coerced, so no batch-mate is lost.
-    """
-    columns = {name: [getattr(o, name) for o in outcomes] for name in _BATCH_SCHEMA.names}
-    try:
-        return pl.DataFrame(columns, schema=_BATCH_DTYPES).to_arrow(compat_level=pl.CompatLevel.oldest())
-    except KeyboardInterrupt:
-        if threading.current_thread() is threading.main_thread():
-            raise
-    except (pl.exceptions.PolarsError, TypeError, ValueError, OverflowError):
-        pass
-    try:
-        return pa.table(columns, schema=_BATCH_SCHEMA)
-    except (pa.ArrowException, TypeError, ValueError, OverflowError):
-        coerced = {name: [_coerce(name, getattr(o, name)) for o in outcomes] for name in _BATCH_SCHEMA.names}
-        return pa.table(coerced, schema=_BATCH_SCHEMA)
-
-
-def apply_outcomes(con: duckdb.DuckDBPyConnection, outcomes: Sequence[Outcome]) -> None:
-    """Write ``outcomes`` inside the caller's transaction (see :meth:`Store.write_outcomes`)."""
-    if not outcomes:
-        return
-    unique = list({o.key: o for o in outcomes}.values())  # the last outcome wins for a repeated key
-    batch = _batch_table(unique)
-    vectors = ""
-    if any(o.embedding is not None for o in unique):
-        batch = batch.append_column("embedding", _vectors(unique))
-        vectors = "embedding = b.embedding, "
-    now = _now_us()
-    con.register("_pl_batch", batch)
-    try:
-        updated = con.execute(
-            "UPDATE requests SET status = b.status, result = b.result, error = b.error, "
-            f"error_kind = b.error_kind, attempts = requests.attempts + b.attempts, {vectors}"
-            "tokens_in = b.tokens_in, tokens_out = b.tokens_out, tokens_reasoning = b.tokens_reasoning, "
-            "tokens_cached = b.tokens_cached, cost = b.cost, "
-            "updated_at = make_timestamp(?::BIGINT), "
-            "finished_at = make_timestamp((b.finished_at * 1000000)::BIGINT) "
-            "FROM _pl_batch AS b WHERE requests.key = b.key",
-            [now],
-        ).fetchall()
-        if updated and int(updated[0][0]) == batch.num_rows:
-            return  # the usual case: every key was registered (keys are unique, so no second scan)
-        # Keys that were never registered (should not happen) are kept rather than lost.
-        con.execute(
-            "INSERT INTO requests (key, status, result, error, error_kind, attempts, tokens_in, "
-            "tokens_out, tokens_reasoning, tokens_cached, cost, created_at, updated_at, finished_at, k64) "
-            "SELECT b.key, b.status, b.result, b.error, b.error_kind, b.attempts, b.tokens_in, "
-            "b.tokens_out, b.tokens_reasoning, b.tokens_cached, b.cost, make_timestamp(?::BIGINT), "
-            "make_timestamp(?::BIGINT), make_timestamp((b.finished_at * 1000000)::BIGINT), "
-            f"{K64_SQL.format(key='b.key')} FROM _pl_batch AS b ANTI JOIN requests AS r ON r.key = b.key",
-            [now, now],
-        )
-    finally:
-        con.unregister("_pl_batch")
 
 
 class Store:
@@ -341,6 +192,9 @@ class Store:
     def open(cls, path: Path | None) -> Store:
         """Open (creating or migrating) the store at ``path``; ``None`` keeps it in memory.
 
+        Outcomes a killed run left in the journal beside the file are folded in first (see
+        :mod:`polars_llm._store.journal`).
+
         Raises:
             StoreError: the file is locked by another process, cannot be created, is not a polars_llm cache,
                 or was written by a newer polars_llm.
@@ -355,6 +209,7 @@ class Store:
             con = connect(path, read_only=False)
             try:
                 version = _migrations.migrate(con, path=path)
+                replay(con, path)  # answers a killed run received but had not written yet
             except BaseException:
                 con.close()
                 raise
@@ -486,7 +341,7 @@ class Store:
             con.execute(
                 "INSERT INTO model_prices SELECT ?, model, price_in, price_out, max_output, "
                 "make_timestamp(?::BIGINT) FROM _pl_prices",
-                [base_url, _now_us()],
+                [base_url, now_us()],
             )
 
     def register(self, jobs: pl.DataFrame) -> int:
@@ -503,7 +358,7 @@ class Store:
         if frame["key"].n_unique() != frame.height:
             frame = frame.unique(subset="key", keep="first", maintain_order=True)
         cols = ", ".join(_JOB_COLUMNS)
-        now = _now_us()
+        now = now_us()
         with self._transaction() as con, self._registered(con, "_pl_jobs", frame):
             rows = con.execute(
                 _hits("_pl_jobs", "r.key")
@@ -642,3 +497,32 @@ class Store:
     def __repr__(self) -> str:
         state = "closed" if self._con is None else f"schema v{self.version}"
         return f"Store({self._where!r}, {state})"
+
+
+async def open_store(path: Any, wait: float) -> Store:
+    """Open the cache; while another process holds it, wait up to ``wait`` seconds for its turn, saying so
+    once (a warning naming the holder), then raise its :class:`~polars_llm.StoreError`. The wait is an
+    ``anyio.sleep``: an interrupt stops it at once."""
+    deadline = time.monotonic() + wait
+    told = False
+    while True:
+        try:
+            return await anyio.to_thread.run_sync(Store.open, path)
+        except exc.StoreError as error:
+            left = deadline - time.monotonic()
+            if error.holder is None or left <= 0:
+                if told:
+                    raise exc.StoreError(
+                        f"{error} (waited cache_wait={wait:g} s for it)", path=error.path, holder=error.holder
+                    ) from None
+                raise
+            if not told:
+                _log.warning(
+                    "the cache %s is in use by %s; waiting for it to finish (up to cache_wait=%g s; "
+                    "interrupt to stop)",
+                    path,
+                    error.holder,
+                    wait,
+                )
+                told = True
+            await anyio.sleep(min(0.5, left))
