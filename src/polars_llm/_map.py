@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, TypedDict, TypeVar, Unpack
+from typing import Any, Literal, TypedDict, TypeVar, Unpack
 
 import orjson
 import polars as pl
@@ -98,6 +98,8 @@ class MapOptions(EmbedOptions, total=False):
     poll_interval: float
     batch_max_requests: int
     batch_max_bytes: int
+    pack: int | Literal["auto"]
+    on_error: Literal["warn", "raise", "ignore"]
 
 
 def output_dtype(cfg: MapConfig) -> pl.Struct:
