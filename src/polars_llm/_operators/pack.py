@@ -88,7 +88,7 @@ def packed_chars(chars: pl.Series, size: int) -> pl.Series:
     the system prompt is counted once per request by the caller).
 
     >>> packed_chars(pl.Series([10, 10, 10]), 2).to_list()
-    [39, 13]
+    [38, 25]
     """
     if size <= 1 or chars.len() == 0:
         return chars
