@@ -31,6 +31,9 @@ from ._map import (
     llm_map_series,
     output_dtype,
 )
+from ._operators.classify import llm_classify
+from ._operators.extract import llm_extract
+from ._operators.filter import llm_filter
 from ._template import template
 from .exceptions import (
     APIConnectionError,
@@ -57,6 +60,7 @@ from .exceptions import (
     RateLimitError,
     RefusalError,
     RowError,
+    RowsFailedError,
     ServerError,
     StoreError,
     TransientError,
@@ -99,6 +103,7 @@ __all__ = [
     "RateLimitError",
     "RefusalError",
     "RowError",
+    "RowsFailedError",
     "Secret",
     "ServerError",
     "StoreError",
@@ -110,9 +115,12 @@ __all__ = [
     "estimate",
     "export_jsonl",
     "export_parquet",
+    "llm_classify",
     "llm_embed",
     "llm_embed_frame",
     "llm_embed_series",
+    "llm_extract",
+    "llm_filter",
     "llm_map",
     "llm_map_async",
     "llm_map_frame",

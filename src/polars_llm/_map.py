@@ -298,7 +298,9 @@ def estimate(
 
     Counts rows, unique prompts and what the cache already holds; estimates tokens from earlier answers
     of the model in the cache (no tokenizer download); prices them with ``price=``, else the provider's
-    model list (one ``GET /models``, kept in the cache), else says the price is unknown.
+    model list (one ``GET /models``, kept in the cache), else says the price is unknown. ``column`` may
+    be a row operator's expression (``pl.col("t").llm.classify(...)``, not aliased): its task, options and
+    ``pack`` are counted, with ``options`` given here applied over them.
 
     >>> import polars as pl
     >>> est = estimate(pl.Series("q", ["a", "b", "a", None]), model="m", api_key="k", cache=None,
@@ -306,6 +308,12 @@ def estimate(
     >>> est.rows, est.unique_prompts, est.to_send, est.price_source, est.cost_max is not None
     (4, 2, 2, 'option', True)
     """
+    if isinstance(column, pl.Expr):  # a row operator's expression carries its own task and options
+        from ._operators.task import estimate_task
+
+        found = estimate_task(data, column, {"model": model, **options} if model else options)
+        if found is not None:
+            return found
     cfg = resolve_config(model=model, **options)
     if isinstance(data, pl.Series):
         return estimate_series(data, cfg)

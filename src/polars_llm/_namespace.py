@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Generic, TypeVar, Unpack
 
 import polars as pl
@@ -21,6 +22,9 @@ from ._map import (
     llm_map_frame,
     llm_map_series,
 )
+from ._operators.classify import Labels, classify_series, llm_classify
+from ._operators.extract import Fields, extract_series, llm_extract
+from ._operators.filter import filter_series, llm_filter, llm_filter_frame
 
 __all__ = ["ExprLLM", "FrameLLM", "LazyFrameLLM", "SeriesLLM"]
 
@@ -46,6 +50,43 @@ class ExprLLM:
     ) -> pl.Expr:
         """``pl.col("text").llm.embed(model, dimensions)`` → ``Struct{result, status}`` of vectors."""
         return llm_embed(self._expr, model, dimensions, **options)
+
+    @surfaced
+    @with_options
+    def classify(
+        self,
+        labels: Labels,
+        *,
+        instructions: str | None = None,
+        multi_label: bool = False,
+        examples: Sequence[tuple[str, str | Sequence[str]]] | None = None,
+        **options: Unpack[MapOptions],
+    ) -> pl.Expr:
+        """``pl.col("review").llm.classify(["good", "bad"], model=...)`` → ``pl.Enum`` (``llm_classify``)."""
+        return llm_classify(
+            self._expr,
+            labels,
+            instructions=instructions,
+            multi_label=multi_label,
+            examples=examples,
+            **options,
+        )
+
+    @surfaced
+    @with_options
+    def filter(
+        self, condition: str, *, instructions: str | None = None, **options: Unpack[MapOptions]
+    ) -> pl.Expr:
+        """``pl.col("review").llm.filter("mentions late delivery", model=...)`` → Boolean (``llm_filter``)."""
+        return llm_filter(self._expr, condition, instructions=instructions, **options)
+
+    @surfaced
+    @with_options
+    def extract(
+        self, fields: Fields, *, instructions: str | None = None, **options: Unpack[MapOptions]
+    ) -> pl.Expr:
+        """``pl.col("note").llm.extract({"city": "the city"}, model=...)`` → Struct (see ``llm_extract``)."""
+        return llm_extract(self._expr, fields, instructions=instructions, **options)
 
 
 @pl.api.register_series_namespace("llm")
@@ -78,6 +119,43 @@ class SeriesLLM:
         """What ``.llm.map`` would send and cost, without sending (see :func:`polars_llm.estimate`)."""
         return estimate(self._series, model=model, **options)
 
+    @surfaced
+    @with_options
+    def classify(
+        self,
+        labels: Labels,
+        *,
+        instructions: str | None = None,
+        multi_label: bool = False,
+        examples: Sequence[tuple[str, str | Sequence[str]]] | None = None,
+        **options: Unpack[MapOptions],
+    ) -> pl.Series:
+        """``series.llm.classify(labels, model=...)`` → a ``pl.Enum`` Series."""
+        return classify_series(
+            self._series,
+            labels,
+            instructions=instructions,
+            multi_label=multi_label,
+            examples=examples,
+            **options,
+        )
+
+    @surfaced
+    @with_options
+    def filter(
+        self, condition: str, *, instructions: str | None = None, **options: Unpack[MapOptions]
+    ) -> pl.Series:
+        """``series.llm.filter(condition, model=...)`` → a Boolean Series."""
+        return filter_series(self._series, condition, instructions=instructions, **options)
+
+    @surfaced
+    @with_options
+    def extract(
+        self, fields: Fields, *, instructions: str | None = None, **options: Unpack[MapOptions]
+    ) -> pl.Series:
+        """``series.llm.extract(fields, model=...)`` → a Struct Series."""
+        return extract_series(self._series, fields, instructions=instructions, **options)
+
 
 class _FrameLLM(Generic[FrameT]):
     def __init__(self, frame: FrameT) -> None:
@@ -103,8 +181,18 @@ class _FrameLLM(Generic[FrameT]):
     def estimate(
         self, column: str | pl.Expr, model: str | None = None, **options: Unpack[MapOptions]
     ) -> Estimate:
-        """What ``.llm.map`` would send and cost, without sending (see :func:`polars_llm.estimate`)."""
+        """What ``.llm.map`` (or a row operator's expression given as ``column``) would send and cost,
+        without sending (see :func:`polars_llm.estimate`)."""
         return estimate(self._frame, column, model, **options)
+
+    @surfaced
+    @with_options
+    def filter(
+        self, condition: str, *, instructions: str | None = None, **options: Unpack[MapOptions]
+    ) -> FrameT:
+        """``df.llm.filter("{title} and {body} describe the same product", model=...)``: the rows for which
+        the condition holds (see ``llm_filter_frame``)."""
+        return llm_filter_frame(self._frame, condition, instructions=instructions, **options)
 
     @surfaced
     @with_embed_options
