@@ -9,7 +9,8 @@ work unchanged. Each row's content key is the key of that ``.llm.map`` request.
 null where a row failed or was not sent, so ``df.filter(...)``, ``group_by`` and comparisons read like
 Polars. The rows that are null for that reason are never silent: ``on_error="warn"`` (default) warns once
 per call with their count and how to see why; ``include=("status", "error")`` returns
-``Struct{result, status, error}`` instead (``result`` the typed value; any ``include`` gives this form);
+``Struct{result, status, error}`` instead, without the warning (``result`` the typed value; any
+``include`` gives this form);
 ``on_error="raise"`` raises :class:`~polars_llm.RowsFailedError`; ``"ignore"`` says nothing.
 """
 
@@ -81,9 +82,10 @@ def output_dtype(task: Task, cfg: MapConfig, struct_form: bool) -> pl.DataType:
     return pl.Struct({"result": task.dtype, "status": pl.String(), **details})
 
 
-def _report(task: Task, mapped: pl.Series, cfg: MapConfig) -> None:
-    """Warn once (or raise, with ``on_error="raise"``) about rows left null by a failure or not sent."""
-    if cfg.on_error == "ignore":
+def _report(task: Task, mapped: pl.Series, cfg: MapConfig, struct_form: bool) -> None:
+    """Warn once (or raise, with ``on_error="raise"``) about rows left null by a failure or not sent; the
+    Struct form shows their status instead of warning."""
+    if cfg.on_error == "ignore" or (struct_form and cfg.on_error == "warn"):
         return
     status = mapped.struct.field("status")
     failed = int((status == "failed").sum())
@@ -121,7 +123,7 @@ def run_task(series: pl.Series, task: Task, cfg: MapConfig, struct_form: bool = 
     """Run ``task`` over a Series of texts: its value column (see the module docstring)."""
     quoted = cfg.on_error == "raise" and "error" not in cfg.include  # to quote the errors it raises with
     mapped = map_series(series, cfg.replace(include=(*cfg.include, "error")) if quoted else cfg)
-    _report(task, mapped, cfg)
+    _report(task, mapped, cfg, struct_form)
     if quoted:
         mapped = mapped.struct.unnest().drop("error").to_struct(mapped.name)
     return finish(task, mapped, struct_form, series.name)
