@@ -240,3 +240,14 @@ def test_estimate_counts_an_operator_expression(sim_server: sim.SimServer) -> No
     assert one.to_send == 40 and packed.to_send == 4
     assert packed.input_tokens < one.input_tokens
     assert sim_server.stats()["requests"] == 0
+
+
+def test_batch_mode_runs_an_operator_through_the_batch_api(
+    sim_server: sim.SimServer, cache_path: Path
+) -> None:
+    texts = pl.Series("t", ["great stuff", "bad stuff", "great again"])
+    out = texts.llm.classify(
+        ["great", "bad"], **opts(sim_server, cache=cache_path, mode="batch", poll_interval=0.05)
+    )
+    assert out.to_list() == ["great", "bad", "great"]
+    assert sim_server.stats()["batch"]["batch_requests"] == 3 and sim_server.stats()["requests"] == 0
