@@ -14,11 +14,21 @@ and ``pl.LazyFrame``.
 
 from __future__ import annotations
 
-from . import _namespace  # noqa: F401  (registers the namespaces)
-from ._batch_admin import batches, cancel_batch
-from ._config import DEFAULT_BASE_URL, DEFAULT_CACHE, DEFAULT_CACHE_PATH, MapConfig, Secret, resolve_config
-from ._cost import Estimate
-from ._map import (
+from ._batch.admin import batches, cancel_batch
+from ._config.options import (
+    DEFAULT_BASE_URL,
+    DEFAULT_CACHE,
+    DEFAULT_CACHE_PATH,
+    MapConfig,
+    Secret,
+    resolve_config,
+)
+from ._cost.budget import Estimate
+from ._operators.classify import llm_classify
+from ._operators.extract import llm_extract
+from ._operators.filter import llm_filter
+from ._pipeline import namespace as _namespace  # noqa: F401  (registers the namespaces)
+from ._pipeline.functions import (
     EmbedOptions,
     MapOptions,
     estimate,
@@ -31,10 +41,7 @@ from ._map import (
     llm_map_series,
     output_dtype,
 )
-from ._operators.classify import llm_classify
-from ._operators.extract import llm_extract
-from ._operators.filter import llm_filter
-from ._template import template
+from ._request.template import template
 from .exceptions import (
     APIConnectionError,
     APIError,

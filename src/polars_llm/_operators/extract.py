@@ -15,9 +15,9 @@ import polars as pl
 from pydantic import BaseModel, Field, create_model
 
 from .._bridge import surfaced
-from .._config import with_options
-from .._map import MapOptions
-from .._structured import check_model, struct_dtype
+from .._config.options import with_options
+from .._pipeline.functions import MapOptions
+from .._request.structured import check_model, struct_dtype
 from ..exceptions import ConfigError
 from .task import Task, model_required, run_task, task_config, task_expr, task_options
 

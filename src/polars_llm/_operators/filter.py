@@ -21,8 +21,8 @@ import polars as pl
 from pydantic import BaseModel, Field, create_model
 
 from .._bridge import surfaced
-from .._config import MapConfig, with_options
-from .._map import MapOptions
+from .._config.options import MapConfig, with_options
+from .._pipeline.functions import MapOptions
 from ..exceptions import ConfigError
 from .task import Task, model_required, run_task, task_config, task_expr, task_options
 

@@ -40,15 +40,15 @@ import orjson
 import polars as pl
 
 from .. import exceptions as exc
-from .._engine import FAIL, RETRY, STOP, Run, RunStats, Sink, Work
-from .._groups import run_groups
-from .._store import Outcome, Store
+from .._engine.groups import run_groups
+from .._engine.run import FAIL, RETRY, STOP, Run, RunStats, Sink, Work
+from .._store.store import Outcome, Store
 
 if TYPE_CHECKING:
-    from .._client import Completion
-    from .._config import MapConfig
-    from .._cost import Budget, Costing
-    from .._request import RequestSpec
+    from .._config.options import MapConfig
+    from .._cost.budget import Budget, Costing
+    from .._request.spec import RequestSpec
+    from .._transport.client import Completion
 
 __all__ = ["AUTO_MAX_ROWS", "PACK_NOTE", "Packer", "pack_size", "pack_work", "packed_chars"]
 
@@ -178,7 +178,7 @@ class _Payload:
 
 
 def _share(total: int | None, weights: Sequence[int]) -> list[int | None]:
-    from .._embed import share
+    from .._pipeline.embed import share
 
     if not total:
         return [None] * len(weights)

@@ -25,10 +25,10 @@ import polars as pl
 from pydantic import BaseModel
 
 from .._bridge import surfaced
-from .._config import INCLUDE_DTYPES, MapConfig, resolve_config
-from .._cost import Estimate
-from .._map import names_models
-from .._pipeline import estimate_series, map_series
+from .._config.options import INCLUDE_DTYPES, MapConfig, resolve_config
+from .._cost.budget import Estimate
+from .._pipeline.functions import names_models
+from .._pipeline.pipeline import estimate_series, map_series
 from ..exceptions import ConfigError, RowsFailedError
 
 __all__ = ["Task", "estimate_task", "run_task", "task_config", "task_expr", "task_options"]

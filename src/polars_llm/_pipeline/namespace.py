@@ -1,0 +1,243 @@
+"""The ``llm`` namespaces on Expr, Series, DataFrame and LazyFrame: thin forwards to ``_map``."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Generic, TypeVar, Unpack
+
+import polars as pl
+
+from .._bridge import surfaced
+from .._config.options import with_embed_options, with_options
+from .._cost.budget import Estimate
+from .._operators.classify import Labels, classify_series, llm_classify
+from .._operators.extract import Fields, extract_series, llm_extract
+from .._operators.filter import filter_series, llm_filter, llm_filter_frame
+from .functions import (
+    EmbedOptions,
+    MapOptions,
+    estimate,
+    llm_embed,
+    llm_embed_frame,
+    llm_embed_series,
+    llm_map,
+    llm_map_async,
+    llm_map_frame,
+    llm_map_series,
+)
+
+__all__ = ["ExprLLM", "FrameLLM", "LazyFrameLLM", "SeriesLLM"]
+
+FrameT = TypeVar("FrameT", pl.DataFrame, pl.LazyFrame)
+
+
+@pl.api.register_expr_namespace("llm")
+class ExprLLM:
+    """``pl.col("prompt").llm.map(model=...)`` → ``Struct{result, status}``; ``.llm.embed(...)`` → vectors."""
+
+    def __init__(self, expr: pl.Expr) -> None:
+        self._expr = expr
+
+    @surfaced
+    @with_options
+    def map(self, model: str | None = None, **options: Unpack[MapOptions]) -> pl.Expr:
+        return llm_map(self._expr, model, **options)
+
+    @surfaced
+    @with_embed_options
+    def embed(
+        self, model: str | None = None, dimensions: int | None = None, **options: Unpack[EmbedOptions]
+    ) -> pl.Expr:
+        """``pl.col("text").llm.embed(model, dimensions)`` → ``Struct{result, status}`` of vectors."""
+        return llm_embed(self._expr, model, dimensions, **options)
+
+    @surfaced
+    @with_options
+    def classify(
+        self,
+        labels: Labels,
+        *,
+        instructions: str | None = None,
+        multi_label: bool = False,
+        examples: Sequence[tuple[str, str | Sequence[str]]] | None = None,
+        **options: Unpack[MapOptions],
+    ) -> pl.Expr:
+        """``pl.col("review").llm.classify(["good", "bad"], model=...)`` → ``pl.Enum`` (``llm_classify``)."""
+        return llm_classify(
+            self._expr,
+            labels,
+            instructions=instructions,
+            multi_label=multi_label,
+            examples=examples,
+            **options,
+        )
+
+    @surfaced
+    @with_options
+    def filter(
+        self, condition: str, *, instructions: str | None = None, **options: Unpack[MapOptions]
+    ) -> pl.Expr:
+        """``pl.col("review").llm.filter("mentions late delivery", model=...)`` → Boolean (``llm_filter``)."""
+        return llm_filter(self._expr, condition, instructions=instructions, **options)
+
+    @surfaced
+    @with_options
+    def extract(
+        self, fields: Fields, *, instructions: str | None = None, **options: Unpack[MapOptions]
+    ) -> pl.Expr:
+        """``pl.col("note").llm.extract({"city": "the city"}, model=...)`` → Struct (see ``llm_extract``)."""
+        return llm_extract(self._expr, fields, instructions=instructions, **options)
+
+
+@pl.api.register_series_namespace("llm")
+class SeriesLLM:
+    """``series.llm.map(model=...)`` → a ``Struct{result, status}`` Series; ``amap`` awaits it."""
+
+    def __init__(self, series: pl.Series) -> None:
+        self._series = series
+
+    @surfaced
+    @with_options
+    def map(self, model: str | None = None, **options: Unpack[MapOptions]) -> pl.Series:
+        return llm_map_series(self._series, model, **options)
+
+    @surfaced
+    @with_embed_options
+    def embed(
+        self, model: str | None = None, dimensions: int | None = None, **options: Unpack[EmbedOptions]
+    ) -> pl.Series:
+        return llm_embed_series(self._series, model, dimensions, **options)
+
+    @surfaced
+    @with_options
+    async def amap(self, model: str | None = None, **options: Unpack[MapOptions]) -> pl.Series:
+        return await llm_map_async(self._series, model=model, **options)  # type: ignore[return-value]
+
+    @surfaced
+    @with_options
+    def estimate(self, model: str | None = None, **options: Unpack[MapOptions]) -> Estimate:
+        """What ``.llm.map`` would send and cost, without sending (see :func:`polars_llm.estimate`)."""
+        return estimate(self._series, model=model, **options)
+
+    @surfaced
+    @with_options
+    def classify(
+        self,
+        labels: Labels,
+        *,
+        instructions: str | None = None,
+        multi_label: bool = False,
+        examples: Sequence[tuple[str, str | Sequence[str]]] | None = None,
+        **options: Unpack[MapOptions],
+    ) -> pl.Series:
+        """``series.llm.classify(labels, model=...)`` → a ``pl.Enum`` Series."""
+        return classify_series(
+            self._series,
+            labels,
+            instructions=instructions,
+            multi_label=multi_label,
+            examples=examples,
+            **options,
+        )
+
+    @surfaced
+    @with_options
+    def filter(
+        self, condition: str, *, instructions: str | None = None, **options: Unpack[MapOptions]
+    ) -> pl.Series:
+        """``series.llm.filter(condition, model=...)`` → a Boolean Series."""
+        return filter_series(self._series, condition, instructions=instructions, **options)
+
+    @surfaced
+    @with_options
+    def extract(
+        self, fields: Fields, *, instructions: str | None = None, **options: Unpack[MapOptions]
+    ) -> pl.Series:
+        """``series.llm.extract(fields, model=...)`` → a Struct Series."""
+        return extract_series(self._series, fields, instructions=instructions, **options)
+
+
+class _FrameLLM(Generic[FrameT]):
+    def __init__(self, frame: FrameT) -> None:
+        self._frame = frame
+
+    @surfaced
+    @with_options
+    def map(
+        self,
+        column: str | pl.Expr,
+        model: str | None = None,
+        *,
+        result_name: str = "result",
+        status_name: str = "status",
+        **options: Unpack[MapOptions],
+    ) -> FrameT:
+        return llm_map_frame(
+            self._frame, column, model, result_name=result_name, status_name=status_name, **options
+        )
+
+    @surfaced
+    @with_options
+    def estimate(
+        self, column: str | pl.Expr, model: str | None = None, **options: Unpack[MapOptions]
+    ) -> Estimate:
+        """What ``.llm.map`` (or a row operator's expression given as ``column``) would send and cost,
+        without sending (see :func:`polars_llm.estimate`)."""
+        return estimate(self._frame, column, model, **options)
+
+    @surfaced
+    @with_options
+    def filter(
+        self, condition: str, *, instructions: str | None = None, **options: Unpack[MapOptions]
+    ) -> FrameT:
+        """``df.llm.filter("{title} and {body} describe the same product", model=...)``: the rows for which
+        the condition holds (see ``llm_filter_frame``)."""
+        return llm_filter_frame(self._frame, condition, instructions=instructions, **options)
+
+    @surfaced
+    @with_embed_options
+    def embed(
+        self,
+        column: str | pl.Expr,
+        model: str | None = None,
+        dimensions: int | None = None,
+        *,
+        result_name: str = "result",
+        status_name: str = "status",
+        **options: Unpack[EmbedOptions],
+    ) -> FrameT:
+        """``df.llm.embed("text", model, dimensions)`` → ``df`` with ``result`` (vectors) and ``status``."""
+        return llm_embed_frame(
+            self._frame,
+            column,
+            model,
+            dimensions,
+            result_name=result_name,
+            status_name=status_name,
+            **options,
+        )
+
+
+@pl.api.register_dataframe_namespace("llm")
+class FrameLLM(_FrameLLM[pl.DataFrame]):
+    """``df.llm.map("prompt", model=...)`` → ``df`` with ``result`` and ``status`` columns."""
+
+    @surfaced
+    @with_options
+    async def amap(
+        self,
+        column: str,
+        model: str | None = None,
+        *,
+        result_name: str = "result",
+        status_name: str = "status",
+        **options: Unpack[MapOptions],
+    ) -> pl.DataFrame:
+        return await llm_map_async(  # type: ignore[return-value]
+            self._frame, column, model, result_name=result_name, status_name=status_name, **options
+        )
+
+
+@pl.api.register_lazyframe_namespace("llm")
+class LazyFrameLLM(_FrameLLM[pl.LazyFrame]):
+    """``lf.llm.map("prompt", model=...)`` → a LazyFrame; nothing is sent until it is collected."""
