@@ -20,7 +20,7 @@ from .._bridge import surfaced
 from .._config.options import with_options
 from .._pipeline.functions import MapOptions
 from ..exceptions import ConfigError
-from .task import Task, model_required, run_task, task_config, task_expr, task_options
+from .task import Task, operator_expr, operator_series
 
 __all__ = ["classify_series", "classify_task", "label_names", "llm_classify"]
 
@@ -150,11 +150,11 @@ def llm_classify(
     >>> out["label"].to_list(), out["label"].dtype
     (['great', 'bad', None], Enum(categories=['great', 'bad']))
     """
-    source = pl.col(expr) if isinstance(expr, str) else expr
-    task = classify_task(labels, instructions=instructions, multi_label=multi_label, examples=examples)
-    opts, struct_form = task_options(options)
-    cfg = task_config(task, opts, model_required=model_required(source))
-    return task_expr(source, task, cfg, struct_form)
+    return operator_expr(
+        expr,
+        classify_task(labels, instructions=instructions, multi_label=multi_label, examples=examples),
+        options,
+    )
 
 
 @surfaced
@@ -169,6 +169,8 @@ def classify_series(
     **options: Unpack[MapOptions],
 ) -> pl.Series:
     """:func:`llm_classify` on a Series (eager)."""
-    task = classify_task(labels, instructions=instructions, multi_label=multi_label, examples=examples)
-    opts, struct_form = task_options(options)
-    return run_task(series, task, task_config(task, opts, model_required=False), struct_form)
+    return operator_series(
+        series,
+        classify_task(labels, instructions=instructions, multi_label=multi_label, examples=examples),
+        options,
+    )

@@ -19,7 +19,7 @@ from .._config.options import with_options
 from .._pipeline.functions import MapOptions
 from .._request.structured import check_model, struct_dtype
 from ..exceptions import ConfigError
-from .task import Task, model_required, run_task, task_config, task_expr, task_options
+from .task import Task, operator_expr, operator_series
 
 __all__ = ["extract_series", "extract_task", "fields_model", "llm_extract"]
 
@@ -100,11 +100,7 @@ def llm_extract(
     >>> out.row(0)
     ('Lyon', 42)
     """
-    source = pl.col(expr) if isinstance(expr, str) else expr
-    task = extract_task(fields, instructions=instructions)
-    opts, struct_form = task_options(options)
-    cfg = task_config(task, opts, model_required=model_required(source))
-    return task_expr(source, task, cfg, struct_form)
+    return operator_expr(expr, extract_task(fields, instructions=instructions), options)
 
 
 @surfaced
@@ -113,6 +109,4 @@ def extract_series(
     series: pl.Series, fields: Fields, *, instructions: str | None = None, **options: Unpack[MapOptions]
 ) -> pl.Series:
     """:func:`llm_extract` on a Series (eager): the Struct Series."""
-    task = extract_task(fields, instructions=instructions)
-    opts, struct_form = task_options(options)
-    return run_task(series, task, task_config(task, opts, model_required=False), struct_form)
+    return operator_series(series, extract_task(fields, instructions=instructions), options)

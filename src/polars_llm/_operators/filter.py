@@ -24,7 +24,7 @@ from .._bridge import surfaced
 from .._config.options import MapConfig, with_options
 from .._pipeline.functions import MapOptions
 from ..exceptions import ConfigError
-from .task import Task, model_required, run_task, task_config, task_expr, task_options
+from .task import Task, operator_expr, operator_series, run_task, task_config, task_expr, task_options
 
 __all__ = [
     "condition_fields",
@@ -132,12 +132,7 @@ def llm_filter(
     >>> late["review"].to_list()
     ['Arrived two weeks late', 'Late again!']
     """
-    source = pl.col(expr) if isinstance(expr, str) else expr
-    task = filter_task(condition, instructions=instructions)
-    opts, struct_form = task_options(options)
-    return task_expr(
-        source, task, task_config(task, opts, model_required=model_required(source)), struct_form
-    )
+    return operator_expr(expr, filter_task(condition, instructions=instructions), options)
 
 
 @surfaced
@@ -146,9 +141,7 @@ def filter_series(
     series: pl.Series, condition: str, *, instructions: str | None = None, **options: Unpack[MapOptions]
 ) -> pl.Series:
     """:func:`llm_filter` on a Series (eager): the Boolean Series."""
-    task = filter_task(condition, instructions=instructions)
-    opts, struct_form = task_options(options)
-    return run_task(series, task, task_config(task, opts, model_required=False), struct_form)
+    return operator_series(series, filter_task(condition, instructions=instructions), options)
 
 
 @surfaced

@@ -31,6 +31,7 @@ cost are shared among its rows (input by prompt length, output by answer length)
 from __future__ import annotations
 
 import copy
+import functools
 import math
 import time
 from collections.abc import Sequence
@@ -41,12 +42,11 @@ import polars as pl
 
 from .. import exceptions as exc
 from .._engine.groups import run_groups
-from .._engine.run import FAIL, RETRY, STOP, Run, RunStats, Sink, Work
-from .._store.store import Outcome, Store
+from .._engine.run import FAIL, RETRY, STOP, Run, Sink, Work
+from .._store.store import Outcome
 
 if TYPE_CHECKING:
     from .._config.options import MapConfig
-    from .._cost.budget import Budget, Costing
     from .._request.spec import RequestSpec
     from .._transport.client import Completion
 
@@ -188,7 +188,7 @@ def _share(total: int | None, weights: Sequence[int]) -> list[int | None]:
 class _Packs:
     """Sends one group of rows as packs, splitting what comes back unusable (see the module docstring)."""
 
-    def __init__(self, run: Run, packer: Packer, sink: Sink) -> None:
+    def __init__(self, run: Run, sink: Sink, *, packer: Packer) -> None:
         self.run, self.packer, self.sink = run, packer, sink
 
     async def send(self, jobs: list[tuple[str, Any]]) -> bool:
@@ -299,19 +299,5 @@ def pack_work(cfg: MapConfig, prompts: pl.Series) -> Work | None:
     size = pack_size(cfg, prompts)
     if size == 1:
         return None
-
-    async def pool(
-        cfg: MapConfig,
-        store: Store,
-        keys: pl.Series,
-        payloads: Any,
-        stats: RunStats,
-        costing: Costing,
-        budget: Budget | None,
-    ) -> None:
-        await run_groups(
-            cfg, store, keys, payloads, stats, costing, budget, size=size,
-            sender=lambda run, sink: _Packs(run, packer, sink),
-        )  # fmt: skip
-
-    return Work(pool=pool)
+    sender = functools.partial(_Packs, packer=packer)
+    return Work(pool=functools.partial(run_groups, size=size, sender=sender))

@@ -31,7 +31,16 @@ from .._pipeline.functions import names_models
 from .._pipeline.pipeline import estimate_series, map_series
 from ..exceptions import ConfigError, RowsFailedError
 
-__all__ = ["Task", "estimate_task", "run_task", "task_config", "task_expr", "task_options"]
+__all__ = [
+    "Task",
+    "estimate_task",
+    "operator_expr",
+    "operator_series",
+    "run_task",
+    "task_config",
+    "task_expr",
+    "task_options",
+]
 
 _ATTR = "_polars_llm_task"  # on an operator's expression: (source, task, cfg), read by ``estimate``
 
@@ -141,8 +150,18 @@ def task_expr(source: pl.Expr, task: Task, cfg: MapConfig, struct_form: bool = F
     return expr
 
 
-def model_required(source: pl.Expr) -> bool:
-    return not names_models(source)
+def operator_expr(expr: pl.Expr | str, task: Task, options: Mapping[str, Any]) -> pl.Expr:
+    """An operator's expression over ``expr`` (a column name or an expression), options checked here."""
+    source = pl.col(expr) if isinstance(expr, str) else expr
+    opts, struct_form = task_options(options)
+    cfg = task_config(task, opts, model_required=not names_models(source))
+    return task_expr(source, task, cfg, struct_form)
+
+
+def operator_series(series: pl.Series, task: Task, options: Mapping[str, Any]) -> pl.Series:
+    """An operator over a Series, eagerly (errors keep their attributes: no Polars UDF in between)."""
+    opts, struct_form = task_options(options)
+    return run_task(series, task, task_config(task, opts, model_required=False), struct_form)
 
 
 def estimate_task(

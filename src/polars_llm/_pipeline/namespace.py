@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Generic, TypeVar, Unpack
 
 import polars as pl
@@ -31,12 +31,64 @@ __all__ = ["ExprLLM", "FrameLLM", "LazyFrameLLM", "SeriesLLM"]
 FrameT = TypeVar("FrameT", pl.DataFrame, pl.LazyFrame)
 
 
+ColumnT = TypeVar("ColumnT", pl.Expr, pl.Series)
+
+
+class _RowOperators(Generic[ColumnT]):
+    """``classify``, ``filter`` and ``extract`` on an expression or a Series: forwards to the typed free
+    functions each namespace names (``_classify``…), over its column (``_column``)."""
+
+    _column: ColumnT
+    _classify: Callable[..., ColumnT]
+    _filter: Callable[..., ColumnT]
+    _extract: Callable[..., ColumnT]
+
+    @surfaced
+    @with_options
+    def classify(
+        self,
+        labels: Labels,
+        *,
+        instructions: str | None = None,
+        multi_label: bool = False,
+        examples: Sequence[tuple[str, str | Sequence[str]]] | None = None,
+        **options: Unpack[MapOptions],
+    ) -> ColumnT:
+        """``.llm.classify(["good", "bad"], model=...)`` → ``pl.Enum`` (see ``polars_llm.llm_classify``)."""
+        return type(self)._classify(
+            self._column, labels, instructions=instructions, multi_label=multi_label, examples=examples,
+            **options,
+        )  # fmt: skip
+
+    @surfaced
+    @with_options
+    def filter(
+        self, condition: str, *, instructions: str | None = None, **options: Unpack[MapOptions]
+    ) -> ColumnT:
+        """``.llm.filter("mentions late delivery", model=...)`` → Boolean (see ``polars_llm.llm_filter``)."""
+        return type(self)._filter(self._column, condition, instructions=instructions, **options)
+
+    @surfaced
+    @with_options
+    def extract(
+        self, fields: Fields, *, instructions: str | None = None, **options: Unpack[MapOptions]
+    ) -> ColumnT:
+        """``.llm.extract({"city": "the city"}, model=...)`` → Struct (see ``polars_llm.llm_extract``)."""
+        return type(self)._extract(self._column, fields, instructions=instructions, **options)
+
+
 @pl.api.register_expr_namespace("llm")
-class ExprLLM:
+class ExprLLM(_RowOperators[pl.Expr]):
     """``pl.col("prompt").llm.map(model=...)`` → ``Struct{result, status}``; ``.llm.embed(...)`` → vectors."""
 
+    _classify, _filter, _extract = (
+        staticmethod(llm_classify),
+        staticmethod(llm_filter),
+        staticmethod(llm_extract),
+    )
+
     def __init__(self, expr: pl.Expr) -> None:
-        self._expr = expr
+        self._expr = self._column = expr
 
     @surfaced
     @with_options
@@ -51,50 +103,16 @@ class ExprLLM:
         """``pl.col("text").llm.embed(model, dimensions)`` → ``Struct{result, status}`` of vectors."""
         return llm_embed(self._expr, model, dimensions, **options)
 
-    @surfaced
-    @with_options
-    def classify(
-        self,
-        labels: Labels,
-        *,
-        instructions: str | None = None,
-        multi_label: bool = False,
-        examples: Sequence[tuple[str, str | Sequence[str]]] | None = None,
-        **options: Unpack[MapOptions],
-    ) -> pl.Expr:
-        """``pl.col("review").llm.classify(["good", "bad"], model=...)`` → ``pl.Enum`` (``llm_classify``)."""
-        return llm_classify(
-            self._expr,
-            labels,
-            instructions=instructions,
-            multi_label=multi_label,
-            examples=examples,
-            **options,
-        )
-
-    @surfaced
-    @with_options
-    def filter(
-        self, condition: str, *, instructions: str | None = None, **options: Unpack[MapOptions]
-    ) -> pl.Expr:
-        """``pl.col("review").llm.filter("mentions late delivery", model=...)`` → Boolean (``llm_filter``)."""
-        return llm_filter(self._expr, condition, instructions=instructions, **options)
-
-    @surfaced
-    @with_options
-    def extract(
-        self, fields: Fields, *, instructions: str | None = None, **options: Unpack[MapOptions]
-    ) -> pl.Expr:
-        """``pl.col("note").llm.extract({"city": "the city"}, model=...)`` → Struct (see ``llm_extract``)."""
-        return llm_extract(self._expr, fields, instructions=instructions, **options)
-
 
 @pl.api.register_series_namespace("llm")
-class SeriesLLM:
+class SeriesLLM(_RowOperators[pl.Series]):
     """``series.llm.map(model=...)`` → a ``Struct{result, status}`` Series; ``amap`` awaits it."""
 
+    _classify = staticmethod(classify_series)
+    _filter, _extract = staticmethod(filter_series), staticmethod(extract_series)
+
     def __init__(self, series: pl.Series) -> None:
-        self._series = series
+        self._series = self._column = series
 
     @surfaced
     @with_options
@@ -118,43 +136,6 @@ class SeriesLLM:
     def estimate(self, model: str | None = None, **options: Unpack[MapOptions]) -> Estimate:
         """What ``.llm.map`` would send and cost, without sending (see :func:`polars_llm.estimate`)."""
         return estimate(self._series, model=model, **options)
-
-    @surfaced
-    @with_options
-    def classify(
-        self,
-        labels: Labels,
-        *,
-        instructions: str | None = None,
-        multi_label: bool = False,
-        examples: Sequence[tuple[str, str | Sequence[str]]] | None = None,
-        **options: Unpack[MapOptions],
-    ) -> pl.Series:
-        """``series.llm.classify(labels, model=...)`` → a ``pl.Enum`` Series."""
-        return classify_series(
-            self._series,
-            labels,
-            instructions=instructions,
-            multi_label=multi_label,
-            examples=examples,
-            **options,
-        )
-
-    @surfaced
-    @with_options
-    def filter(
-        self, condition: str, *, instructions: str | None = None, **options: Unpack[MapOptions]
-    ) -> pl.Series:
-        """``series.llm.filter(condition, model=...)`` → a Boolean Series."""
-        return filter_series(self._series, condition, instructions=instructions, **options)
-
-    @surfaced
-    @with_options
-    def extract(
-        self, fields: Fields, *, instructions: str | None = None, **options: Unpack[MapOptions]
-    ) -> pl.Series:
-        """``series.llm.extract(fields, model=...)`` → a Struct Series."""
-        return extract_series(self._series, fields, instructions=instructions, **options)
 
 
 class _FrameLLM(Generic[FrameT]):
