@@ -251,3 +251,17 @@ def test_batch_mode_runs_an_operator_through_the_batch_api(
     )
     assert out.to_list() == ["great", "bad", "great"]
     assert sim_server.stats()["batch"]["batch_requests"] == 3 and sim_server.stats()["requests"] == 0
+
+
+def test_condition_mask_runs_a_condition_over_the_rows_of_a_frame(sim_server: sim.SimServer) -> None:
+    from polars_llm._operators.filter import condition_mask
+
+    pairs = pl.DataFrame(
+        {"a": ["red apples", "pears", "plums", None], "b": ["x", "green apples", "figs", "apples"]}
+    )
+    cfg = polars_llm.resolve_config(**opts(sim_server, pack=2))
+    mask = condition_mask(pairs, "{a} and {b} mention apples", cfg)
+    assert mask.dtype == pl.Boolean and mask.to_list() == [True, True, False, None]
+    assert sim_server.stats()["requests"] == 2  # three rows sent, two per request
+    with pytest.raises(ConfigError, match="'c'"):
+        condition_mask(pairs, "{a} and {c} match", cfg)
