@@ -14,9 +14,11 @@ and ``pl.LazyFrame``.
 
 from __future__ import annotations
 
+from . import _namespace  # noqa: F401  (registers the namespaces)
 from ._batch import batches, cancel_batch
 from ._config import DEFAULT_BASE_URL, DEFAULT_CACHE, DEFAULT_CACHE_PATH, MapConfig, Secret, resolve_config
 from ._cost import Estimate
+from ._operators import llm_classify, llm_extract, llm_filter
 from ._pipeline import (
     EmbedOptions,
     MapOptions,
@@ -30,7 +32,6 @@ from ._pipeline import (
     llm_map_series,
     output_dtype,
 )
-from ._pipeline import namespace as _namespace  # noqa: F401  (registers the namespaces)
 from ._request import template
 from .exceptions import (
     APIConnectionError,
@@ -57,6 +58,7 @@ from .exceptions import (
     RateLimitError,
     RefusalError,
     RowError,
+    RowsFailedError,
     ServerError,
     StoreError,
     TransientError,
@@ -99,6 +101,7 @@ __all__ = [
     "RateLimitError",
     "RefusalError",
     "RowError",
+    "RowsFailedError",
     "Secret",
     "ServerError",
     "StoreError",
@@ -110,9 +113,12 @@ __all__ = [
     "estimate",
     "export_jsonl",
     "export_parquet",
+    "llm_classify",
     "llm_embed",
     "llm_embed_frame",
     "llm_embed_series",
+    "llm_extract",
+    "llm_filter",
     "llm_map",
     "llm_map_async",
     "llm_map_frame",

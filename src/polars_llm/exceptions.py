@@ -11,6 +11,7 @@ drawing true to it and to what is retried)::
     ├── ConfigError                 invalid or missing option; raised before any request
     │   └── ColumnTypeError         the prompt column is not a string column (also a TypeError)
     ├── StoreError                  cache file locked by another process, unwritable, foreign
+    ├── RowsFailedError             a row operator with on_error="raise" left rows failed or unsent
     └── APIError                    a request to the provider failed
         ├── TransientError          retried with backoff (the row fails only when attempts run out)
         │   ├── RateLimitError          429, or 402 carrying Retry-After
@@ -80,6 +81,7 @@ __all__ = [
     "RateLimitError",
     "RefusalError",
     "RowError",
+    "RowsFailedError",
     "ServerError",
     "StoreError",
     "TransientError",
@@ -158,6 +160,19 @@ class StoreError(PolarsLLMError):
         super().__init__(message)
         self.path = path
         self.holder = holder
+
+
+class RowsFailedError(PolarsLLMError):
+    """A row operator (``classify``, ``filter``, ``extract``) with ``on_error="raise"`` left ``failed``
+    rows (or rows not sent); the answers that finished are in the cache, so a rerun pays only for the rest.
+    ``failed`` and ``unsent`` count them; ``errors`` holds up to five of the failed rows' errors."""
+
+    def __init__(self, message: str, *, failed: int = 0, unsent: int = 0, errors: tuple[str, ...] = ()):
+        super().__init__(message)
+        self.message = message
+        self.failed = failed
+        self.unsent = unsent
+        self.errors = errors
 
 
 class APIError(PolarsLLMError):

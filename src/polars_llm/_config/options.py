@@ -50,6 +50,8 @@ DEFAULT_CACHE_PATH: Final = Path(".polars_llm") / "cache.duckdb"
 Worker = Callable[[str], Awaitable[str]]
 Transport = Literal["aiohttp", "openai"]
 Mode = Literal["online", "batch"]
+PackArg = int | Literal["auto"]
+OnError = Literal["warn", "raise", "ignore"]
 
 
 class _DefaultCache:
@@ -203,6 +205,18 @@ def _check_price(name: str, value: Any) -> Any:
     return _price_pair(name, value)
 
 
+def _check_pack(name: str, value: Any) -> int | str:
+    if value == "auto":
+        return "auto"
+    if isinstance(value, str) and value.strip().isdigit():  # the CLI flag's text
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 1000:
+        raise ConfigError(
+            f"pack must be a whole number of rows per request from 1 to 1000, or 'auto'; got {value!r}"
+        )
+    return value
+
+
 def _check_worker(name: str, value: Any) -> Any:
     if not callable(value):
         raise ConfigError("worker must be an async callable taking the prompt and returning a str")
@@ -354,6 +368,17 @@ class MapConfig:
         200_000_000, "batch mode: bytes per uploaded batch file at most", ck.integer(1024, 10**12)
     )
 
+    pack: PackArg = option(
+        1,
+        "rows per request for a response_model or a row operator (classify, filter, extract): N, or 'auto'",
+        _check_pack,
+    )
+    on_error: OnError = option(
+        "warn",
+        "row operators: a failed row is null and one warning counts them ('warn'), or 'raise', or 'ignore'",
+        ck.choice("warn", "raise", "ignore"),
+    )
+
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
             check = f.metadata.get("check")
@@ -371,6 +396,15 @@ class MapConfig:
             raise ConfigError(
                 "mode='batch' needs a cache file to remember its batches between calls; "
                 "pass cache=<path> (or leave the default) instead of cache=None"
+            )
+        if self.pack != 1 and self.mode == "batch":
+            raise ConfigError(
+                "pack= packs several rows into one online request; mode='batch' sends one request per "
+                "row (at about half the price): drop pack= or use mode='online'"
+            )
+        if self.pack != 1 and self.worker is not None:
+            raise ConfigError(
+                "pack= builds packed chat requests; a worker= callable gets one prompt per call"
             )
         # a missing model is checked where the input is known (`model_required`): struct rows may name
         # their own (see _request/inputs.py)
@@ -440,6 +474,8 @@ CHAT_ONLY: Final = frozenset(
         "batch_max_requests",
         "batch_max_bytes",
         "chunk_rows",
+        "pack",
+        "on_error",
     }
 )
 """Options that only ``llm.map`` takes (``llm.embed`` refuses them)."""

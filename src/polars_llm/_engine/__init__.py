@@ -5,6 +5,8 @@ Other parts import from this package only: its names are those its modules decla
 
 from __future__ import annotations
 
+from .groups import *
 from .pace import *
+from .pack import *
 from .run import *
 from .session import *

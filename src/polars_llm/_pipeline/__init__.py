@@ -8,7 +8,6 @@ from __future__ import annotations
 from .embed import *
 from .functions import *
 from .modes import *
-from .namespace import *
 from .pipeline import *
 from .prepared import *
 from .stream import *

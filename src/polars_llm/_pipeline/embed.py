@@ -30,7 +30,7 @@ import io
 import itertools
 import json
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -41,12 +41,12 @@ import pyarrow as pa
 
 from .. import exceptions as exc
 from .._config import CHAT_ONLY, MapConfig, option_fields
-from .._cost import Budget, Costing, budget_exceeded
-from .._engine import FAIL, STOP, Run, Sink, Work, write_batches
+from .._cost import Budget, Costing
+from .._engine import FAIL, STOP, Run, Sink, Work, run_groups, share
 from .._progress import RunStats
 from .._request import KeyMaker, request_fingerprint
-from .._store import Journal, Outcome, Store, iter_jobs
-from .._transport import OpenAITransport, error_for_status, make_transport
+from .._store import Outcome, Store
+from .._transport import OpenAITransport, error_for_status
 from ..exceptions import ColumnTypeError, ConfigError
 from .pipeline import assemble, run
 from .prepared import Prepared
@@ -58,7 +58,6 @@ __all__ = [
     "decode",
     "embed_series",
     "run_pool",
-    "share",
 ]
 
 DEFAULT_BATCH_SIZE: Final = 2048  # OpenAI's limit of inputs per request
@@ -316,22 +315,6 @@ def decode(raw: bytes, n: int, dimensions: int | None) -> Reply:
     )
 
 
-def share(total: int, weights: Sequence[int]) -> list[int]:
-    """``total`` split in proportion to ``weights`` (largest remainder: the parts add up to ``total``).
-
-    >>> share(10, [1, 1, 2]), share(7, [0, 0])
-    ([3, 2, 5], [4, 3])
-    """
-    weights = [max(w, 0) for w in weights] if any(w > 0 for w in weights) else [1] * len(weights)
-    whole = sum(weights)
-    exact = [total * w / whole for w in weights]
-    parts = [int(x) for x in exact]
-    by_remainder = sorted(range(len(parts)), key=lambda i: parts[i] - exact[i])
-    for i in by_remainder[: total - sum(parts)]:
-        parts[i] += 1
-    return parts
-
-
 # --- the pool ------------------------------------------------------------------------------------------
 
 
@@ -430,20 +413,6 @@ class _Batch:
         stats.cost += reply.cost or 0.0
 
 
-def _groups(jobs: Iterator[tuple[str, Any]], size: int) -> Iterator[list[tuple[str, Any]]]:
-    """Lists of up to ``size`` jobs (``itertools.batched`` is 3.12+); safe to share: ``next`` never awaits."""
-    return iter(lambda: list(itertools.islice(jobs, size)), [])
-
-
-async def _worker(batch: _Batch, groups: Iterator[list[tuple[str, str]]]) -> None:
-    sink = batch.sink
-    for jobs in groups:
-        if not await batch.send(jobs):
-            return
-        if len(sink.buffer) >= sink.high_water:
-            await sink.room()
-
-
 async def run_pool(
     cfg: MapConfig,
     spec: EmbedSpec,
@@ -456,33 +425,14 @@ async def run_pool(
 ) -> None:
     """Send every (key, text) in groups of ``batch_size`` from ``concurrency`` workers; one batched writer."""
     run_cfg = cfg.replace(dimensions=None, batch_size=None)  # the chat-shaped parts Run and transports read
-    transport = make_transport(run_cfg)
-    groups = _groups(iter_jobs(keys, texts), spec.batch_size)
-    workers = min(cfg.concurrency, max(1, -(-len(keys) // spec.batch_size)))
-    sink = Sink(cfg.flush_rows, Journal.for_store(store, fsync=cfg.fsync))
-    run: Run | None = None
-    try:
-        async with anyio.create_task_group() as outer:
-            outer.start_soon(write_batches, store, sink, cfg)
-            try:
-                async with anyio.create_task_group() as pool:
-                    run = Run(run_cfg, transport, stats, pool.cancel_scope.cancel, costing, budget)
-                    batch = _Batch(run, spec, sink)
-                    for _ in range(workers):
-                        pool.start_soon(_worker, batch, groups)
-            finally:
-                sink.close()
-    finally:
-        with anyio.CancelScope(shield=True):
-            rest = sink.take()  # the writer has stopped; keep what it had not taken yet
-            try:
-                if rest or rest.segments:
-                    await anyio.to_thread.run_sync(sink.commit, store, rest)
-            finally:
-                sink.release()
-                await transport.aclose()
-    if run is not None and run.fatal is not None:
-        raise run.fatal
-    left = len(keys) - stats.finished
-    if budget is not None and budget.exhausted and left > 0:
-        raise budget_exceeded(budget, left)
+    await run_groups(
+        run_cfg,
+        store,
+        keys,
+        texts,
+        stats,
+        costing,
+        budget,
+        size=spec.batch_size,
+        sender=lambda run, sink: _Batch(run, spec, sink),
+    )

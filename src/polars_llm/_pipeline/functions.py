@@ -7,9 +7,9 @@ are generated from ``MapConfig``'s fields; ``MapOptions`` types them for static 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, TypedDict, TypeVar, Unpack
+from typing import Any, Literal, TypedDict, TypeVar, Unpack
 
 import orjson
 import polars as pl
@@ -36,6 +36,7 @@ from .pipeline import amap_series, estimate_series, map_series
 from .stream import stream_frame
 
 __all__ = [
+    "EXPRESSION_ESTIMATORS",
     "EmbedOptions",
     "MapOptions",
     "estimate",
@@ -46,8 +47,13 @@ __all__ = [
     "llm_map_async",
     "llm_map_frame",
     "llm_map_series",
+    "names_models",
     "output_dtype",
 ]
+
+# How to estimate an expression that is more than a column (a row operator's, which carries its own task
+# and options): the operators (a part above this one) register themselves here when imported.
+EXPRESSION_ESTIMATORS: list[Callable[[Any, pl.Expr, dict[str, Any]], Estimate | None]] = []
 
 FrameT = TypeVar("FrameT", pl.DataFrame, pl.LazyFrame)
 _TMP = "__polars_llm_struct__"
@@ -102,6 +108,8 @@ class MapOptions(EmbedOptions, total=False):
     poll_interval: float
     batch_max_requests: int
     batch_max_bytes: int
+    pack: int | Literal["auto"]
+    on_error: Literal["warn", "raise", "ignore"]
 
 
 def output_dtype(cfg: MapConfig) -> pl.Struct:
@@ -300,7 +308,9 @@ def estimate(
 
     Counts rows, unique prompts and what the cache already holds; estimates tokens from earlier answers
     of the model in the cache (no tokenizer download); prices them with ``price=``, else the provider's
-    model list (one ``GET /models``, kept in the cache), else says the price is unknown.
+    model list (one ``GET /models``, kept in the cache), else says the price is unknown. ``column`` may
+    be a row operator's expression (``pl.col("t").llm.classify(...)``, not aliased): its task, options and
+    ``pack`` are counted, with ``options`` given here applied over them.
 
     >>> import polars as pl
     >>> est = estimate(pl.Series("q", ["a", "b", "a", None]), model="m", api_key="k", cache=None,
@@ -308,6 +318,11 @@ def estimate(
     >>> est.rows, est.unique_prompts, est.to_send, est.price_source, est.cost_max is not None
     (4, 2, 2, 'option', True)
     """
+    if isinstance(column, pl.Expr):  # a row operator's expression carries its own task and options
+        for estimate_expr in EXPRESSION_ESTIMATORS:
+            found = estimate_expr(data, column, {"model": model, **options} if model else options)
+            if found is not None:
+                return found
     cfg = resolve_config(model=model, **options)
     if isinstance(data, pl.Series):
         return estimate_series(data, cfg)

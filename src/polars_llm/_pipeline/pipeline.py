@@ -15,6 +15,7 @@ rows are (:func:`stopped`); the original error stays reachable as ``__context__`
 from __future__ import annotations
 
 import copy
+import dataclasses
 from collections.abc import Callable
 
 import anyio
@@ -23,11 +24,11 @@ import polars as pl
 from .._bridge import run_async, run_sync
 from .._config import INCLUDE_DTYPES, MapConfig, no_model_error
 from .._cost import Estimate, TokenModel, build_estimate, resolve_price
-from .._engine import Work
+from .._engine import Packer, Work, pack_size, pack_work, packed_chars
 from .._progress import Progress, Reporter, RunStats, reporting
 from .._request import prepare_struct, request_spec
 from .._store import Store
-from ..exceptions import BudgetExceededError, ColumnTypeError, PolarsLLMError
+from ..exceptions import BudgetExceededError, ColumnTypeError, ConfigError, PolarsLLMError
 from .modes import mode_of
 from .prepared import Prepared
 
@@ -80,10 +81,12 @@ def prepare(series: pl.Series, cfg: MapConfig) -> Prepared:
         raise no_model_error()
     unique = rows.drop_nulls().unique(maintain_order=True).rename("prompt")
     keys = pl.Series("key", request_spec(cfg).key_maker().keys(unique.to_list()), dtype=pl.String)
-    return Prepared(rows, unique, keys)
+    return Prepared(rows, unique, keys, work=pack_work(cfg, unique))  # pack=N: several rows per request
 
 
 def _prepare_struct(series: pl.Series, cfg: MapConfig) -> Prepared:
+    if cfg.pack != 1:
+        raise ConfigError("pack= takes a String prompt column; struct input sends one request per row")
     s = prepare_struct(series, cfg)
     extra = pl.DataFrame(s.columns, schema=dict.fromkeys(s.columns, pl.String))
     work = Work(extra=extra, payloads=s.payloads)
@@ -250,17 +253,27 @@ def estimate_series(series: pl.Series, cfg: MapConfig) -> Estimate:
     done = known.filter(pl.col("status") == "done").get_column("key")
     to_send = prepared.unique.filter(~prepared.keys.is_in(done.implode()))
     tokens = TokenModel.learn(history, max_tokens=cfg.max_tokens, max_output=price.max_output)
+    to_send_chars, system_chars = to_send.str.len_chars(), len(cfg.system or "")
+    size = pack_size(cfg, to_send) if prepared.work is not None else 1
+    if size > 1:  # one request per pack: the rows' characters, the instructions once per pack
+        to_send_chars, system_chars = (
+            packed_chars(to_send_chars, size),
+            len(Packer(request_spec(cfg)).system(size)),
+        )
+        if tokens.output_tokens_max is not None:  # up to max_tokens per answer, so size× per pack
+            tokens = dataclasses.replace(tokens, output_tokens_max=tokens.output_tokens_max * size)
+        tokens = dataclasses.replace(tokens, output_tokens=tokens.output_tokens * size)
     price = mode_of(cfg).price(price)
     return build_estimate(
         model=request_spec(cfg).model,
         rows=len(prepared.rows),
         null_rows=prepared.rows.null_count(),
         unique_prompts=len(prepared),
-        to_send_chars=to_send.str.len_chars(),
+        to_send_chars=to_send_chars,
         cached=len(prepared) - len(to_send),
         tokens=tokens,
         price=price,
-        system_chars=len(cfg.system or ""),
+        system_chars=system_chars,
     )
 
 

@@ -52,7 +52,11 @@ Answers (deterministic, no randomness):
     * plain text is :func:`expected_text`: ``f"{model}: {prompt[::-1]}"``, or
       ``f"{model} [{system}]: {prompt[::-1]}"`` with a system prompt;
     * with ``response_format={"type": "json_schema", ...}`` the content is compact JSON of
-      :func:`expected_json` — an instance of the schema seeded by ``(model, prompt)``;
+      :func:`expected_json` — an instance of the schema seeded by ``(model, prompt)`` that reads the
+      prompt: an ``enum`` takes the label the prompt names, a boolean is true when the prompt holds a
+      keyword of the system prompt's ``Condition:`` line, a field ``name`` takes a ``name: value``
+      written in the prompt, and a packed request (``{"items": [...]}`` against one ``answers`` array of
+      exactly N) gets N answers, each the one its item would get alone;
       ``{"type": "json_object"}`` gives ``{"model": ..., "answer": expected_text(...)}``;
     * :func:`expected_content` returns the exact ``message.content`` string for any of these;
     * ``usage`` has ``prompt_tokens`` (all message text), ``completion_tokens`` (both

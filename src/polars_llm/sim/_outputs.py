@@ -95,7 +95,7 @@ def expected_embedding(model: str, text: str, dimensions: int) -> list[float]:
     return list(map(_EMBED_SCALE.__mul__, values))
 
 
-def expected_json(schema: Mapping[str, Any], model: str, prompt: str) -> Any:
+def expected_json(schema: Mapping[str, Any], model: str, prompt: str, system: str | None = None) -> Any:
     """A JSON instance conforming to ``schema``, seeded only by ``(model, prompt)``.
 
     Supports objects (every property is filled, nested, ``$defs``/``definitions`` via ``$ref``,
@@ -103,11 +103,94 @@ def expected_json(schema: Mapping[str, Any], model: str, prompt: str) -> Any:
     ``enum``, ``const``, ``anyOf``/``oneOf`` (including ``{"type": "null"}``), ``allOf``, type lists,
     strings (formats ``date``, ``date-time``, ``time``, ``email``, ``uuid``, ``uri``; lengths;
     simple ``pattern`` s), integers and numbers (bounds, ``multipleOf``), booleans and null.
+
+    Answers read the prompt, so tests can assert what a row operator returns, not only its shape:
+
+    * an ``enum`` picks the label the prompt names first (whole word, any case); a list of ``enum`` items
+      every label it names; else a seeded choice;
+    * a boolean is ``true`` when the prompt holds a keyword of the ``Condition:`` line of the system
+      prompt (its words of 4+ letters, ``{placeholders}`` and a few filler verbs left out), else
+      ``false``; without such a line, a seeded choice;
+    * a string, integer or number property ``name`` takes the value written ``name: value`` in the prompt;
+    * a packed request — a single ``answers`` array of exactly N items and a prompt
+      ``{"items": [...]}`` of N texts — answers item *i* as the unpacked request of text *i* would be.
+
+    >>> expected_json({"enum": ["spam", "ham"]}, "m", "Is this SPAM?")
+    'spam'
+    >>> expected_json({"type": "boolean"}, "m", "it came late", system="Condition: mentions late delivery")
+    True
     """
+    packed = _packed_items(schema, prompt)
+    if packed is not None:
+        item_schema, texts = packed
+        items = [_generator(schema, model, text, system).value(item_schema, 0, "value") for text in texts]
+        return {"answers": items}
+    return _generator(schema, model, prompt, system).value(schema, 0, "value")
+
+
+def _generator(schema: Mapping[str, Any], model: str, prompt: str, system: str | None) -> _Gen:
     digest = hashlib.blake2b(
         f"{model}\x00{prompt}".encode("utf-8", "surrogatepass"), digest_size=8, person=b"polars_llm_sim"
     ).digest()
-    return _Gen(schema, random.Random(int.from_bytes(digest, "big"))).value(schema, 0, "value")
+    return _Gen(schema, random.Random(int.from_bytes(digest, "big")), prompt, _condition_words(system))
+
+
+def _packed_items(schema: Mapping[str, Any], prompt: str) -> tuple[Any, list[str]] | None:
+    """A packed request's item schema and texts (see :func:`expected_json`), else ``None``."""
+    props = schema.get("properties")
+    if not (isinstance(props, Mapping) and list(props) == ["answers"] and prompt.startswith('{"items"')):
+        return None
+    answers = props["answers"]
+    n = answers.get("minItems") if isinstance(answers, Mapping) else None
+    if not isinstance(n, int) or answers.get("maxItems") != n:
+        return None
+    try:
+        doc = orjson.loads(prompt)
+    except orjson.JSONDecodeError:
+        return None
+    texts = doc.get("items") if isinstance(doc, dict) else None
+    if not (isinstance(texts, list) and len(texts) == n and all(isinstance(t, str) for t in texts)):
+        return None
+    return answers.get("items"), texts
+
+
+_FILLER: Final = frozenset({
+    "mentions", "mention", "mentioned", "about", "text", "says", "talks", "refers", "contains", "describes",
+    "describe", "this", "that", "with", "which", "their", "there", "some", "whether", "does", "have",
+})  # fmt: skip
+
+
+def _condition_words(system: str | None) -> tuple[str, ...] | None:
+    if not system:
+        return None
+    found = re.search(r"^Condition:(.*)$", system, re.MULTILINE)
+    if found is None:
+        return None
+    condition = re.sub(r"\{[^}]*\}", " ", found.group(1).lower())
+    return tuple(w for w in re.findall(r"[a-z]{4,}", condition) if w not in _FILLER)
+
+
+def _named(text: str, word: str) -> int:
+    """Where ``word`` first appears in ``text`` as a whole word (any case), or -1."""
+    found = re.search(rf"(?<!\w){re.escape(word)}(?!\w)", text, re.IGNORECASE)
+    return found.start() if found else -1
+
+
+def _written(text: str, name: str, kind: str) -> Any:
+    """The value written ``name: value`` in ``text`` (converted to ``kind``), else ``None``."""
+    label = re.escape(name).replace("_", "[_ ]")
+    found = re.search(rf"(?<!\w){label}\s*[:=]\s*([^,;\n]+)", text, re.IGNORECASE)
+    if found is None:
+        return None
+    value = found.group(1).strip().rstrip(".").strip()
+    try:
+        if kind == "integer":
+            return int(value)
+        if kind == "number":
+            return float(value)
+    except ValueError:
+        return None
+    return value or None
 
 
 def expected_content(
@@ -125,18 +208,34 @@ def expected_content(
     if kind == "json_schema":
         assert response_format is not None
         schema = response_format["json_schema"]["schema"]
-        return orjson.dumps(expected_json(schema, model, prompt)).decode()
+        return orjson.dumps(expected_json(schema, model, prompt, system)).decode()
     if kind == "json_object":
         return orjson.dumps({"model": model, "answer": expected_text(model, prompt, system)}).decode()
     return expected_text(model, prompt, system)
 
 
 class _Gen:
-    __slots__ = ("_rng", "_root")
+    __slots__ = ("_condition", "_rng", "_root", "_text")
 
-    def __init__(self, root: Mapping[str, Any], rng: random.Random) -> None:
+    def __init__(
+        self,
+        root: Mapping[str, Any],
+        rng: random.Random,
+        text: str = "",
+        condition: tuple[str, ...] | None = None,
+    ) -> None:
         self._root = root
         self._rng = rng
+        self._text = text
+        self._condition = condition
+
+    def _labels(self, labels: list[Any]) -> list[Any]:
+        """The string labels the text names, in the order it names them."""
+        at = [(self._named_at(label), i) for i, label in enumerate(labels) if isinstance(label, str)]
+        return [labels[i] for pos, i in sorted(at) if pos >= 0]
+
+    def _named_at(self, label: str) -> int:
+        return _named(self._text, label) if label else -1
 
     def value(self, schema: Any, depth: int, name: str) -> Any:
         if schema is True or schema is None:
@@ -149,7 +248,8 @@ class _Gen:
             return schema["const"]
         enum = schema.get("enum")
         if isinstance(enum, list) and enum:
-            return self._rng.choice(enum)
+            named = self._labels(enum)
+            return named[0] if named else self._rng.choice(enum)
         for key in ("anyOf", "oneOf"):
             options = schema.get(key)
             if isinstance(options, list) and options:
@@ -179,6 +279,8 @@ class _Gen:
         if kind == "number":
             return self._number(schema)
         if kind == "boolean":
+            if self._condition is not None:
+                return any(_named(self._text, word) >= 0 for word in self._condition)
             return self._rng.random() < 0.5
         return None
 
@@ -232,7 +334,8 @@ class _Gen:
         out: dict[str, Any] = {}
         if isinstance(props, Mapping):
             for key, sub in props.items():
-                out[key] = self.value(sub, depth + 1, key)
+                written = self._written(key, sub)
+                out[key] = written if written is not None else self.value(sub, depth + 1, key)
         extra = schema.get("additionalProperties")
         if not out and isinstance(extra, Mapping):
             low = int(schema.get("minProperties") or 0)
@@ -240,6 +343,19 @@ class _Gen:
             for i in range(count):
                 out[f"{name}_{i + 1}"] = self.value(extra, depth + 1, name)
         return out
+
+    def _written(self, name: str, schema: Any) -> Any:
+        """The value the text writes for property ``name`` (a string, integer or number), else ``None``."""
+        if not isinstance(schema, Mapping) or ":" not in self._text:
+            return None
+        kinds = [schema.get("type")]
+        for option in schema.get("anyOf") or ():
+            if isinstance(option, Mapping):
+                kinds.append(option.get("type"))
+        kind = next((k for k in kinds if k in ("string", "integer", "number")), None)
+        if kind is None or "enum" in schema or "format" in schema:
+            return None
+        return _written(self._text, name, kind)
 
     def _array(self, schema: Mapping[str, Any], depth: int, name: str) -> list[Any]:
         prefix = schema.get("prefixItems")
@@ -255,6 +371,10 @@ class _Gen:
             count = low
         else:
             count = self._rng.randint(min(max(low, 1), high), max(min(high, max(low, 3)), 0))
+        labels = items.get("enum") if isinstance(items, Mapping) else None
+        named = self._labels(labels) if isinstance(labels, list) else []
+        if named and low <= len(named) <= high:  # every label the text names, in the schema's order
+            return [label for label in labels if label in named]  # type: ignore[union-attr]
         unique = bool(schema.get("uniqueItems"))
         out: list[Any] = []
         seen: set[bytes] = set()

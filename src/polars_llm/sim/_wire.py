@@ -287,7 +287,7 @@ class ParsedRequest:
     def content(self) -> str:
         if self.text_mode == "json_schema":
             assert self.schema is not None
-            return orjson.dumps(expected_json(self.schema, self.model, self.prompt)).decode()
+            return orjson.dumps(expected_json(self.schema, self.model, self.prompt, self.system)).decode()
         text = expected_text(self.model, self.prompt, self.system)
         if self.text_mode == "json_object":
             return orjson.dumps({"model": self.model, "answer": text}).decode()

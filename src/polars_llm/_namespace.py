@@ -1,15 +1,28 @@
-"""The ``llm`` namespaces on Expr, Series, DataFrame and LazyFrame: thin forwards to :mod:`.functions`."""
+"""The ``llm`` namespaces on Expr, Series, DataFrame and LazyFrame: thin forwards to the typed free
+functions of :mod:`polars_llm._pipeline` (map, embed) and :mod:`polars_llm._operators`."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from typing import Generic, TypeVar, Unpack
 
 import polars as pl
 
-from .._bridge import surfaced
-from .._config import with_embed_options, with_options
-from .._cost import Estimate
-from .functions import (
+from ._bridge import surfaced
+from ._config import with_embed_options, with_options
+from ._cost import Estimate
+from ._operators import (
+    Fields,
+    Labels,
+    classify_series,
+    extract_series,
+    filter_series,
+    llm_classify,
+    llm_extract,
+    llm_filter,
+    llm_filter_frame,
+)
+from ._pipeline import (
     EmbedOptions,
     MapOptions,
     estimate,
@@ -27,12 +40,64 @@ __all__ = ["ExprLLM", "FrameLLM", "LazyFrameLLM", "SeriesLLM"]
 FrameT = TypeVar("FrameT", pl.DataFrame, pl.LazyFrame)
 
 
+ColumnT = TypeVar("ColumnT", pl.Expr, pl.Series)
+
+
+class _RowOperators(Generic[ColumnT]):
+    """``classify``, ``filter`` and ``extract`` on an expression or a Series: forwards to the typed free
+    functions each namespace names (``_classify``…), over its column (``_column``)."""
+
+    _column: ColumnT
+    _classify: Callable[..., ColumnT]
+    _filter: Callable[..., ColumnT]
+    _extract: Callable[..., ColumnT]
+
+    @surfaced
+    @with_options
+    def classify(
+        self,
+        labels: Labels,
+        *,
+        instructions: str | None = None,
+        multi_label: bool = False,
+        examples: Sequence[tuple[str, str | Sequence[str]]] | None = None,
+        **options: Unpack[MapOptions],
+    ) -> ColumnT:
+        """``.llm.classify(["good", "bad"], model=...)`` → ``pl.Enum`` (see ``polars_llm.llm_classify``)."""
+        return type(self)._classify(
+            self._column, labels, instructions=instructions, multi_label=multi_label, examples=examples,
+            **options,
+        )  # fmt: skip
+
+    @surfaced
+    @with_options
+    def filter(
+        self, condition: str, *, instructions: str | None = None, **options: Unpack[MapOptions]
+    ) -> ColumnT:
+        """``.llm.filter("mentions late delivery", model=...)`` → Boolean (see ``polars_llm.llm_filter``)."""
+        return type(self)._filter(self._column, condition, instructions=instructions, **options)
+
+    @surfaced
+    @with_options
+    def extract(
+        self, fields: Fields, *, instructions: str | None = None, **options: Unpack[MapOptions]
+    ) -> ColumnT:
+        """``.llm.extract({"city": "the city"}, model=...)`` → Struct (see ``polars_llm.llm_extract``)."""
+        return type(self)._extract(self._column, fields, instructions=instructions, **options)
+
+
 @pl.api.register_expr_namespace("llm")
-class ExprLLM:
+class ExprLLM(_RowOperators[pl.Expr]):
     """``pl.col("prompt").llm.map(model=...)`` → ``Struct{result, status}``; ``.llm.embed(...)`` → vectors."""
 
+    _classify, _filter, _extract = (
+        staticmethod(llm_classify),
+        staticmethod(llm_filter),
+        staticmethod(llm_extract),
+    )
+
     def __init__(self, expr: pl.Expr) -> None:
-        self._expr = expr
+        self._expr = self._column = expr
 
     @surfaced
     @with_options
@@ -49,11 +114,14 @@ class ExprLLM:
 
 
 @pl.api.register_series_namespace("llm")
-class SeriesLLM:
+class SeriesLLM(_RowOperators[pl.Series]):
     """``series.llm.map(model=...)`` → a ``Struct{result, status}`` Series; ``amap`` awaits it."""
 
+    _classify = staticmethod(classify_series)
+    _filter, _extract = staticmethod(filter_series), staticmethod(extract_series)
+
     def __init__(self, series: pl.Series) -> None:
-        self._series = series
+        self._series = self._column = series
 
     @surfaced
     @with_options
@@ -103,8 +171,18 @@ class _FrameLLM(Generic[FrameT]):
     def estimate(
         self, column: str | pl.Expr, model: str | None = None, **options: Unpack[MapOptions]
     ) -> Estimate:
-        """What ``.llm.map`` would send and cost, without sending (see :func:`polars_llm.estimate`)."""
+        """What ``.llm.map`` (or a row operator's expression given as ``column``) would send and cost,
+        without sending (see :func:`polars_llm.estimate`)."""
         return estimate(self._frame, column, model, **options)
+
+    @surfaced
+    @with_options
+    def filter(
+        self, condition: str, *, instructions: str | None = None, **options: Unpack[MapOptions]
+    ) -> FrameT:
+        """``df.llm.filter("{title} and {body} describe the same product", model=...)``: the rows for which
+        the condition holds (see ``llm_filter_frame``)."""
+        return llm_filter_frame(self._frame, condition, instructions=instructions, **options)
 
     @surfaced
     @with_embed_options

@@ -1,0 +1,12 @@
+"""Row operators (``classify``, ``filter``, ``extract``) and the set operators built on them, above the
+pipeline they run on. Each module holds one noun; the public names are exported by ``polars_llm``.
+
+Other parts import from this package only: its names are those its modules declare in ``__all__``.
+"""
+
+from __future__ import annotations
+
+from .classify import *
+from .extract import *
+from .filter import *
+from .task import *
