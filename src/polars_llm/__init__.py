@@ -31,6 +31,11 @@ from ._map import (
     llm_map_series,
     output_dtype,
 )
+from ._operators.dedup import estimate_dedup, llm_dedup
+from ._operators.estimate import PlanEstimate
+from ._operators.join import estimate_join, llm_join
+from ._operators.reduce import estimate_reduce, llm_reduce, llm_reduce_frame
+from ._operators.topk import estimate_top_k, llm_top_k
 from ._template import template
 from .exceptions import (
     APIConnectionError,
@@ -94,6 +99,7 @@ __all__ = [
     "OutputTruncatedError",
     "OutputValidationError",
     "PermissionDeniedError",
+    "PlanEstimate",
     "PolarsLLMError",
     "ProviderWaitError",
     "RateLimitError",
@@ -108,15 +114,24 @@ __all__ = [
     "batches",
     "cancel_batch",
     "estimate",
+    "estimate_dedup",
+    "estimate_join",
+    "estimate_reduce",
+    "estimate_top_k",
     "export_jsonl",
     "export_parquet",
+    "llm_dedup",
     "llm_embed",
     "llm_embed_frame",
     "llm_embed_series",
+    "llm_join",
     "llm_map",
     "llm_map_async",
     "llm_map_frame",
     "llm_map_series",
+    "llm_reduce",
+    "llm_reduce_frame",
+    "llm_top_k",
     "output_dtype",
     "prompt_map",
     "resolve_config",

@@ -1,7 +1,9 @@
-"""The ``llm`` namespaces on Expr, Series, DataFrame and LazyFrame: thin forwards to ``_map``."""
+"""The ``llm`` namespaces on Expr, Series, DataFrame and LazyFrame: thin forwards to ``_map`` and the set
+operators (``_operators``)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Generic, TypeVar, Unpack
 
 import polars as pl
@@ -21,6 +23,11 @@ from ._map import (
     llm_map_frame,
     llm_map_series,
 )
+from ._operators.dedup import estimate_dedup, llm_dedup
+from ._operators.estimate import PlanEstimate
+from ._operators.join import estimate_join, llm_join
+from ._operators.reduce import estimate_reduce, llm_reduce, llm_reduce_frame
+from ._operators.topk import estimate_top_k, llm_top_k
 
 __all__ = ["ExprLLM", "FrameLLM", "LazyFrameLLM", "SeriesLLM"]
 
@@ -46,6 +53,40 @@ class ExprLLM:
     ) -> pl.Expr:
         """``pl.col("text").llm.embed(model, dimensions)`` → ``Struct{result, status}`` of vectors."""
         return llm_embed(self._expr, model, dimensions, **options)
+
+    @surfaced
+    @with_options
+    def reduce(
+        self,
+        instruction: str,
+        model: str | None = None,
+        *,
+        max_input_tokens: int | None = None,
+        **options: Unpack[MapOptions],
+    ) -> pl.Expr:
+        """One ``Struct{result, status}`` per group (``group_by().agg``) or for the whole column
+        (``select``): see :mod:`polars_llm._operators.reduce`."""
+        return llm_reduce(self._expr, instruction, model, max_input_tokens=max_input_tokens, **options)
+
+    @surfaced
+    @with_options
+    def dedup(
+        self,
+        model: str | None = None,
+        *,
+        embed_model: str | None = None,
+        embed_dimensions: int | None = None,
+        k: int = 5,
+        threshold: float = 0.5,
+        instruction: str | None = None,
+        **options: Unpack[MapOptions],
+    ) -> pl.Expr:
+        """A ``UInt32`` cluster id per row, rows naming the same entity sharing it: see
+        :mod:`polars_llm._operators.dedup`."""
+        return llm_dedup(
+            self._expr, model, embed_model=embed_model, embed_dimensions=embed_dimensions, k=k,
+            threshold=threshold, instruction=instruction, **options,
+        )  # fmt: skip
 
 
 @pl.api.register_series_namespace("llm")
@@ -77,6 +118,25 @@ class SeriesLLM:
     def estimate(self, model: str | None = None, **options: Unpack[MapOptions]) -> Estimate:
         """What ``.llm.map`` would send and cost, without sending (see :func:`polars_llm.estimate`)."""
         return estimate(self._series, model=model, **options)
+
+    @surfaced
+    @with_options
+    def estimate_dedup(
+        self,
+        model: str | None = None,
+        *,
+        embed_model: str | None = None,
+        embed_dimensions: int | None = None,
+        k: int = 5,
+        threshold: float = 0.5,
+        instruction: str | None = None,
+        **options: Unpack[MapOptions],
+    ) -> PlanEstimate:
+        """What ``pl.col(...).llm.dedup`` would send and cost over this Series, without sending."""
+        return estimate_dedup(
+            self._series, model, embed_model=embed_model, embed_dimensions=embed_dimensions, k=k,
+            threshold=threshold, instruction=instruction, **options,
+        )  # fmt: skip
 
 
 class _FrameLLM(Generic[FrameT]):
@@ -128,6 +188,128 @@ class _FrameLLM(Generic[FrameT]):
             status_name=status_name,
             **options,
         )
+
+    @surfaced
+    @with_options
+    def reduce(
+        self,
+        column: str,
+        instruction: str,
+        model: str | None = None,
+        *,
+        by: str | Sequence[str] | None = None,
+        max_input_tokens: int | None = None,
+        result_name: str = "result",
+        status_name: str = "status",
+        **options: Unpack[MapOptions],
+    ) -> FrameT:
+        """The group keys of ``by`` with ``result`` and ``status``: one answer per group from all its rows
+        (a tree of requests): see :mod:`polars_llm._operators.reduce`."""
+        return llm_reduce_frame(
+            self._frame, column, instruction, model, by=by, max_input_tokens=max_input_tokens,
+            result_name=result_name, status_name=status_name, **options,
+        )  # fmt: skip
+
+    @surfaced
+    @with_options
+    def estimate_reduce(
+        self,
+        column: str,
+        instruction: str,
+        model: str | None = None,
+        *,
+        by: str | Sequence[str] | None = None,
+        max_input_tokens: int | None = None,
+        **options: Unpack[MapOptions],
+    ) -> PlanEstimate:
+        """What :meth:`reduce` would send and cost, without sending."""
+        return estimate_reduce(
+            self._frame, column, instruction, model, by=by, max_input_tokens=max_input_tokens, **options
+        )
+
+    @surfaced
+    @with_options
+    def join(
+        self,
+        other: pl.DataFrame | pl.LazyFrame,
+        template: str,
+        model: str | None = None,
+        *,
+        how: str = "inner",
+        k: int | None = 10,
+        embed_model: str | None = None,
+        embed_dimensions: int | None = None,
+        suffix: str = "_right",
+        **options: Unpack[MapOptions],
+    ) -> pl.DataFrame:
+        """The pairs of rows of this frame and ``other`` for which ``template`` (``{left.col}``,
+        ``{right.col}``) holds: see :mod:`polars_llm._operators.join`."""
+        return llm_join(
+            self._frame, other, template, model, how=how, k=k, embed_model=embed_model,  # type: ignore[arg-type]
+            embed_dimensions=embed_dimensions, suffix=suffix, **options,
+        )  # fmt: skip
+
+    @surfaced
+    @with_options
+    def estimate_join(
+        self,
+        other: pl.DataFrame | pl.LazyFrame,
+        template: str,
+        model: str | None = None,
+        *,
+        how: str = "inner",
+        k: int | None = 10,
+        embed_model: str | None = None,
+        embed_dimensions: int | None = None,
+        suffix: str = "_right",
+        **options: Unpack[MapOptions],
+    ) -> PlanEstimate:
+        """What :meth:`join` would send and cost: embeddings, candidate pairs, without sending checks."""
+        return estimate_join(
+            self._frame, other, template, model, how=how, k=k, embed_model=embed_model,  # type: ignore[arg-type]
+            embed_dimensions=embed_dimensions, suffix=suffix, **options,
+        )  # fmt: skip
+
+    @surfaced
+    @with_options
+    def top_k(
+        self,
+        k: int,
+        instruction: str,
+        model: str | None = None,
+        *,
+        column: str,
+        by: str | Sequence[str] | None = None,
+        window: int = 40,
+        max_input_tokens: int | None = None,
+        **options: Unpack[MapOptions],
+    ) -> pl.DataFrame:
+        """The ``k`` rows whose ``column`` best fits ``instruction`` (per group of ``by``), best first, with
+        ``rank``: see :mod:`polars_llm._operators.topk`."""
+        return llm_top_k(
+            self._frame, k, instruction, model, column=column, by=by, window=window,
+            max_input_tokens=max_input_tokens, **options,
+        )  # fmt: skip
+
+    @surfaced
+    @with_options
+    def estimate_top_k(
+        self,
+        k: int,
+        instruction: str,
+        model: str | None = None,
+        *,
+        column: str,
+        by: str | Sequence[str] | None = None,
+        window: int = 40,
+        max_input_tokens: int | None = None,
+        **options: Unpack[MapOptions],
+    ) -> PlanEstimate:
+        """What :meth:`top_k` would send and cost, without sending."""
+        return estimate_top_k(
+            self._frame, k, instruction, model, column=column, by=by, window=window,
+            max_input_tokens=max_input_tokens, **options,
+        )  # fmt: skip
 
 
 @pl.api.register_dataframe_namespace("llm")

@@ -12,7 +12,7 @@ tests and benchmarks can assert results:
 * **same entity** — ``Do these two values refer to the same entity?`` with ``A: <a>`` and ``B: <b>``:
   true when their words are equal once lower-cased and stripped of legal suffixes (Inc, Ltd, ...);
 * **ranking** — items ``[1] …``, ``[2] …`` and ``the numbers of the <j> best items``: the ``j`` items
-  with the largest number in their text, largest first (ties: listed first; no number ranks last).
+  whose text ends in the largest number (its last number), largest first (ties: listed first; no number ranks last).
 
 >>> semantic_text("Summarise\\n\\n<text>\\nbroken lid, broken handle\\n</text>\\n<text>\\nlid loose\\n</text>")
 'summary: broken lid handle loose'
@@ -36,15 +36,70 @@ SUMMARY_WORDS: Final = 8
 _BLOCK: Final = re.compile(r"<text>\n(.*?)\n</text>", re.DOTALL)
 _WORD: Final = re.compile(r"[a-z]{3,}")
 _STOP: Final = frozenset(
-    "the and for with that this was are but not you have had has from they them their its our out "
-    "all any can too very just into over than then there what when which who will would been were "
-    "summary".split()
+    [
+        "the",
+        "and",
+        "for",
+        "with",
+        "that",
+        "this",
+        "was",
+        "are",
+        "but",
+        "not",
+        "you",
+        "have",
+        "had",
+        "has",
+        "from",
+        "they",
+        "them",
+        "their",
+        "its",
+        "our",
+        "out",
+        "all",
+        "any",
+        "can",
+        "too",
+        "very",
+        "just",
+        "into",
+        "over",
+        "than",
+        "then",
+        "there",
+        "what",
+        "when",
+        "which",
+        "who",
+        "will",
+        "would",
+        "been",
+        "were",
+        "summary",
+    ]
 )
 _STATEMENT: Final = "Is the following statement true?"
 _ENTITY: Final = "Do these two values refer to the same entity?"
 _TAG: Final = re.compile(r"#\w+")
 _SUFFIXES: Final = frozenset(
-    "inc incorporated ltd limited llc corp corporation co company gmbh plc sa ag the".split()
+    [
+        "inc",
+        "incorporated",
+        "ltd",
+        "limited",
+        "llc",
+        "corp",
+        "corporation",
+        "co",
+        "company",
+        "gmbh",
+        "plc",
+        "sa",
+        "ag",
+        "the",
+    ]
 )
 _ITEM: Final = re.compile(r"^\[(\d+)\] (.*)$", re.MULTILINE)
 _BEST: Final = re.compile(r"the numbers of the (\d+) best items")
@@ -79,8 +134,8 @@ def _verdict(prompt: str) -> bool | None:
 
 
 def _score(text: str) -> float:
-    numbers = [float(n) for n in _NUMBER.findall(text)]
-    return max(numbers) if numbers else float("-inf")
+    numbers = _NUMBER.findall(text)
+    return float(numbers[-1]) if numbers else float("-inf")
 
 
 def _ranking(prompt: str) -> list[int] | None:
