@@ -114,7 +114,7 @@ def _chosen(answer: object, size: int, best: int) -> tuple[list[int], bool]:
 
 def _window_limit(texts: list[str], settings: TopKSettings) -> int:
     tokens = settings.max_input_tokens or DEFAULT_MAX_INPUT_TOKENS
-    longest = max((len(t) for t in texts), default=1) + 8
+    longest = max((len(t) for t in texts if t is not None), default=1) + 8
     fits = int((tokens * DEFAULT_CHARS_PER_TOKEN - len(settings.instruction) - len(_ASK)) // longest)
     return max(min(settings.window, fits), 2 * settings.k, 2)
 
