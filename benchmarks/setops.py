@@ -32,9 +32,12 @@ from ._common import API_KEY, BENCH_DIR, MODEL, SimProcess, library_versions, ma
 
 __all__ = ["run"]
 
-SKILLS = "python rust sql excel welding nursing cooking sales design law golang java biology".split()
-CITIES = "paris lyon berlin rome madrid porto vienna oslo dublin prague".split()
-WORDS = "lid handle switch noise smell leak crack rust stain wobble".split()
+SKILLS = [
+    "python", "rust", "sql", "excel", "welding", "nursing", "cooking", "sales", "design", "law", "golang",
+    "java", "biology",
+]  # fmt: skip
+CITIES = ["paris", "lyon", "berlin", "rome", "madrid", "porto", "vienna", "oslo", "dublin", "prague"]
+WORDS = ["lid", "handle", "switch", "noise", "smell", "leak", "crack", "rust", "stain", "wobble"]
 
 
 def _options(url: str, cache: Path, **extra: Any) -> dict[str, Any]:
@@ -62,7 +65,6 @@ def bench_reduce(sim: SimProcess, workdir: Path, groups: int, rows: int, latency
     import polars as pl
 
     import polars_llm  # noqa: F401
-
     from polars_llm._operators import reduce as reduce_module
 
     sim.configure(latency=latency)
@@ -94,7 +96,9 @@ def bench_reduce(sim: SimProcess, workdir: Path, groups: int, rows: int, latency
     target, neighbour = _name(7), _name(8)
     extra = _reviews(groups, rows + 10).filter(pl.col("product") == target).tail(10)
     sim.reset()
-    grown = pl.concat([df, extra]).llm.reduce("review", "Summarise the complaints", MODEL, by="product", **opts)
+    grown = pl.concat([df, extra]).llm.reduce(
+        "review", "Summarise the complaints", MODEL, by="product", **opts
+    )
     resent = [_prompt(r) for r in sim._get("/requests?limit=100000")]
     others_same = grown.filter(pl.col("product") != target).equals(first.filter(pl.col("product") != target))
     return {
@@ -110,7 +114,9 @@ def bench_reduce(sim: SimProcess, workdir: Path, groups: int, rows: int, latency
         "bound_s": round(bound, 3),
         "wall_over_bound": round(wall / bound, 3),
         "wall_over_depth_latency_rounds": round(
-            wall / (latency * (math.ceil(leaves / concurrency) + math.ceil((requests - leaves) / concurrency))), 3
+            wall
+            / (latency * (math.ceil(leaves / concurrency) + math.ceil((requests - leaves) / concurrency))),
+            3,
         ),
         "all_done": first["status"].eq("done").all(),
         "rerun_requests": rerun_requests,
@@ -134,7 +140,7 @@ def _planted(n: int, seed: int = 1) -> tuple[Any, Any, dict[int, int]]:
     rng.shuffle(partner)
     ads, cvs = [], [""] * n
     for i in range(n):
-        a, b, c = rng.sample(SKILLS, 2) + [rng.choice(CITIES)]
+        a, b, c = [*rng.sample(SKILLS, 2), rng.choice(CITIES)]
         ads.append(f"job ad {i}: {a} and {b} engineer wanted in {c}, reference #ref{i}")
         cvs[partner[i]] = f"candidate with {a}, {b} experience, based in {c}, applying to #ref{i}"
     return pl.DataFrame({"ad": ads}), pl.DataFrame({"cv": cvs}), dict(enumerate(partner))
@@ -147,7 +153,9 @@ def bench_join(sim: SimProcess, workdir: Path, n: int, k: int) -> dict[str, Any]
     ads, cvs, partner = _planted(n)
     ads = ads.with_row_index("ad_id")
     cvs = cvs.with_row_index("cv_id")
-    opts = _options(sim.url, workdir / "join.duckdb", concurrency=64, k=k, embed_model=MODEL, embed_dimensions=256)
+    opts = _options(
+        sim.url, workdir / "join.duckdb", concurrency=64, k=k, embed_model=MODEL, embed_dimensions=256
+    )
     est = ads.llm.estimate_join(cvs, "{left.ad} is a good match for {right.cv}", MODEL, **opts)
     sim.reset()
     t0 = time.perf_counter()
@@ -212,7 +220,9 @@ def bench_top_k(sim: SimProcess, workdir: Path, n: int, k: int, latency: float) 
     sim.configure(latency=latency)
     rng = random.Random(3)
     urgencies = rng.sample(range(10 * n), n)
-    df = pl.DataFrame({"ticket": [f"ticket {i}: customer waiting, urgency {u}" for i, u in enumerate(urgencies)]})
+    df = pl.DataFrame(
+        {"ticket": [f"ticket {i}: customer waiting, urgency {u}" for i, u in enumerate(urgencies)]}
+    )
     truth = sorted(urgencies, reverse=True)[:k]
     goal = 0.3 * n * math.log2(n)
     arms = []
@@ -245,10 +255,15 @@ def bench_top_k(sim: SimProcess, workdir: Path, n: int, k: int, latency: float) 
 
 
 def run(quick: bool = False) -> dict[str, Any]:
-    scale = {"groups": 40, "join_n": 200, "topk_n": 300} if quick else {"groups": 200, "join_n": 1000, "topk_n": 1000}
-    with tempfile.TemporaryDirectory(prefix="setops-") as tmp, SimProcess(
-        request_log=100_000, embedding_dimensions=256
-    ) as sim:
+    scale = (
+        {"groups": 40, "join_n": 200, "topk_n": 300}
+        if quick
+        else {"groups": 200, "join_n": 1000, "topk_n": 1000}
+    )
+    with (
+        tempfile.TemporaryDirectory(prefix="setops-") as tmp,
+        SimProcess(request_log=100_000, embedding_dimensions=256) as sim,
+    ):
         workdir = Path(tmp)
         return {
             "meta": {

@@ -24,7 +24,9 @@ def opts(server: sim.SimServer, **extra: Any) -> dict[str, Any]:
 
 def chat_prompts(server: sim.SimServer) -> list[str]:
     return [
-        r["body"]["messages"][-1]["content"] for r in server.requests() if r["path"].endswith("/chat/completions")
+        r["body"]["messages"][-1]["content"]
+        for r in server.requests()
+        if r["path"].endswith("/chat/completions")
     ]
 
 
@@ -152,7 +154,9 @@ def test_reduce_bad_input_raises_before_any_request(sim_server: sim.SimServer) -
     assert sim_server.stats()["requests"] == 0
 
 
-def test_reduce_estimate_counts_leaves_and_sees_the_cache(sim_server: sim.SimServer, cache_path: Path) -> None:
+def test_reduce_estimate_counts_leaves_and_sees_the_cache(
+    sim_server: sim.SimServer, cache_path: Path
+) -> None:
     df = reviews({"kettle": ("lid", 30), "lamp": ("switch", 30)})
     kwargs = opts(sim_server, cache=cache_path, max_input_tokens=150, price=(1.0, 2.0), max_tokens=64)
     before = df.llm.estimate_reduce("review", "Summarise", "m", by="product", **kwargs)
@@ -181,7 +185,7 @@ SKILLS = ["python", "rust", "sql", "excel", "welding", "nursing", "cooking", "sa
 
 
 def planted(n: int) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """``n`` ads and ``n`` CVs; ad ``i`` and CV ``(i * 7) % n`` share skills and a ``#tag`` (the true pairs)."""
+    """``n`` ads and ``n`` CVs; ad ``i`` and CV ``(i * 7) % n`` share skills and a ``#tag`` (true pairs)."""
     ads = [f"ad {i}: {SKILLS[i % 10]} and {SKILLS[(i // 10) % 10]} job, ref #t{i}" for i in range(n)]
     cvs = [""] * n
     for i in range(n):
@@ -189,7 +193,9 @@ def planted(n: int) -> tuple[pl.DataFrame, pl.DataFrame]:
     return pl.DataFrame({"id": range(n), "ad": ads}), pl.DataFrame({"id": range(n), "cv": cvs})
 
 
-def test_join_finds_planted_pairs_with_k_candidates_per_row(sim_server: sim.SimServer, cache_path: Path) -> None:
+def test_join_finds_planted_pairs_with_k_candidates_per_row(
+    sim_server: sim.SimServer, cache_path: Path
+) -> None:
     ads, cvs = planted(40)
     template = "{left.ad} is a good match for {right.cv}"
     kwargs = opts(sim_server, cache=cache_path, k=3, embed_model="e", embed_dimensions=128)
@@ -206,8 +212,15 @@ def test_join_finds_planted_pairs_with_k_candidates_per_row(sim_server: sim.SimS
 def test_join_full_product_left_how_and_suffix(sim_server: sim.SimServer) -> None:
     left = pl.DataFrame({"name": ["a #x", "b #y", "c #none"], "v": [1, 2, 3]})
     right = pl.DataFrame({"name": ["u #y", "w #x", "z #x"], "v": [7, 8, 9]})
-    out = left.llm.join(right, "{left.name} ~ {right.name}", "m", k=None, how="left", suffix="_r", **opts(sim_server))
-    assert out.rows() == [("a #x", 1, "w #x", 8), ("a #x", 1, "z #x", 9), ("b #y", 2, "u #y", 7), ("c #none", 3, None, None)]
+    out = left.llm.join(
+        right, "{left.name} ~ {right.name}", "m", k=None, how="left", suffix="_r", **opts(sim_server)
+    )
+    assert out.rows() == [
+        ("a #x", 1, "w #x", 8),
+        ("a #x", 1, "z #x", 9),
+        ("b #y", 2, "u #y", 7),
+        ("c #none", 3, None, None),
+    ]
     assert out.columns == ["name", "v", "name_r", "v_r"]
     assert sim_server.stats()["requests"] == 9
 

@@ -23,7 +23,9 @@ def opts(server: sim.SimServer, **extra: Any) -> dict[str, Any]:
 
 def tickets(n: int, seed: int = 7) -> pl.DataFrame:
     """``n`` tickets with distinct visible urgencies (a permutation of 0..n-1)."""
-    return pl.DataFrame({"id": range(n), "ticket": [f"ticket {i}: urgency {(i * seed) % n}" for i in range(n)]})
+    return pl.DataFrame(
+        {"id": range(n), "ticket": [f"ticket {i}: urgency {(i * seed) % n}" for i in range(n)]}
+    )
 
 
 # --- top_k -------------------------------------------------------------------------------------------------
@@ -74,7 +76,9 @@ def test_top_k_survives_a_failed_window_and_warns(sim_server: sim.SimServer) -> 
     texts[3] = "t3 [[status:400]] urgency 3"  # its window's request fails
     df = pl.DataFrame({"ticket": texts})
     with pytest.warns(UserWarning, match="1 ranking request"):
-        out = df.llm.top_k(3, "most urgent", "m", column="ticket", window=10, **opts(sim_server, max_attempts=1))
+        out = df.llm.top_k(
+            3, "most urgent", "m", column="ticket", window=10, **opts(sim_server, max_attempts=1)
+        )
     assert out.height == 3 and out["ticket"][0] == "t29 urgency 29"
 
 
@@ -135,7 +139,11 @@ def test_dedup_estimate_and_bad_input(sim_server: sim.SimServer) -> None:
     est = series.llm.estimate_dedup("m", **opts(sim_server, embed_model="e", k=2))
     assert est.detail == "10 distinct values, at most 20 pairs" and est.stage("embedding").to_send == 10
     df = series.to_frame()
-    for extra, message in [({"k": 0}, "k must be"), ({"threshold": 2.0}, "threshold"), ({"instruction": " "}, "instruction")]:
+    for extra, message in [
+        ({"k": 0}, "k must be"),
+        ({"threshold": 2.0}, "threshold"),
+        ({"instruction": " "}, "instruction"),
+    ]:
         with pytest.raises(ConfigError, match=message):
             df.select(pl.col("company").llm.dedup("m", **opts(sim_server, embed_model="e", **extra)))
     assert sim_server.stats()["requests"] == 0

@@ -93,7 +93,8 @@ class Template:
                 side, dot, column = name.partition(".")
                 if side not in ("left", "right") or not dot or not column or spec or conversion:
                     raise ConfigError(
-                        f"join template {text!r}: {{{name}}} must name a column as {{left.col}} or {{right.col}}"
+                        f"join template {text!r}: {{{name}}} must name a column as "
+                        "{left.col} or {right.col}"
                     )
             parts.append((literal, side, column))
         template = cls(tuple(parts))

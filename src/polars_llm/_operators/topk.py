@@ -158,8 +158,8 @@ def rank_groups(
         round_no += 1
     if repaired or failed:
         warnings.warn(
-            f"top_k: {failed:,} ranking request(s) failed and {repaired:,} answer(s) were repaired (items kept "
-            "in listed order); run it again to retry the failed ones",
+            f"top_k: {failed:,} ranking request(s) failed and {repaired:,} answer(s) were repaired (items "
+            "kept in listed order); run it again to retry the failed ones",
             stacklevel=3,
         )
     return [d or [] for d in done]

@@ -12,9 +12,9 @@ tests and benchmarks can assert results:
 * **same entity** — ``Do these two values refer to the same entity?`` with ``A: <a>`` and ``B: <b>``:
   true when their words are equal once lower-cased and stripped of legal suffixes (Inc, Ltd, ...);
 * **ranking** — items ``[1] …``, ``[2] …`` and ``the numbers of the <j> best items``: the ``j`` items
-  whose text ends in the largest number (its last number), largest first (ties: listed first; no number ranks last).
+  whose last number is largest, largest first (ties: listed first; no number ranks last).
 
->>> semantic_text("Summarise\\n\\n<text>\\nbroken lid, broken handle\\n</text>\\n<text>\\nlid loose\\n</text>")
+>>> semantic_text("Do\\n\\n<text>\\nbroken lid, broken handle\\n</text>\\n<text>\\nlid loose\\n</text>")
 'summary: broken lid handle loose'
 >>> semantic_json("Is the following statement true?\\n\\nStatement: ad #a1 fits cv #a1", {})
 {'answer': True}
