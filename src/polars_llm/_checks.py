@@ -24,6 +24,7 @@ from .exceptions import ConfigError
 
 __all__ = [
     "Check",
+    "apply",
     "boolean",
     "choice",
     "integer",
@@ -114,3 +115,16 @@ def choice(*values: Any, aliases: Mapping[Any, Any] | None = None) -> Check:
         return value
 
     return run
+
+
+def apply(obj: Any) -> None:
+    """Run the ``check`` in each dataclass field's metadata on (frozen) ``obj``; keep what it normalises."""
+    import dataclasses
+
+    for f in dataclasses.fields(obj):
+        check = f.metadata.get("check")
+        if check is not None:
+            value = getattr(obj, f.name)
+            checked = check(f.name, value)
+            if checked is not value:
+                object.__setattr__(obj, f.name, checked)

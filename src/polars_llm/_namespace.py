@@ -3,7 +3,6 @@ operators (``_operators``)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Generic, TypeVar, Unpack
 
 import polars as pl
@@ -26,7 +25,18 @@ from ._map import (
 from ._operators.dedup import estimate_dedup, llm_dedup
 from ._operators.estimate import PlanEstimate
 from ._operators.join import estimate_join, llm_join
-from ._operators.reduce import estimate_reduce, llm_reduce, llm_reduce_frame
+from ._operators.reduce import Keys, estimate_reduce, llm_reduce, llm_reduce_frame
+from ._operators.settings import (
+    DedupOptions,
+    DedupSettings,
+    JoinOptions,
+    JoinSettings,
+    ReduceOptions,
+    ReduceSettings,
+    TopKOptions,
+    TopKSettings,
+    with_settings,
+)
 from ._operators.topk import estimate_top_k, llm_top_k
 
 __all__ = ["ExprLLM", "FrameLLM", "LazyFrameLLM", "SeriesLLM"]
@@ -56,37 +66,17 @@ class ExprLLM:
 
     @surfaced
     @with_options
-    def reduce(
-        self,
-        instruction: str,
-        model: str | None = None,
-        *,
-        max_input_tokens: int | None = None,
-        **options: Unpack[MapOptions],
-    ) -> pl.Expr:
-        """One ``Struct{result, status}`` per group (``group_by().agg``) or for the whole column
-        (``select``): see :mod:`polars_llm._operators.reduce`."""
-        return llm_reduce(self._expr, instruction, model, max_input_tokens=max_input_tokens, **options)
+    @with_settings(ReduceSettings)
+    def reduce(self, instruction: str, model: str | None = None, **options: Unpack[ReduceOptions]) -> pl.Expr:
+        """One ``Struct{result, status}`` per group in ``group_by().agg`` (else for the whole column)."""
+        return llm_reduce(self._expr, instruction, model, **options)
 
     @surfaced
     @with_options
-    def dedup(
-        self,
-        model: str | None = None,
-        *,
-        embed_model: str | None = None,
-        embed_dimensions: int | None = None,
-        k: int = 5,
-        threshold: float = 0.5,
-        instruction: str | None = None,
-        **options: Unpack[MapOptions],
-    ) -> pl.Expr:
-        """A ``UInt32`` cluster id per row, rows naming the same entity sharing it: see
-        :mod:`polars_llm._operators.dedup`."""
-        return llm_dedup(
-            self._expr, model, embed_model=embed_model, embed_dimensions=embed_dimensions, k=k,
-            threshold=threshold, instruction=instruction, **options,
-        )  # fmt: skip
+    @with_settings(DedupSettings)
+    def dedup(self, model: str | None = None, **options: Unpack[DedupOptions]) -> pl.Expr:
+        """A ``UInt32`` cluster id per row; rows naming the same entity share it."""
+        return llm_dedup(self._expr, model, **options)
 
 
 @pl.api.register_series_namespace("llm")
@@ -121,22 +111,10 @@ class SeriesLLM:
 
     @surfaced
     @with_options
-    def estimate_dedup(
-        self,
-        model: str | None = None,
-        *,
-        embed_model: str | None = None,
-        embed_dimensions: int | None = None,
-        k: int = 5,
-        threshold: float = 0.5,
-        instruction: str | None = None,
-        **options: Unpack[MapOptions],
-    ) -> PlanEstimate:
+    @with_settings(DedupSettings)
+    def estimate_dedup(self, model: str | None = None, **options: Unpack[DedupOptions]) -> PlanEstimate:
         """What ``pl.col(...).llm.dedup`` would send and cost over this Series, without sending."""
-        return estimate_dedup(
-            self._series, model, embed_model=embed_model, embed_dimensions=embed_dimensions, k=k,
-            threshold=threshold, instruction=instruction, **options,
-        )  # fmt: skip
+        return estimate_dedup(self._series, model, **options)
 
 
 class _FrameLLM(Generic[FrameT]):
@@ -191,125 +169,52 @@ class _FrameLLM(Generic[FrameT]):
 
     @surfaced
     @with_options
-    def reduce(
-        self,
-        column: str,
-        instruction: str,
-        model: str | None = None,
-        *,
-        by: str | Sequence[str] | None = None,
-        max_input_tokens: int | None = None,
-        result_name: str = "result",
-        status_name: str = "status",
-        **options: Unpack[MapOptions],
-    ) -> FrameT:
-        """The group keys of ``by`` with ``result`` and ``status``: one answer per group from all its rows
-        (a tree of requests): see :mod:`polars_llm._operators.reduce`."""
-        return llm_reduce_frame(
-            self._frame, column, instruction, model, by=by, max_input_tokens=max_input_tokens,
-            result_name=result_name, status_name=status_name, **options,
-        )  # fmt: skip
+    @with_settings(ReduceSettings)
+    def reduce(self, column: str, instruction: str, model: str | None = None, *, by: Keys = None,
+               **options: Unpack[ReduceOptions]) -> FrameT:  # fmt: skip
+        """The keys of ``by`` with ``result`` and ``status``: one answer per group (a tree of requests)."""
+        return llm_reduce_frame(self._frame, column, instruction, model, by=by, **options)
 
     @surfaced
     @with_options
-    def estimate_reduce(
-        self,
-        column: str,
-        instruction: str,
-        model: str | None = None,
-        *,
-        by: str | Sequence[str] | None = None,
-        max_input_tokens: int | None = None,
-        **options: Unpack[MapOptions],
-    ) -> PlanEstimate:
+    @with_settings(ReduceSettings)
+    def estimate_reduce(self, column: str, instruction: str, model: str | None = None, *, by: Keys = None,
+                        **options: Unpack[ReduceOptions]) -> PlanEstimate:  # fmt: skip
         """What :meth:`reduce` would send and cost, without sending."""
-        return estimate_reduce(
-            self._frame, column, instruction, model, by=by, max_input_tokens=max_input_tokens, **options
-        )
+        return estimate_reduce(self._frame, column, instruction, model, by=by, **options)
 
     @surfaced
     @with_options
-    def join(
-        self,
-        other: pl.DataFrame | pl.LazyFrame,
-        template: str,
-        model: str | None = None,
-        *,
-        how: str = "inner",
-        k: int | None = 10,
-        embed_model: str | None = None,
-        embed_dimensions: int | None = None,
-        suffix: str = "_right",
-        **options: Unpack[MapOptions],
-    ) -> pl.DataFrame:
-        """The pairs of rows of this frame and ``other`` for which ``template`` (``{left.col}``,
-        ``{right.col}``) holds: see :mod:`polars_llm._operators.join`."""
-        return llm_join(
-            self._frame, other, template, model, how=how, k=k, embed_model=embed_model,  # type: ignore[arg-type]
-            embed_dimensions=embed_dimensions, suffix=suffix, **options,
-        )  # fmt: skip
+    @with_settings(JoinSettings)
+    def join(self, other: pl.DataFrame | pl.LazyFrame, template: str, model: str | None = None,
+             **options: Unpack[JoinOptions]) -> pl.DataFrame:  # fmt: skip
+        """The pairs of rows of this frame and ``other`` for which ``template`` holds."""
+        return llm_join(self._frame, other, template, model, **options)
 
     @surfaced
     @with_options
-    def estimate_join(
-        self,
-        other: pl.DataFrame | pl.LazyFrame,
-        template: str,
-        model: str | None = None,
-        *,
-        how: str = "inner",
-        k: int | None = 10,
-        embed_model: str | None = None,
-        embed_dimensions: int | None = None,
-        suffix: str = "_right",
-        **options: Unpack[MapOptions],
-    ) -> PlanEstimate:
-        """What :meth:`join` would send and cost: embeddings, candidate pairs, without sending checks."""
-        return estimate_join(
-            self._frame, other, template, model, how=how, k=k, embed_model=embed_model,  # type: ignore[arg-type]
-            embed_dimensions=embed_dimensions, suffix=suffix, **options,
-        )  # fmt: skip
+    @with_settings(JoinSettings)
+    def estimate_join(self, other: pl.DataFrame | pl.LazyFrame, template: str, model: str | None = None,
+                      **options: Unpack[JoinOptions]) -> PlanEstimate:  # fmt: skip
+        """What :meth:`join` would send and cost (embeddings, candidate pairs), without sending checks."""
+        return estimate_join(self._frame, other, template, model, **options)
 
     @surfaced
     @with_options
-    def top_k(
-        self,
-        k: int,
-        instruction: str,
-        model: str | None = None,
-        *,
-        column: str,
-        by: str | Sequence[str] | None = None,
-        window: int = 40,
-        max_input_tokens: int | None = None,
-        **options: Unpack[MapOptions],
-    ) -> pl.DataFrame:
+    @with_settings(TopKSettings)
+    def top_k(self, k: int, instruction: str, model: str | None = None,
+              **options: Unpack[TopKOptions]) -> pl.DataFrame:  # fmt: skip
         """The ``k`` rows whose ``column`` best fits ``instruction`` (per group of ``by``), best first, with
-        ``rank``: see :mod:`polars_llm._operators.topk`."""
-        return llm_top_k(
-            self._frame, k, instruction, model, column=column, by=by, window=window,
-            max_input_tokens=max_input_tokens, **options,
-        )  # fmt: skip
+        ``rank``."""
+        return llm_top_k(self._frame, k, instruction, model, **options)
 
     @surfaced
     @with_options
-    def estimate_top_k(
-        self,
-        k: int,
-        instruction: str,
-        model: str | None = None,
-        *,
-        column: str,
-        by: str | Sequence[str] | None = None,
-        window: int = 40,
-        max_input_tokens: int | None = None,
-        **options: Unpack[MapOptions],
-    ) -> PlanEstimate:
+    @with_settings(TopKSettings)
+    def estimate_top_k(self, k: int, instruction: str, model: str | None = None,
+                       **options: Unpack[TopKOptions]) -> PlanEstimate:  # fmt: skip
         """What :meth:`top_k` would send and cost, without sending."""
-        return estimate_top_k(
-            self._frame, k, instruction, model, column=column, by=by, window=window,
-            max_input_tokens=max_input_tokens, **options,
-        )  # fmt: skip
+        return estimate_top_k(self._frame, k, instruction, model, **options)
 
 
 @pl.api.register_dataframe_namespace("llm")

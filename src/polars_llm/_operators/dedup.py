@@ -30,11 +30,10 @@ import polars as pl
 
 from .._bridge import surfaced
 from .._config import MapConfig, resolve_config, with_options
-from .._map import MapOptions
 from ..exceptions import ColumnTypeError
 from .estimate import PlanEstimate
 from .join import _check_pairs, nearest
-from .settings import DedupSettings
+from .settings import DedupOptions, DedupSettings, take, with_settings
 from .stage import Spend, embed_config, embed_stage, estimate_projected, estimate_texts
 
 __all__ = ["components", "dedup_series", "estimate_dedup", "llm_dedup"]
@@ -97,7 +96,7 @@ def dedup_series(series: pl.Series, cfg: MapConfig, settings: DedupSettings) -> 
     """A ``UInt32`` cluster id per row of ``series`` (see the module docstring)."""
     values = _distinct(series)
     spend = Spend(cfg.max_cost)
-    ecfg = embed_config(cfg, settings.embed_model, settings.dimensions)
+    ecfg = embed_config(cfg, settings.embed_model, settings.embed_dimensions)
     vectors = embed_stage(values, ecfg, "dedup: embedding", spend) if len(values) > 1 else values
     pairs = _candidates(vectors, settings) if len(values) > 1 else []
     texts = values.to_list()
@@ -121,30 +120,13 @@ def dedup_series(series: pl.Series, cfg: MapConfig, settings: DedupSettings) -> 
 # --- entry points (the namespaces forward here) ----------------------------------------------------------
 
 
-def _settings(k: int, threshold: float, embed_model: str | None, embed_dimensions: int | None,
-              instruction: str | None) -> DedupSettings:  # fmt: skip
-    extra = {"instruction": instruction} if instruction is not None else {}
-    return DedupSettings(
-        k=k, threshold=threshold, embed_model=embed_model, dimensions=embed_dimensions, **extra
-    )
-
-
 @surfaced
 @with_options
-def llm_dedup(
-    expr: pl.Expr | str,
-    model: str | None = None,
-    *,
-    embed_model: str | None = None,
-    embed_dimensions: int | None = None,
-    k: int = 5,
-    threshold: float = 0.5,
-    instruction: str | None = None,
-    **options: Unpack[MapOptions],
-) -> pl.Expr:
+@with_settings(DedupSettings)
+def llm_dedup(expr: pl.Expr | str, model: str | None = None, **options: Unpack[DedupOptions]) -> pl.Expr:
     """An expression: the ``UInt32`` cluster id of each row (see the module docstring)."""
-    settings = _settings(k, threshold, embed_model, embed_dimensions, instruction)
-    cfg = resolve_config(model=model, **options)
+    settings, rest = take(DedupSettings, dict(options))
+    cfg = resolve_config(model=model, **rest)
     expr = pl.col(expr) if isinstance(expr, str) else expr
 
     @surfaced
@@ -156,16 +138,9 @@ def llm_dedup(
 
 @surfaced
 @with_options
+@with_settings(DedupSettings)
 def estimate_dedup(
-    series: pl.Series,
-    model: str | None = None,
-    *,
-    embed_model: str | None = None,
-    embed_dimensions: int | None = None,
-    k: int = 5,
-    threshold: float = 0.5,
-    instruction: str | None = None,
-    **options: Unpack[MapOptions],
+    series: pl.Series, model: str | None = None, **options: Unpack[DedupOptions]
 ) -> PlanEstimate:
     """What ``dedup`` would send and cost: the embeddings, then at most ``distinct × k`` pair checks
     (projected: how many pass the threshold is known only from the vectors).
@@ -175,17 +150,12 @@ def estimate_dedup(
     >>> est.detail, [name for name, _ in est.stages]
     ('2 distinct values, at most 1 pairs', ['embedding', 'pair checks (at most)'])
     """
-    settings = _settings(k, threshold, embed_model, embed_dimensions, instruction)
-    cfg = resolve_config(model=model, **options)
+    settings, rest = take(DedupSettings, dict(options))
+    cfg = resolve_config(model=model, **rest)
     values = _distinct(series)
-    ecfg = embed_config(cfg, settings.embed_model, settings.dimensions)
+    ecfg = embed_config(cfg, settings.embed_model, settings.embed_dimensions)
     most = min(len(values) * settings.k, len(values) * (len(values) - 1) // 2)
     avg = int(values.str.len_chars().mean() or 0) * 2 + len(settings.instruction) + 8  # type: ignore[operator]
-    stages = (
-        ("embedding", estimate_texts(values, ecfg)),
-        (
-            "pair checks (at most)",
-            estimate_projected(pl.Series([avg] * most, dtype=pl.Int64), cfg.replace(include=())),
-        ),
-    )
+    checks = estimate_projected(pl.Series([avg] * most, dtype=pl.Int64), cfg.replace(include=()))
+    stages = (("embedding", estimate_texts(values, ecfg)), ("pair checks (at most)", checks))
     return PlanEstimate("dedup", stages, f"{len(values):,} distinct values, at most {most:,} pairs")

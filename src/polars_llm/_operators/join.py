@@ -33,7 +33,7 @@ from __future__ import annotations
 import string
 import warnings
 from dataclasses import dataclass
-from typing import Final, Unpack
+from typing import Any, Final, Unpack
 
 import numpy as np
 import polars as pl
@@ -41,10 +41,9 @@ from pydantic import BaseModel
 
 from .._bridge import surfaced
 from .._config import MapConfig, resolve_config, with_options
-from .._map import MapOptions
 from ..exceptions import ConfigError
 from .estimate import PlanEstimate
-from .settings import JoinSettings
+from .settings import JoinOptions, JoinSettings, take, with_settings
 from .stage import (
     Spend,
     embed_config,
@@ -59,6 +58,7 @@ __all__ = ["MAX_FULL_PAIRS", "Template", "estimate_join", "join_frames", "llm_jo
 
 MAX_FULL_PAIRS: Final = 100_000
 STATEMENT: Final = "Is the following statement true? Answer true or false.\n\nStatement: "
+Frame = pl.DataFrame | pl.LazyFrame
 _L: Final = "__polars_llm_left__"
 _R: Final = "__polars_llm_right__"
 
@@ -217,7 +217,7 @@ def _candidates(
         return pl.DataFrame({_L: li.ravel(), _R: ri.ravel()}, schema={_L: pl.UInt32, _R: pl.UInt32})
     ltext = _side_text(left, template.columns("left"))
     rtext = _side_text(right, template.columns("right"))
-    ecfg = embed_config(cfg, settings.embed_model, settings.dimensions)
+    ecfg = embed_config(cfg, settings.embed_model, settings.embed_dimensions)
     vectors = embed_stage(pl.concat([ltext, rtext]), ecfg, "join: embedding", spend or Spend(None))
     i, j = nearest(vectors.head(left.height), vectors.tail(right.height), settings.k)
     return pl.DataFrame({_L: i, _R: j}, schema={_L: pl.UInt32, _R: pl.UInt32})
@@ -259,7 +259,7 @@ def join_estimate(
     _check_frames(left, right, template, settings)
     stages = []
     if settings.k is not None:
-        ecfg = embed_config(cfg, settings.embed_model, settings.dimensions)
+        ecfg = embed_config(cfg, settings.embed_model, settings.embed_dimensions)
         texts = pl.concat(
             [_side_text(left, template.columns("left")), _side_text(right, template.columns("right"))]
         )
@@ -283,48 +283,27 @@ def join_estimate(
 # --- entry points (the namespaces forward here) ----------------------------------------------------------
 
 
-def _settings(template: str, how: str, k: int | None, embed_model: str | None, dimensions: int | None,
-              suffix: str) -> JoinSettings:  # fmt: skip
-    return JoinSettings(template=template, how=how, k=k, embed_model=embed_model, dimensions=dimensions,  # type: ignore[arg-type]
-                        suffix=suffix)  # fmt: skip
+def _prepared(
+    left: Frame, right: Frame, template: str, model: str | None, options: dict[str, Any]
+) -> tuple[pl.DataFrame, pl.DataFrame, MapConfig, JoinSettings]:  # fmt: skip
+    settings, rest = take(JoinSettings, options, template=template)
+    return _eager(left), _eager(right), resolve_config(model=model, **rest), settings
 
 
 @surfaced
 @with_options
-def llm_join(
-    left: pl.DataFrame,
-    right: pl.DataFrame,
-    template: str,
-    model: str | None = None,
-    *,
-    how: str = "inner",
-    k: int | None = 10,
-    embed_model: str | None = None,
-    embed_dimensions: int | None = None,
-    suffix: str = "_right",
-    **options: Unpack[MapOptions],
-) -> pl.DataFrame:
+@with_settings(JoinSettings)
+def llm_join(left: Frame, right: Frame, template: str, model: str | None = None,
+             **options: Unpack[JoinOptions]) -> pl.DataFrame:  # fmt: skip
     """The pairs of ``left`` and ``right`` rows for which ``template`` holds (see the module docstring)."""
-    settings = _settings(template, how, k, embed_model, embed_dimensions, suffix)
-    cfg = resolve_config(model=model, **options)
-    return join_frames(_eager(left), _eager(right), cfg, settings)
+    return join_frames(*_prepared(left, right, template, model, dict(options)))
 
 
 @surfaced
 @with_options
-def estimate_join(
-    left: pl.DataFrame,
-    right: pl.DataFrame,
-    template: str,
-    model: str | None = None,
-    *,
-    how: str = "inner",
-    k: int | None = 10,
-    embed_model: str | None = None,
-    embed_dimensions: int | None = None,
-    suffix: str = "_right",
-    **options: Unpack[MapOptions],
-) -> PlanEstimate:
+@with_settings(JoinSettings)
+def estimate_join(left: Frame, right: Frame, template: str, model: str | None = None,
+                  **options: Unpack[JoinOptions]) -> PlanEstimate:  # fmt: skip
     """What :func:`llm_join` would send and cost: the embeddings, then the candidate pairs (exact when
     the embeddings are cached or ``k=None``, else their number and average length).
 
@@ -334,12 +313,10 @@ def estimate_join(
     >>> est.detail, est.to_send
     ('6 candidate pairs', 6)
     """
-    settings = _settings(template, how, k, embed_model, embed_dimensions, suffix)
-    cfg = resolve_config(model=model, **options)
-    return join_estimate(_eager(left), _eager(right), cfg, settings)
+    return join_estimate(*_prepared(left, right, template, model, dict(options)))
 
 
-def _eager(frame: pl.DataFrame | pl.LazyFrame) -> pl.DataFrame:
+def _eager(frame: Frame) -> pl.DataFrame:
     if isinstance(frame, pl.LazyFrame):
         return frame.collect()
     if not isinstance(frame, pl.DataFrame):

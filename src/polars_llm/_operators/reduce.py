@@ -44,10 +44,9 @@ import polars as pl
 from .._bridge import surfaced
 from .._config import MapConfig, resolve_config, with_options
 from .._cost import DEFAULT_CHARS_PER_TOKEN, Estimate
-from .._map import MapOptions
 from ..exceptions import ColumnTypeError, ConfigError
 from .estimate import PlanEstimate
-from .settings import ReduceSettings
+from .settings import ReduceOptions, ReduceSettings, take, with_settings
 from .stage import Spend, estimate_projected, estimate_prompts, map_stage
 
 __all__ = [
@@ -63,6 +62,8 @@ __all__ = [
 ]
 
 FrameT = TypeVar("FrameT", pl.DataFrame, pl.LazyFrame)
+Frame = pl.DataFrame | pl.LazyFrame
+Keys = str | Sequence[str] | None
 _LEAF: Final = "Answer once, for all {n} texts below together."
 _UPPER: Final = (
     "The {n} texts below are answers to that instruction, each for one part of the same input. "
@@ -321,13 +322,9 @@ def reduce_estimate(groups: list[list[str]], cfg: MapConfig, settings: ReduceSet
 
 @surfaced
 @with_options
+@with_settings(ReduceSettings)
 def llm_reduce(
-    expr: pl.Expr | str,
-    instruction: str,
-    model: str | None = None,
-    *,
-    max_input_tokens: int | None = None,
-    **options: Unpack[MapOptions],
+    expr: pl.Expr | str, instruction: str, model: str | None = None, **options: Unpack[ReduceOptions]
 ) -> pl.Expr:
     """An aggregating expression: ``Struct{result, status}``, one per group in ``group_by().agg(...)``
     (every group of a level in one engine run), or one for the whole column in ``select``.
@@ -342,8 +339,8 @@ def llm_reduce(
     >>> out.rows()
     [('a', 'summary: lid broken loose', 'done'), ('b', 'summary: dim light', 'done')]
     """
-    settings = ReduceSettings(instruction=instruction, max_input_tokens=max_input_tokens)
-    cfg = resolve_config(model=model, **options)
+    settings, rest = take(ReduceSettings, dict(options), instruction=instruction)
+    cfg = resolve_config(model=model, **rest)
     expr = pl.col(expr) if isinstance(expr, str) else expr
     udf = surfaced(reduce_udf(cfg, settings))
     return expr.implode().map_batches(udf, return_dtype=output_dtype(cfg), is_elementwise=True)
@@ -351,36 +348,19 @@ def llm_reduce(
 
 @surfaced
 @with_options
-def llm_reduce_frame(
-    frame: FrameT,
-    column: str,
-    instruction: str,
-    model: str | None = None,
-    *,
-    by: str | Sequence[str] | None = None,
-    max_input_tokens: int | None = None,
-    result_name: str = "result",
-    status_name: str = "status",
-    **options: Unpack[MapOptions],
-) -> FrameT:
+@with_settings(ReduceSettings)
+def llm_reduce_frame(frame: FrameT, column: str, instruction: str, model: str | None = None, *,
+                     by: Keys = None, **options: Unpack[ReduceOptions]) -> FrameT:  # fmt: skip
     """``frame`` reduced per group of ``by`` (else as a whole): the keys, ``result`` and ``status``."""
-    settings = ReduceSettings(instruction=instruction, max_input_tokens=max_input_tokens)
-    cfg = resolve_config(model=model, **options)
-    return reduce_frame(frame, column, by, cfg, settings, result_name=result_name, status_name=status_name)
+    settings, rest = take(ReduceSettings, dict(options), instruction=instruction)
+    return reduce_frame(frame, column, by, resolve_config(model=model, **rest), settings)
 
 
 @surfaced
 @with_options
-def estimate_reduce(
-    frame: pl.DataFrame | pl.LazyFrame,
-    column: str,
-    instruction: str,
-    model: str | None = None,
-    *,
-    by: str | Sequence[str] | None = None,
-    max_input_tokens: int | None = None,
-    **options: Unpack[MapOptions],
-) -> PlanEstimate:
+@with_settings(ReduceSettings)
+def estimate_reduce(frame: Frame, column: str, instruction: str, model: str | None = None, *,
+                    by: Keys = None, **options: Unpack[ReduceOptions]) -> PlanEstimate:  # fmt: skip
     """What :func:`llm_reduce_frame` would send and cost, without sending.
 
     >>> import polars as pl
@@ -390,8 +370,8 @@ def estimate_reduce(
     >>> [name for name, _ in est.stages], est.stage("level 1").to_send
     (['level 1 (leaves)', 'level 2 (projected)'], 5)
     """
-    settings = ReduceSettings(instruction=instruction, max_input_tokens=max_input_tokens)
-    cfg = resolve_config(model=model, **options)
+    settings, rest = take(ReduceSettings, dict(options), instruction=instruction)
+    cfg = resolve_config(model=model, **rest)
     keys = [by] if isinstance(by, str) else list(by or [])
     lazy = frame.lazy()
     _check_columns(lazy.collect_schema().names(), column, keys)

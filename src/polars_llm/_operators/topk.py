@@ -30,7 +30,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Sequence
-from typing import Final, Unpack
+from typing import Any, Final, Unpack
 
 import polars as pl
 from pydantic import BaseModel
@@ -38,10 +38,9 @@ from pydantic import BaseModel
 from .._bridge import surfaced
 from .._config import MapConfig, resolve_config, with_options
 from .._cost import DEFAULT_CHARS_PER_TOKEN, Estimate
-from .._map import MapOptions
 from ..exceptions import ColumnTypeError, ConfigError
 from .estimate import PlanEstimate
-from .settings import DEFAULT_MAX_INPUT_TOKENS, TopKSettings
+from .settings import DEFAULT_MAX_INPUT_TOKENS, TopKOptions, TopKSettings, take, with_settings
 from .stage import Spend, estimate_projected, estimate_prompts, map_stage
 
 __all__ = ["estimate_top_k", "llm_top_k", "rank_prompt", "requests_needed", "top_k_frame"]
@@ -185,23 +184,18 @@ def _prepare(frame: pl.DataFrame, column: str, by: Sequence[str]) -> tuple[list[
     return texts, groups
 
 
-def top_k_frame(
-    frame: pl.DataFrame, column: str, by: Sequence[str], cfg: MapConfig, settings: TopKSettings,
-    rank_name: str = "rank",
-) -> pl.DataFrame:  # fmt: skip
+def top_k_frame(frame: pl.DataFrame, settings: TopKSettings, cfg: MapConfig) -> pl.DataFrame:
     """The top ``k`` rows of ``frame`` (per group of ``by``), best first, with a ``rank`` (1 = best)."""
-    texts, groups = _prepare(frame, column, by)
+    texts, groups = _prepare(frame, settings.column, settings.by)
     ranked = rank_groups(texts, groups, cfg, settings)
     rows = [i for top in ranked for i in top]
     ranks = [r for top in ranked for r in range(1, len(top) + 1)]
     out = frame[pl.Series(rows, dtype=pl.UInt32)] if rows else frame.clear()
-    return out.with_columns(pl.Series(rank_name, ranks, dtype=pl.UInt32))
+    return out.with_columns(pl.Series("rank", ranks, dtype=pl.UInt32))
 
 
-def top_k_estimate(
-    frame: pl.DataFrame, column: str, by: Sequence[str], cfg: MapConfig, settings: TopKSettings
-) -> PlanEstimate:
-    texts, groups = _prepare(frame, column, by)
+def top_k_estimate(frame: pl.DataFrame, settings: TopKSettings, cfg: MapConfig) -> PlanEstimate:
+    texts, groups = _prepare(frame, settings.column, settings.by)
     w = _window_limit(texts, settings)
     rank_cfg = cfg.replace(response_model=_Ranking, include=())
     first = [
@@ -223,47 +217,32 @@ def top_k_estimate(
 
 # --- entry points (the namespaces forward here) ----------------------------------------------------------
 
+Frame = pl.DataFrame | pl.LazyFrame
 
-def _by(by: str | Sequence[str] | None) -> list[str]:
-    return [by] if isinstance(by, str) else list(by or [])
+
+def _prepared(
+    frame: Frame, k: int, instruction: str, model: str | None, options: dict[str, Any]
+) -> tuple[pl.DataFrame, TopKSettings, MapConfig]:
+    settings, rest = take(TopKSettings, options, k=k, instruction=instruction)
+    eager = frame.collect() if isinstance(frame, pl.LazyFrame) else frame
+    return eager, settings, resolve_config(model=model, **rest)
 
 
 @surfaced
 @with_options
-def llm_top_k(
-    frame: pl.DataFrame | pl.LazyFrame,
-    k: int,
-    instruction: str,
-    model: str | None = None,
-    *,
-    column: str,
-    by: str | Sequence[str] | None = None,
-    window: int = 40,
-    max_input_tokens: int | None = None,
-    **options: Unpack[MapOptions],
-) -> pl.DataFrame:
+@with_settings(TopKSettings)
+def llm_top_k(frame: Frame, k: int, instruction: str, model: str | None = None,
+              **options: Unpack[TopKOptions]) -> pl.DataFrame:  # fmt: skip
     """The ``k`` rows of ``frame`` whose ``column`` best fits ``instruction`` (per group of ``by``), best
     first, with a ``rank`` column (see the module docstring)."""
-    settings = TopKSettings(k=k, instruction=instruction, window=window, max_input_tokens=max_input_tokens)
-    cfg = resolve_config(model=model, **options)
-    eager = frame.collect() if isinstance(frame, pl.LazyFrame) else frame
-    return top_k_frame(eager, column, _by(by), cfg, settings)
+    return top_k_frame(*_prepared(frame, k, instruction, model, dict(options)))
 
 
 @surfaced
 @with_options
-def estimate_top_k(
-    frame: pl.DataFrame | pl.LazyFrame,
-    k: int,
-    instruction: str,
-    model: str | None = None,
-    *,
-    column: str,
-    by: str | Sequence[str] | None = None,
-    window: int = 40,
-    max_input_tokens: int | None = None,
-    **options: Unpack[MapOptions],
-) -> PlanEstimate:
+@with_settings(TopKSettings)
+def estimate_top_k(frame: Frame, k: int, instruction: str, model: str | None = None,
+                   **options: Unpack[TopKOptions]) -> PlanEstimate:  # fmt: skip
     """What :func:`llm_top_k` would send and cost (first round exactly, later rounds projected).
 
     >>> import polars as pl
@@ -271,7 +250,4 @@ def estimate_top_k(
     >>> estimate_top_k(df, 10, "best", "m", column="t", api_key="k", cache=None).to_send
     35
     """
-    settings = TopKSettings(k=k, instruction=instruction, window=window, max_input_tokens=max_input_tokens)
-    cfg = resolve_config(model=model, **options)
-    eager = frame.collect() if isinstance(frame, pl.LazyFrame) else frame
-    return top_k_estimate(eager, column, _by(by), cfg, settings)
+    return top_k_estimate(*_prepared(frame, k, instruction, model, dict(options)))

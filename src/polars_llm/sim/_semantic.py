@@ -37,70 +37,21 @@ _BLOCK: Final = re.compile(r"<text>\n(.*?)\n</text>", re.DOTALL)
 _WORD: Final = re.compile(r"[a-z]{3,}")
 _STOP: Final = frozenset(
     [
-        "the",
-        "and",
-        "for",
-        "with",
-        "that",
-        "this",
-        "was",
-        "are",
-        "but",
-        "not",
-        "you",
-        "have",
-        "had",
-        "has",
-        "from",
-        "they",
-        "them",
-        "their",
-        "its",
-        "our",
-        "out",
-        "all",
-        "any",
-        "can",
-        "too",
-        "very",
-        "just",
-        "into",
-        "over",
-        "than",
-        "then",
-        "there",
-        "what",
-        "when",
-        "which",
-        "who",
-        "will",
-        "would",
-        "been",
-        "were",
-        "summary",
+        "the", "and", "for", "with", "that", "this", "was", "are", "but", "not", "you", "have", "had",
+        "has", "from", "they", "them", "their", "its", "our", "out", "all", "any", "can", "too", "very",
+        "just", "into", "over", "than", "then", "there", "what", "when", "which", "who", "will", "would",
+        "been", "were", "summary",
     ]
-)
+)  # fmt: skip
 _STATEMENT: Final = "Is the following statement true?"
 _ENTITY: Final = "Do these two values refer to the same entity?"
 _TAG: Final = re.compile(r"#\w+")
 _SUFFIXES: Final = frozenset(
     [
-        "inc",
-        "incorporated",
-        "ltd",
-        "limited",
-        "llc",
-        "corp",
-        "corporation",
-        "co",
-        "company",
-        "gmbh",
-        "plc",
-        "sa",
-        "ag",
-        "the",
+        "inc", "incorporated", "ltd", "limited", "llc", "corp", "corporation", "co", "company", "gmbh",
+        "plc", "sa", "ag", "the",
     ]
-)
+)  # fmt: skip
 _ITEM: Final = re.compile(r"^\[(\d+)\] (.*)$", re.MULTILINE)
 _BEST: Final = re.compile(r"the numbers of the (\d+) best items")
 _NUMBER: Final = re.compile(r"-?\d+(?:\.\d+)?")
