@@ -172,11 +172,12 @@ def test_reduce_estimate_counts_leaves_and_sees_the_cache(
 
 
 def test_reduce_max_cost_stops_before_going_over(sim_server: sim.SimServer) -> None:
+    sim_server.configure(prompt_price=1e-4, completion_price=1e-4)  # USD per token, as price= says
     df = reviews({f"p{g}": ("lid", 30) for g in range(4)})
-    kwargs = opts(sim_server, max_input_tokens=150, price=(1000.0, 1000.0), max_tokens=64)
+    kwargs = opts(sim_server, max_input_tokens=150, price=(100.0, 100.0), max_tokens=64)
     with pytest.raises(BudgetExceededError):
         df.llm.reduce("review", "Summarise", "m", by="product", max_cost=0.2, **kwargs)
-    assert sim_server.stats()["cost"] <= 0.2
+    assert 0 < sim_server.stats()["cost"] <= 0.2  # some nodes were paid for, within the budget
 
 
 # --- join --------------------------------------------------------------------------------------------------
@@ -253,3 +254,53 @@ def test_join_bad_input_raises_before_any_request(sim_server: sim.SimServer) -> 
         with pytest.raises(ConfigError, match=message):
             ads.llm.join(cvs, template, "m", **opts(sim_server, **extra))
     assert sim_server.stats()["requests"] == 0
+
+
+def test_reduce_stopped_by_the_budget_resumes_without_paying_twice(
+    sim_server: sim.SimServer, cache_path: Path
+) -> None:
+    sim_server.configure(prompt_price=1e-4, completion_price=1e-4)
+    df = reviews({f"p{g}": ("lid", 30) for g in range(4)})
+    kwargs = opts(sim_server, cache=cache_path, max_input_tokens=150, price=(100.0, 100.0), max_tokens=64)
+    with pytest.raises(BudgetExceededError):
+        df.llm.reduce("review", "Summarise", "m", by="product", max_cost=0.2, **kwargs)
+    first = set(chat_prompts(sim_server))
+    assert first
+    sim_server.reset()
+    out = df.llm.reduce("review", "Summarise", "m", by="product", **kwargs)
+    assert out["status"].to_list() == ["done"] * 4
+    assert not first & set(chat_prompts(sim_server))  # what the stopped run paid for is not sent again
+
+
+def test_progress_bar_names_the_stage(sim_server: sim.SimServer, capsys: pytest.CaptureFixture[str]) -> None:
+    df = reviews({"kettle": ("lid", 30)})
+    df.llm.reduce(
+        "review", "Summarise", "m", by="product", **opts(sim_server, progress=True, max_input_tokens=150)
+    )
+    err = capsys.readouterr().err
+    assert "reduce: level 1 of ~" in err and "reduce: level 2" in err
+    ads, cvs = planted(5)
+    ads.llm.join(
+        cvs, "{left.ad} fits {right.cv}", "m", k=2, embed_model="e", **opts(sim_server, progress=True)
+    )
+    err = capsys.readouterr().err
+    assert "join: embedding" in err and "join: checking pairs" in err
+
+
+def test_option_typed_dicts_list_every_setting() -> None:
+    import dataclasses
+    import typing
+
+    from polars_llm import MapOptions
+    from polars_llm._operators import settings as st
+
+    cases = [  # (TypedDict, settings, the settings passed positionally)
+        (st.ReduceOptions, st.ReduceSettings, {"instruction"}),
+        (st.JoinOptions, st.JoinSettings, {"template"}),
+        (st.TopKOptions, st.TopKSettings, {"k", "instruction"}),
+        (st.DedupOptions, st.DedupSettings, set()),
+    ]
+    shared = set(typing.get_type_hints(MapOptions))
+    for options, settings, positional in cases:
+        own = set(typing.get_type_hints(options)) - shared
+        assert own == {f.name for f in dataclasses.fields(settings)} - positional, settings
