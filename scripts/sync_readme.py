@@ -3,7 +3,7 @@
 Sections sit between ``<!-- generated:NAME -->`` and ``<!-- /generated:NAME -->``:
 
 * ``options`` — every option of ``MapConfig`` with its default and description;
-* ``store`` — the cache's tables (``polars_llm._store.TABLES_DOC``).
+* ``store`` — the cache's tables (``polars_llm._store.store.TABLES_DOC``).
 
 ``tests/test_readme.py`` fails when a section differs from what this script would write.
 """
@@ -18,8 +18,8 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 
 
 def sections() -> dict[str, str]:
-    from polars_llm._config import options_listing
-    from polars_llm._store import TABLES_DOC
+    from polars_llm._config.options import options_listing
+    from polars_llm._store.store import TABLES_DOC
 
     return {"options": f"```python\n{options_listing()}\n```", "store": TABLES_DOC.rstrip("\n")}
 

@@ -14,11 +14,23 @@ and ``pl.LazyFrame``.
 
 from __future__ import annotations
 
-from . import _namespace  # noqa: F401  (registers the namespaces)
-from ._batch_admin import batches, cancel_batch
-from ._config import DEFAULT_BASE_URL, DEFAULT_CACHE, DEFAULT_CACHE_PATH, MapConfig, Secret, resolve_config
-from ._cost import Estimate
-from ._map import (
+from ._batch.admin import batches, cancel_batch
+from ._config.options import (
+    DEFAULT_BASE_URL,
+    DEFAULT_CACHE,
+    DEFAULT_CACHE_PATH,
+    MapConfig,
+    Secret,
+    resolve_config,
+)
+from ._cost.budget import Estimate
+from ._operators.dedup import estimate_dedup, llm_dedup
+from ._operators.estimate import PlanEstimate
+from ._operators.join import estimate_join, llm_join
+from ._operators.reduce import estimate_reduce, llm_reduce, llm_reduce_frame
+from ._operators.topk import estimate_top_k, llm_top_k
+from ._pipeline import namespace as _namespace  # noqa: F401  (registers the namespaces)
+from ._pipeline.functions import (
     EmbedOptions,
     MapOptions,
     estimate,
@@ -31,12 +43,7 @@ from ._map import (
     llm_map_series,
     output_dtype,
 )
-from ._operators.dedup import estimate_dedup, llm_dedup
-from ._operators.estimate import PlanEstimate
-from ._operators.join import estimate_join, llm_join
-from ._operators.reduce import estimate_reduce, llm_reduce, llm_reduce_frame
-from ._operators.topk import estimate_top_k, llm_top_k
-from ._template import template
+from ._request.template import template
 from .exceptions import (
     APIConnectionError,
     APIError,

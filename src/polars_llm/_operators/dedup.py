@@ -29,7 +29,7 @@ import numpy as np
 import polars as pl
 
 from .._bridge import surfaced
-from .._config import MapConfig, resolve_config, with_options
+from .._config.options import MapConfig, resolve_config, with_options
 from ..exceptions import ColumnTypeError
 from .estimate import PlanEstimate
 from .join import _check_pairs, nearest

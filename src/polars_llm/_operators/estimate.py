@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .._cost import Estimate
+from .._cost.budget import Estimate
 
 __all__ = ["PlanEstimate"]
 
@@ -21,7 +21,7 @@ class PlanEstimate:
     counts texts); costs are ``None`` when a stage's price is unknown. ``detail`` says what was planned
     (groups and leaves, candidate pairs, rounds).
 
-    >>> from polars_llm._cost import Estimate
+    >>> from polars_llm._cost.budget import Estimate
     >>> e = Estimate("m", 2, 0, 2, 0, 2, 10, 20, None, 1.0, 2.0, "option", 0.5, None, "defaults")
     >>> plan = PlanEstimate("reduce", (("level 1", e), ("level 2", e)), "1 group")
     >>> plan.to_send, plan.cost_expected, plan.cost_max

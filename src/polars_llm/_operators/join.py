@@ -40,7 +40,7 @@ import polars as pl
 from pydantic import BaseModel
 
 from .._bridge import surfaced
-from .._config import MapConfig, resolve_config, with_options
+from .._config.options import MapConfig, resolve_config, with_options
 from ..exceptions import ConfigError
 from .estimate import PlanEstimate
 from .settings import JoinOptions, JoinSettings, take, with_settings

@@ -42,8 +42,8 @@ from typing import Final, TypeVar, Unpack
 import polars as pl
 
 from .._bridge import surfaced
-from .._config import MapConfig, resolve_config, with_options
-from .._cost import DEFAULT_CHARS_PER_TOKEN, Estimate
+from .._config.options import MapConfig, resolve_config, with_options
+from .._cost.budget import DEFAULT_CHARS_PER_TOKEN, Estimate
 from ..exceptions import ColumnTypeError, ConfigError
 from .estimate import PlanEstimate
 from .settings import ReduceOptions, ReduceSettings, take, with_settings

@@ -19,8 +19,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Literal, TypeVar
 
-from .. import _checks as ck
-from .._map import MapOptions
+from .._config import checks as ck
+from .._pipeline.functions import MapOptions
 from ..exceptions import ConfigError
 
 __all__ = [

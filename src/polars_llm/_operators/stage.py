@@ -12,15 +12,15 @@ from dataclasses import dataclass, field
 
 import polars as pl
 
-from .._config import MapConfig
-from .._cost import Estimate, TokenModel, build_estimate
-from .._embed import EmbedSpec, assemble_vectors
-from .._embed import prepare as prepare_texts
-from .._engine import RunStats
-from .._pipeline import assemble, estimate_series, prepare, run
-from .._pricing import resolve_price
-from .._progress import Progress
-from .._store import Store
+from .._config.options import MapConfig
+from .._cost.budget import Estimate, TokenModel, build_estimate
+from .._cost.pricing import resolve_price
+from .._engine.run import RunStats
+from .._pipeline.embed import EmbedSpec, assemble_vectors
+from .._pipeline.embed import prepare as prepare_texts
+from .._pipeline.pipeline import assemble, estimate_series, prepare, run
+from .._progress.bar import Progress
+from .._store.store import Store
 from ..exceptions import ConfigError
 
 __all__ = ["Spend", "embed_config", "embed_stage", "estimate_projected", "estimate_texts", "map_stage"]

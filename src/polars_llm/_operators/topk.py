@@ -36,8 +36,8 @@ import polars as pl
 from pydantic import BaseModel
 
 from .._bridge import surfaced
-from .._config import MapConfig, resolve_config, with_options
-from .._cost import DEFAULT_CHARS_PER_TOKEN, Estimate
+from .._config.options import MapConfig, resolve_config, with_options
+from .._cost.budget import DEFAULT_CHARS_PER_TOKEN, Estimate
 from ..exceptions import ColumnTypeError, ConfigError
 from .estimate import PlanEstimate
 from .settings import DEFAULT_MAX_INPUT_TOKENS, TopKOptions, TopKSettings, take, with_settings

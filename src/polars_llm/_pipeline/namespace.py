@@ -1,0 +1,242 @@
+"""The ``llm`` namespaces on Expr, Series, DataFrame and LazyFrame: thin forwards to ``_map`` and the set
+operators (``_operators``)."""
+
+from __future__ import annotations
+
+from typing import Generic, TypeVar, Unpack
+
+import polars as pl
+
+from .._bridge import surfaced
+from .._config.options import with_embed_options, with_options
+from .._cost.budget import Estimate
+from .._operators.dedup import estimate_dedup, llm_dedup
+from .._operators.estimate import PlanEstimate
+from .._operators.join import estimate_join, llm_join
+from .._operators.reduce import Keys, estimate_reduce, llm_reduce, llm_reduce_frame
+from .._operators.settings import (
+    DedupOptions,
+    DedupSettings,
+    JoinOptions,
+    JoinSettings,
+    ReduceOptions,
+    ReduceSettings,
+    TopKOptions,
+    TopKSettings,
+    with_settings,
+)
+from .._operators.topk import estimate_top_k, llm_top_k
+from .functions import (
+    EmbedOptions,
+    MapOptions,
+    estimate,
+    llm_embed,
+    llm_embed_frame,
+    llm_embed_series,
+    llm_map,
+    llm_map_async,
+    llm_map_frame,
+    llm_map_series,
+)
+
+__all__ = ["ExprLLM", "FrameLLM", "LazyFrameLLM", "SeriesLLM"]
+
+FrameT = TypeVar("FrameT", pl.DataFrame, pl.LazyFrame)
+
+
+@pl.api.register_expr_namespace("llm")
+class ExprLLM:
+    """``pl.col("prompt").llm.map(model=...)`` → ``Struct{result, status}``; ``.llm.embed(...)`` → vectors."""
+
+    def __init__(self, expr: pl.Expr) -> None:
+        self._expr = expr
+
+    @surfaced
+    @with_options
+    def map(self, model: str | None = None, **options: Unpack[MapOptions]) -> pl.Expr:
+        return llm_map(self._expr, model, **options)
+
+    @surfaced
+    @with_embed_options
+    def embed(
+        self, model: str | None = None, dimensions: int | None = None, **options: Unpack[EmbedOptions]
+    ) -> pl.Expr:
+        """``pl.col("text").llm.embed(model, dimensions)`` → ``Struct{result, status}`` of vectors."""
+        return llm_embed(self._expr, model, dimensions, **options)
+
+    @surfaced
+    @with_options
+    @with_settings(ReduceSettings)
+    def reduce(self, instruction: str, model: str | None = None, **options: Unpack[ReduceOptions]) -> pl.Expr:
+        """One ``Struct{result, status}`` per group in ``group_by().agg`` (else for the whole column)."""
+        return llm_reduce(self._expr, instruction, model, **options)
+
+    @surfaced
+    @with_options
+    @with_settings(DedupSettings)
+    def dedup(self, model: str | None = None, **options: Unpack[DedupOptions]) -> pl.Expr:
+        """A ``UInt32`` cluster id per row; rows naming the same entity share it."""
+        return llm_dedup(self._expr, model, **options)
+
+
+@pl.api.register_series_namespace("llm")
+class SeriesLLM:
+    """``series.llm.map(model=...)`` → a ``Struct{result, status}`` Series; ``amap`` awaits it."""
+
+    def __init__(self, series: pl.Series) -> None:
+        self._series = series
+
+    @surfaced
+    @with_options
+    def map(self, model: str | None = None, **options: Unpack[MapOptions]) -> pl.Series:
+        return llm_map_series(self._series, model, **options)
+
+    @surfaced
+    @with_embed_options
+    def embed(
+        self, model: str | None = None, dimensions: int | None = None, **options: Unpack[EmbedOptions]
+    ) -> pl.Series:
+        return llm_embed_series(self._series, model, dimensions, **options)
+
+    @surfaced
+    @with_options
+    async def amap(self, model: str | None = None, **options: Unpack[MapOptions]) -> pl.Series:
+        return await llm_map_async(self._series, model=model, **options)  # type: ignore[return-value]
+
+    @surfaced
+    @with_options
+    def estimate(self, model: str | None = None, **options: Unpack[MapOptions]) -> Estimate:
+        """What ``.llm.map`` would send and cost, without sending (see :func:`polars_llm.estimate`)."""
+        return estimate(self._series, model=model, **options)
+
+    @surfaced
+    @with_options
+    @with_settings(DedupSettings)
+    def estimate_dedup(self, model: str | None = None, **options: Unpack[DedupOptions]) -> PlanEstimate:
+        """What ``pl.col(...).llm.dedup`` would send and cost over this Series, without sending."""
+        return estimate_dedup(self._series, model, **options)
+
+
+class _FrameLLM(Generic[FrameT]):
+    def __init__(self, frame: FrameT) -> None:
+        self._frame = frame
+
+    @surfaced
+    @with_options
+    def map(
+        self,
+        column: str | pl.Expr,
+        model: str | None = None,
+        *,
+        result_name: str = "result",
+        status_name: str = "status",
+        **options: Unpack[MapOptions],
+    ) -> FrameT:
+        return llm_map_frame(
+            self._frame, column, model, result_name=result_name, status_name=status_name, **options
+        )
+
+    @surfaced
+    @with_options
+    def estimate(
+        self, column: str | pl.Expr, model: str | None = None, **options: Unpack[MapOptions]
+    ) -> Estimate:
+        """What ``.llm.map`` would send and cost, without sending (see :func:`polars_llm.estimate`)."""
+        return estimate(self._frame, column, model, **options)
+
+    @surfaced
+    @with_embed_options
+    def embed(
+        self,
+        column: str | pl.Expr,
+        model: str | None = None,
+        dimensions: int | None = None,
+        *,
+        result_name: str = "result",
+        status_name: str = "status",
+        **options: Unpack[EmbedOptions],
+    ) -> FrameT:
+        """``df.llm.embed("text", model, dimensions)`` → ``df`` with ``result`` (vectors) and ``status``."""
+        return llm_embed_frame(
+            self._frame,
+            column,
+            model,
+            dimensions,
+            result_name=result_name,
+            status_name=status_name,
+            **options,
+        )
+
+    @surfaced
+    @with_options
+    @with_settings(ReduceSettings)
+    def reduce(self, column: str, instruction: str, model: str | None = None, *, by: Keys = None,
+               **options: Unpack[ReduceOptions]) -> FrameT:  # fmt: skip
+        """The keys of ``by`` with ``result`` and ``status``: one answer per group (a tree of requests)."""
+        return llm_reduce_frame(self._frame, column, instruction, model, by=by, **options)
+
+    @surfaced
+    @with_options
+    @with_settings(ReduceSettings)
+    def estimate_reduce(self, column: str, instruction: str, model: str | None = None, *, by: Keys = None,
+                        **options: Unpack[ReduceOptions]) -> PlanEstimate:  # fmt: skip
+        """What :meth:`reduce` would send and cost, without sending."""
+        return estimate_reduce(self._frame, column, instruction, model, by=by, **options)
+
+    @surfaced
+    @with_options
+    @with_settings(JoinSettings)
+    def join(self, other: pl.DataFrame | pl.LazyFrame, template: str, model: str | None = None,
+             **options: Unpack[JoinOptions]) -> pl.DataFrame:  # fmt: skip
+        """The pairs of rows of this frame and ``other`` for which ``template`` holds."""
+        return llm_join(self._frame, other, template, model, **options)
+
+    @surfaced
+    @with_options
+    @with_settings(JoinSettings)
+    def estimate_join(self, other: pl.DataFrame | pl.LazyFrame, template: str, model: str | None = None,
+                      **options: Unpack[JoinOptions]) -> PlanEstimate:  # fmt: skip
+        """What :meth:`join` would send and cost (embeddings, candidate pairs), without sending checks."""
+        return estimate_join(self._frame, other, template, model, **options)
+
+    @surfaced
+    @with_options
+    @with_settings(TopKSettings)
+    def top_k(self, k: int, instruction: str, model: str | None = None,
+              **options: Unpack[TopKOptions]) -> pl.DataFrame:  # fmt: skip
+        """The ``k`` rows whose ``column`` best fits ``instruction`` (per group of ``by``), best first, with
+        ``rank``."""
+        return llm_top_k(self._frame, k, instruction, model, **options)
+
+    @surfaced
+    @with_options
+    @with_settings(TopKSettings)
+    def estimate_top_k(self, k: int, instruction: str, model: str | None = None,
+                       **options: Unpack[TopKOptions]) -> PlanEstimate:  # fmt: skip
+        """What :meth:`top_k` would send and cost, without sending."""
+        return estimate_top_k(self._frame, k, instruction, model, **options)
+
+
+@pl.api.register_dataframe_namespace("llm")
+class FrameLLM(_FrameLLM[pl.DataFrame]):
+    """``df.llm.map("prompt", model=...)`` → ``df`` with ``result`` and ``status`` columns."""
+
+    @surfaced
+    @with_options
+    async def amap(
+        self,
+        column: str,
+        model: str | None = None,
+        *,
+        result_name: str = "result",
+        status_name: str = "status",
+        **options: Unpack[MapOptions],
+    ) -> pl.DataFrame:
+        return await llm_map_async(  # type: ignore[return-value]
+            self._frame, column, model, result_name=result_name, status_name=status_name, **options
+        )
+
+
+@pl.api.register_lazyframe_namespace("llm")
+class LazyFrameLLM(_FrameLLM[pl.LazyFrame]):
+    """``lf.llm.map("prompt", model=...)`` → a LazyFrame; nothing is sent until it is collected."""
