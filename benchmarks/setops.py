@@ -94,7 +94,12 @@ def bench_reduce(sim: SimProcess, workdir: Path, groups: int, rows: int, latency
     rerun_wall = time.perf_counter() - t0
     rerun_requests = sim.stats()["requests"]
     target, neighbour = _name(7), _name(8)
-    extra = _reviews(groups, rows + 10).filter(pl.col("product") == target).tail(10)
+    extra = pl.DataFrame(  # 10 new reviews of one product, about a new complaint (its summary changes)
+        {
+            "product": [target] * 10,
+            "review": [f"review {rows + i} of the {target}: the burner is poor" for i in range(10)],
+        }
+    )
     sim.reset()
     grown = pl.concat([df, extra]).llm.reduce(
         "review", "Summarise the complaints", MODEL, by="product", **opts
