@@ -304,3 +304,37 @@ def test_option_typed_dicts_list_every_setting() -> None:
     for options, settings, positional in cases:
         own = set(typing.get_type_hints(options)) - shared
         assert own == {f.name for f in dataclasses.fields(settings)} - positional, settings
+
+
+def test_input_budget_comes_from_the_option_else_the_listed_context(sim_server: sim.SimServer) -> None:
+    import http.server
+    import json
+    import threading
+
+    from polars_llm import resolve_config
+    from polars_llm._operators.context import input_tokens
+
+    class Models(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = json.dumps({"data": [{"id": "big", "context_length": 10_000}]}).encode()
+            self.send_response(200 if self.path.endswith("/models") else 404)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Models)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/v1"
+        listed = resolve_config(model="big", base_url=url, api_key="k", cache=None, max_tokens=1000)
+        assert input_tokens(listed, None) == int((10_000 - 1000) * 0.75)
+        assert input_tokens(listed, 500) == 500
+        unlisted = resolve_config(model="other", base_url=url, api_key="k", cache=None)
+        assert input_tokens(unlisted, None) == 8_000
+    finally:
+        server.shutdown()
+    no_context = resolve_config(model="m", base_url=str(sim_server), api_key="k", cache=None)
+    assert input_tokens(no_context, None) == 8_000  # the simulator lists no context length

@@ -1,7 +1,7 @@
 """``reduce``: one answer per group from many rows — a tree of requests, not a fold.
 
-**Leaves** pack a group's rows, in order, into as few requests as fit ``max_input_tokens`` (default
-:data:`~polars_llm._operators.settings.DEFAULT_MAX_INPUT_TOKENS`; 4 characters per token); **each level**
+**Leaves** pack a group's rows, in order, into as few requests as fit ``max_input_tokens`` (else the
+model's listed context, else 8,000; 4 characters per token: :mod:`.context`); **each level**
 packs the answers of the level below the same way, until one answer per group remains. A level's requests
 of *all* groups are one engine run (:func:`~polars_llm._operators.stage.map_stage`: concurrent, paced,
 budgeted), so 200 groups cost about the tree's depth in round trips, not 200 × depth. The result does not
@@ -45,6 +45,7 @@ from .._bridge import surfaced
 from .._config.options import MapConfig, resolve_config, with_options
 from .._cost.budget import DEFAULT_CHARS_PER_TOKEN, Estimate
 from ..exceptions import ColumnTypeError, ConfigError
+from .context import input_tokens
 from .estimate import PlanEstimate
 from .settings import ReduceOptions, ReduceSettings, take, with_settings
 from .stage import Spend, estimate_projected, estimate_prompts, map_stage
@@ -133,9 +134,10 @@ class _Node:
         return make(instruction, self.texts)
 
 
-def _budget(settings: ReduceSettings) -> int:
+def _budget(settings: ReduceSettings, cfg: MapConfig) -> int:
     frame = len(_UPPER) + len(settings.instruction) + 16
-    return max(int(settings.input_tokens * DEFAULT_CHARS_PER_TOKEN) - frame, 256)
+    tokens = input_tokens(cfg, settings.max_input_tokens)
+    return max(int(tokens * DEFAULT_CHARS_PER_TOKEN) - frame, 256)
 
 
 def _nodes(group: int, texts: Sequence[str], level: int, budget: int) -> list[_Node]:
@@ -165,7 +167,7 @@ def reduce_groups(groups: list[list[str]], cfg: MapConfig, settings: ReduceSetti
     final_cfg = _final_config(cfg)
     text_cfg = final_cfg.replace(response_model=None)
     result_dtype = final_cfg.request.result_dtype
-    budget = _budget(settings)
+    budget = _budget(settings, cfg)
     results: list[object] = [None] * len(groups)
     status = ["null" if not g else "pending" for g in groups]
     spend = Spend(cfg.max_cost)
@@ -289,7 +291,7 @@ def reduce_frame(
 def reduce_estimate(groups: list[list[str]], cfg: MapConfig, settings: ReduceSettings) -> PlanEstimate:
     """What :func:`reduce_groups` would send and cost: the leaves exactly (cached ones are free), the
     levels above projected from the expected answer length (none of them assumed cached)."""
-    budget = _budget(settings)
+    budget = _budget(settings, cfg)
     leaves = [n for g, texts in enumerate(groups) if texts for n in _nodes(g, texts, 1, budget)]
     prompts = pl.Series("prompt", [n.prompt(settings.instruction) for n in leaves], dtype=pl.String)
     stages: list[tuple[str, Estimate]] = [

@@ -73,10 +73,6 @@ class ReduceSettings:
     def __post_init__(self) -> None:
         ck.apply(self)
 
-    @property
-    def input_tokens(self) -> int:
-        return self.max_input_tokens or DEFAULT_MAX_INPUT_TOKENS
-
 
 @dataclass(frozen=True, kw_only=True)
 class JoinSettings:

@@ -39,8 +39,9 @@ from .._bridge import surfaced
 from .._config.options import MapConfig, resolve_config, with_options
 from .._cost.budget import DEFAULT_CHARS_PER_TOKEN, Estimate
 from ..exceptions import ColumnTypeError, ConfigError
+from .context import input_tokens
 from .estimate import PlanEstimate
-from .settings import DEFAULT_MAX_INPUT_TOKENS, TopKOptions, TopKSettings, take, with_settings
+from .settings import TopKOptions, TopKSettings, take, with_settings
 from .stage import Spend, estimate_projected, estimate_prompts, map_stage
 
 __all__ = ["estimate_top_k", "llm_top_k", "rank_prompt", "requests_needed", "top_k_frame"]
@@ -111,8 +112,8 @@ def _chosen(answer: object, size: int, best: int) -> tuple[list[int], bool]:
     return picked, repaired
 
 
-def _window_limit(texts: list[str], settings: TopKSettings) -> int:
-    tokens = settings.max_input_tokens or DEFAULT_MAX_INPUT_TOKENS
+def _window_limit(texts: list[str], settings: TopKSettings, cfg: MapConfig) -> int:
+    tokens = input_tokens(cfg, settings.max_input_tokens)
     longest = max((len(t) for t in texts if t is not None), default=1) + 8
     fits = int((tokens * DEFAULT_CHARS_PER_TOKEN - len(settings.instruction) - len(_ASK)) // longest)
     return max(min(settings.window, fits), 2 * settings.k, 2)
@@ -124,7 +125,7 @@ def rank_groups(
     """Each group's top ``k`` (indices into ``texts``), best first; all groups' windows of a round are
     one engine run."""
     k = settings.k
-    w = _window_limit(texts, settings)
+    w = _window_limit(texts, settings, cfg)
     spend = Spend(cfg.max_cost)
     rank_cfg = cfg.replace(response_model=_Ranking, include=())
     current = [list(g) for g in groups]
@@ -196,7 +197,7 @@ def top_k_frame(frame: pl.DataFrame, settings: TopKSettings, cfg: MapConfig) -> 
 
 def top_k_estimate(frame: pl.DataFrame, settings: TopKSettings, cfg: MapConfig) -> PlanEstimate:
     texts, groups = _prepare(frame, settings.column, settings.by)
-    w = _window_limit(texts, settings)
+    w = _window_limit(texts, settings, cfg)
     rank_cfg = cfg.replace(response_model=_Ranking, include=())
     first = [
         rank_prompt(settings.instruction, [texts[i] for i in win], min(settings.k, len(win)))
