@@ -338,3 +338,13 @@ def test_input_budget_comes_from_the_option_else_the_listed_context(sim_server: 
         server.shutdown()
     no_context = resolve_config(model="m", base_url=str(sim_server), api_key="k", cache=None)
     assert input_tokens(no_context, None) == 8_000  # the simulator lists no context length
+
+
+def test_join_failed_checks_count_as_no_match_and_warn(sim_server: sim.SimServer) -> None:
+    left = pl.DataFrame({"a": ["x #1", "y #2 [[status:400]]", None]})
+    right = pl.DataFrame({"b": ["u #1", "v #2"]})
+    with pytest.warns(UserWarning, match="2 of 6 pair checks failed"):
+        out = left.llm.join(
+            right, "{left.a} ~ {right.b}", "m", k=None, how="left", **opts(sim_server, max_attempts=1)
+        )
+    assert out.rows() == [("x #1", "u #1"), ("y #2 [[status:400]]", None), (None, None)]
