@@ -99,6 +99,7 @@ SCALES: dict[str, dict[str, Any]] = {
     "smoke": {
         "ordinary_rounds": 1,
         "ordinary_scale": 0.05,
+        "ordinary_latency": 0.1,
         "overhead_n": 300,
         "overhead_sdk_n": 100,
         "overhead_rounds": 1,

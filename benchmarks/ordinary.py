@@ -41,11 +41,13 @@ def _t(name: str, measured: float | None, target: str, ok: bool | None) -> dict[
 
 def _cells(scale: dict[str, Any], workdir: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     rounds, factor = scale.get("ordinary_rounds", 2), scale.get("ordinary_scale", 1.0)
+    slower = scale.get("ordinary_latency", 1.0)  # the smoke run shortens latencies (and the outage)
     out: dict[str, Any] = {}
     targets = []
     for name, (sim_options, n, c, bound) in CELLS.items():
         n = max(c, int(n * factor)) if factor < 1 else n
         pairs = []
+        sim_options = {k: v * slower for k, v in sim_options.items()}
         with SimProcess(**sim_options) as sim:
             for r in range(rounds):
                 walls = {}
@@ -83,13 +85,16 @@ def _small(workdir: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     return out, targets
 
 
-def _stalls(workdir: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+def _stalls(workdir: Path, outage: float) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     out, targets = {}, []
-    with SimProcess(burst_429=True, burst_seconds=3.0, burst_retry_after=0) as sim:
-        res = run_child("ordinary", {"case": "done_in", "url": sim.url, "n": 200, "concurrency": 16})
+    with SimProcess(burst_retry_after=0) as sim:  # the outage starts when the child's clock does
+        burst = {"burst_429": True, "burst_seconds": outage}
+        res = run_child(
+            "ordinary", {"case": "done_in", "url": sim.url, "n": 200, "concurrency": 16, "configure": burst}
+        )
     out["refused for 3 s"] = res
     wall = res.get("wall_s")
-    name = "server refusing everything for 3 s (no hint), 200 prompts c=16: all done after (s)"
+    name = f"server refusing everything for {outage:g} s (no hint), 200 prompts c=16: all done after (s)"
     targets.append(_t(name, wall, f"<= {OUTAGE_BOUND}", wall is not None and wall <= OUTAGE_BOUND))
     with SimProcess(burst_requests=30, burst_retry_after=0) as sim:
         res = run_child("ordinary", {"case": "done_in", "url": sim.url, "n": 40, "concurrency": 8})
@@ -111,7 +116,7 @@ def _stalls(workdir: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
 def run(scale: dict[str, Any], workdir: Path) -> dict[str, Any]:
     cells, t1 = _cells(scale, workdir)
     small, t2 = _small(workdir)
-    stalls, t3 = _stalls(workdir)
+    stalls, t3 = _stalls(workdir, 3.0 * scale.get("ordinary_latency", 1.0))
     return {"cells": cells, "small_calls": small, "stalls": stalls, "targets": t1 + t2 + t3}
 
 
@@ -166,6 +171,14 @@ def _case(params: dict[str, Any]) -> dict[str, Any]:
                 "later_s": [round(w, 4) for w in walls[1:]]}  # fmt: skip
     if params["case"] == "done_in":
         df = pl.DataFrame({"q": [f"stall {i}" for i in range(params["n"])]})
+        if params.get("configure"):
+            import json
+            import urllib.request
+
+            body = json.dumps(params["configure"]).encode()
+            urllib.request.urlopen(
+                urllib.request.Request(url[: -len("/v1")] + "/configure", data=body), timeout=5
+            )
         start = time.perf_counter()
         out = df.llm.map("q", MODEL, cache=None, concurrency=params["concurrency"], **base)
         wall = time.perf_counter() - start

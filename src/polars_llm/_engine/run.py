@@ -363,6 +363,7 @@ class Run:
         up to ``max_wait``, a longer one stops the run with :class:`~polars_llm.ProviderWaitError`.
         """
         cfg, stats = self.cfg, self.stats
+        held = 0.0  # how long everybody now waits: the pace's own wait, which this row's backoff joins
         try:
             if isinstance(error, exc.FatalError):
                 self.set_fatal(error)
@@ -386,6 +387,7 @@ class Run:
                     if isinstance(error, exc.RateLimitError):
                         backoff = backoff_delay(min(attempts, 3), max_backoff=cfg.max_backoff)
                         self.pacer.refused(ticket, hint=hint, limits=limits, backoff=backoff)
+                        held = self.pacer.describe()[2]
                     else:
                         self.pacer.answered(ticket, limited=False, limits=limits)
         finally:
@@ -393,6 +395,10 @@ class Run:
         delay = next_delay(error, attempts, max_attempts=cfg.max_attempts, max_backoff=cfg.max_backoff)
         if delay is None:
             return FAIL
+        if held > 0:
+            # everybody waits for the pace (a provider's hint, a wall's backoff): this row retries when
+            # the wait ends, not after a backoff of its own that grows with its attempts on top of it
+            delay = min(delay, held)
         if isinstance(error, exc.RateLimitError) or error.retry_after is not None:
             stats.rate_limited += 1
         stats.retrying += 1

@@ -45,11 +45,6 @@ class TokenBucket:
         return 0.0 if self._tokens >= need else (need - self._tokens) / self.rate
 
     async def acquire(self, amount: float = 1.0) -> None:
-        """Take ``amount``, waiting for it in FIFO order; no task switch when it is there and nobody
-        waits (a high ``rpm_limit`` costs nothing per request)."""
-        if not self._lock.locked() and self.wait_time(amount) <= 0:
-            self._tokens -= amount
-            return
         async with self._lock:
             while (delay := self.wait_time(amount)) > 0:
                 await anyio.sleep(delay)
