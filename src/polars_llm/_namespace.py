@@ -1,5 +1,6 @@
 """The ``llm`` namespaces on Expr, Series, DataFrame and LazyFrame: thin forwards to the typed free
-functions of :mod:`polars_llm._pipeline` (map, embed) and :mod:`polars_llm._operators`."""
+functions of :mod:`polars_llm._pipeline` (map, embed) and :mod:`polars_llm._operators` (row and set
+operators)."""
 
 from __future__ import annotations
 
@@ -12,15 +13,35 @@ from ._bridge import surfaced
 from ._config import with_embed_options, with_options
 from ._cost import Estimate
 from ._operators import (
+    DedupOptions,
+    DedupSettings,
     Fields,
+    JoinOptions,
+    JoinSettings,
+    Keys,
     Labels,
+    PlanEstimate,
+    ReduceOptions,
+    ReduceSettings,
+    TopKOptions,
+    TopKSettings,
     classify_series,
+    estimate_dedup,
+    estimate_join,
+    estimate_reduce,
+    estimate_top_k,
     extract_series,
     filter_series,
     llm_classify,
+    llm_dedup,
     llm_extract,
     llm_filter,
     llm_filter_frame,
+    llm_join,
+    llm_reduce,
+    llm_reduce_frame,
+    llm_top_k,
+    with_settings,
 )
 from ._pipeline import (
     EmbedOptions,
@@ -112,6 +133,20 @@ class ExprLLM(_RowOperators[pl.Expr]):
         """``pl.col("text").llm.embed(model, dimensions)`` → ``Struct{result, status}`` of vectors."""
         return llm_embed(self._expr, model, dimensions, **options)
 
+    @surfaced
+    @with_options
+    @with_settings(ReduceSettings)
+    def reduce(self, instruction: str, model: str | None = None, **options: Unpack[ReduceOptions]) -> pl.Expr:
+        """One ``Struct{result, status}`` per group in ``group_by().agg`` (else for the whole column)."""
+        return llm_reduce(self._expr, instruction, model, **options)
+
+    @surfaced
+    @with_options
+    @with_settings(DedupSettings)
+    def dedup(self, model: str | None = None, **options: Unpack[DedupOptions]) -> pl.Expr:
+        """A ``UInt32`` cluster id per row; rows naming the same entity share it."""
+        return llm_dedup(self._expr, model, **options)
+
 
 @pl.api.register_series_namespace("llm")
 class SeriesLLM(_RowOperators[pl.Series]):
@@ -145,6 +180,13 @@ class SeriesLLM(_RowOperators[pl.Series]):
     def estimate(self, model: str | None = None, **options: Unpack[MapOptions]) -> Estimate:
         """What ``.llm.map`` would send and cost, without sending (see :func:`polars_llm.estimate`)."""
         return estimate(self._series, model=model, **options)
+
+    @surfaced
+    @with_options
+    @with_settings(DedupSettings)
+    def estimate_dedup(self, model: str | None = None, **options: Unpack[DedupOptions]) -> PlanEstimate:
+        """What ``pl.col(...).llm.dedup`` would send and cost over this Series, without sending."""
+        return estimate_dedup(self._series, model, **options)
 
 
 class _FrameLLM(Generic[FrameT]):
@@ -206,6 +248,55 @@ class _FrameLLM(Generic[FrameT]):
             status_name=status_name,
             **options,
         )
+
+    @surfaced
+    @with_options
+    @with_settings(ReduceSettings)
+    def reduce(self, column: str, instruction: str, model: str | None = None, *, by: Keys = None,
+               **options: Unpack[ReduceOptions]) -> FrameT:  # fmt: skip
+        """The keys of ``by`` with ``result`` and ``status``: one answer per group (a tree of requests)."""
+        return llm_reduce_frame(self._frame, column, instruction, model, by=by, **options)
+
+    @surfaced
+    @with_options
+    @with_settings(ReduceSettings)
+    def estimate_reduce(self, column: str, instruction: str, model: str | None = None, *, by: Keys = None,
+                        **options: Unpack[ReduceOptions]) -> PlanEstimate:  # fmt: skip
+        """What :meth:`reduce` would send and cost, without sending."""
+        return estimate_reduce(self._frame, column, instruction, model, by=by, **options)
+
+    @surfaced
+    @with_options
+    @with_settings(JoinSettings)
+    def join(self, other: pl.DataFrame | pl.LazyFrame, template: str, model: str | None = None,
+             **options: Unpack[JoinOptions]) -> pl.DataFrame:  # fmt: skip
+        """The pairs of rows of this frame and ``other`` for which ``template`` holds."""
+        return llm_join(self._frame, other, template, model, **options)
+
+    @surfaced
+    @with_options
+    @with_settings(JoinSettings)
+    def estimate_join(self, other: pl.DataFrame | pl.LazyFrame, template: str, model: str | None = None,
+                      **options: Unpack[JoinOptions]) -> PlanEstimate:  # fmt: skip
+        """What :meth:`join` would send and cost (embeddings, candidate pairs), without sending checks."""
+        return estimate_join(self._frame, other, template, model, **options)
+
+    @surfaced
+    @with_options
+    @with_settings(TopKSettings)
+    def top_k(self, k: int, instruction: str, model: str | None = None,
+              **options: Unpack[TopKOptions]) -> pl.DataFrame:  # fmt: skip
+        """The ``k`` rows whose ``column`` best fits ``instruction`` (per group of ``by``), best first, with
+        ``rank``."""
+        return llm_top_k(self._frame, k, instruction, model, **options)
+
+    @surfaced
+    @with_options
+    @with_settings(TopKSettings)
+    def estimate_top_k(self, k: int, instruction: str, model: str | None = None,
+                       **options: Unpack[TopKOptions]) -> PlanEstimate:  # fmt: skip
+        """What :meth:`top_k` would send and cost, without sending."""
+        return estimate_top_k(self._frame, k, instruction, model, **options)
 
 
 @pl.api.register_dataframe_namespace("llm")

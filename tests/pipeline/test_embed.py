@@ -13,7 +13,8 @@ import pytest
 
 import polars_llm
 from polars_llm import AuthenticationError, ConfigError, sim
-from polars_llm._pipeline.embed import decode, share
+from polars_llm._engine import share
+from polars_llm._pipeline.embed import decode
 from polars_llm.cli import main
 from polars_llm.exceptions import MalformedResponseError
 

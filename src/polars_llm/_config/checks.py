@@ -26,6 +26,7 @@ from ..exceptions import ConfigError
 
 __all__ = [
     "Check",
+    "apply",
     "boolean",
     "check_model",
     "choice",
@@ -131,3 +132,16 @@ def check_model(model: Any) -> type[BaseModel]:
         except Exception as exc:
             raise ConfigError(f"response_model {model.__name__} is not fully defined: {exc}") from exc
     return model
+
+
+def apply(obj: Any) -> None:
+    """Run the ``check`` in each dataclass field's metadata on (frozen) ``obj``; keep what it normalises."""
+    import dataclasses
+
+    for f in dataclasses.fields(obj):
+        check = f.metadata.get("check")
+        if check is not None:
+            value = getattr(obj, f.name)
+            checked = check(f.name, value)
+            if checked is not value:
+                object.__setattr__(obj, f.name, checked)

@@ -380,13 +380,7 @@ class MapConfig:
     )
 
     def __post_init__(self) -> None:
-        for f in dataclasses.fields(self):
-            check = f.metadata.get("check")
-            if check is not None:
-                value = getattr(self, f.name)
-                checked = check(f.name, value)
-                if checked is not value:
-                    object.__setattr__(self, f.name, checked)
+        ck.apply(self)
         if self.mode == "batch" and self.worker is not None:
             raise ConfigError(
                 "mode='batch' sends the requests through the provider's batch API; it cannot run a "

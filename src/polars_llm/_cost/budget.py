@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from .._transport import Completion
 
 __all__ = [
+    "DEFAULT_CHARS_PER_TOKEN",
     "Budget",
     "Costing",
     "Estimate",

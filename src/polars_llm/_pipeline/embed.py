@@ -54,9 +54,11 @@ from .prepared import Prepared
 __all__ = [
     "DEFAULT_BATCH_SIZE",
     "EmbedSpec",
+    "assemble_vectors",
     "check_options",
     "decode",
     "embed_series",
+    "prepare_texts",
     "run_pool",
 ]
 
@@ -149,7 +151,7 @@ class EmbedSpec:
 # --- the pipeline's ends -----------------------------------------------------------------------------
 
 
-def prepare(series: pl.Series, cfg: MapConfig, spec: EmbedSpec) -> Prepared:
+def prepare_texts(series: pl.Series, cfg: MapConfig, spec: EmbedSpec) -> Prepared:
     """Unique non-null texts in first-seen order with their (embedding) keys; the pool that sends them."""
     dtype = series.dtype
     if not (dtype in (pl.String, pl.Null, pl.Categorical) or isinstance(dtype, pl.Enum)):
@@ -183,7 +185,7 @@ def assemble_vectors(prepared: Prepared, state: pl.DataFrame, cfg: MapConfig, sp
 def embed_series(series: pl.Series, cfg: MapConfig) -> pl.Series:
     """Embed a text Series synchronously: the ``Struct{result, status}`` Series of vectors."""
     spec = EmbedSpec.of(cfg)
-    prepared = prepare(series, cfg, spec)
+    prepared = prepare_texts(series, cfg, spec)
     return assemble_vectors(prepared, run(prepared, cfg), cfg, spec)
 
 

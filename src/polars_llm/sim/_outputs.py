@@ -31,6 +31,8 @@ from typing import Any, Final, TypeGuard
 
 import orjson
 
+from ._semantic import semantic_json, semantic_text
+
 try:  # the stdlib regex parser, used to generate strings matching a schema "pattern"
     import re._constants as _rc
     import re._parser as _rx
@@ -69,6 +71,9 @@ def expected_text(model: str, prompt: str, system: str | None = None) -> str:
     ``system`` is the system prompt (several system messages are joined with a newline); an empty
     system prompt counts as none. Markers such as ``[[flaky:500:1]]`` stay in ``prompt``.
     """
+    summary = semantic_text(prompt) if "<text>" in prompt else None
+    if summary is not None:  # a set operator's reduce request (see _semantic)
+        return summary
     if system:
         return f"{model} [{system}]: {prompt[::-1]}"
     return f"{model}: {prompt[::-1]}"
@@ -81,12 +86,24 @@ def expected_embedding(model: str, text: str, dimensions: int) -> list[float]:
     """The embedding of ``text``: ``dimensions`` values in ``[-1, 1)``, seeded only by ``(model, text)``.
 
     Every value is a multiple of 1/32768, so it is exact in Float32; a shorter vector is a prefix of a
-    longer one (as with models that honour ``dimensions`` by truncation).
+    longer one (as with models that honour ``dimensions`` by truncation). It is the mean of a random
+    vector for the whole text and one for each of its words (lower-cased ``\\w+`` runs), so texts that
+    share words point in similar directions (what embedding blocking needs); a one-word text is just
+    its own random vector.
 
     >>> v = expected_embedding("m", "hi", 4)
     >>> len(v), v == expected_embedding("m", "hi", 8)[:4], all(-1 <= x < 1 for x in v)
     (4, True, True)
     """
+    words = re.findall(r"\w+", text.lower())
+    if words == [text] or not words:
+        return _random_vector(model, text, dimensions)
+    parts = [_random_vector(model, t, dimensions) for t in (text, *words)]
+    scale = 32768 / len(parts)
+    return [round(sum(column) * scale) * _EMBED_SCALE for column in zip(*parts, strict=True)]
+
+
+def _random_vector(model: str, text: str, dimensions: int) -> list[float]:
     digest = hashlib.shake_128(f"{model}\x00{text}".encode("utf-8", "surrogatepass")).digest(2 * dimensions)
     values = array.array("h")
     values.frombytes(digest)
@@ -120,12 +137,23 @@ def expected_json(schema: Mapping[str, Any], model: str, prompt: str, system: st
     >>> expected_json({"type": "boolean"}, "m", "it came late", system="Condition: mentions late delivery")
     True
     """
+    semantic = semantic_json(prompt, schema)
+    properties = schema.get("properties") if isinstance(schema, Mapping) else None
+    if semantic is not None and isinstance(properties, Mapping) and set(semantic) <= set(properties):
+        return semantic  # a set operator's check or ranking (see _semantic)
     packed = _packed_items(schema, prompt)
     if packed is not None:
         item_schema, texts = packed
         items = [_generator(schema, model, text, system).value(item_schema, 0, "value") for text in texts]
         return {"answers": items}
-    return _generator(schema, model, prompt, system).value(schema, 0, "value")
+    out = _generator(schema, model, prompt, system).value(schema, 0, "value")
+    summary = semantic_text(prompt) if "<text>" in prompt else None
+    if summary is not None and isinstance(out, dict) and isinstance(properties, Mapping):
+        for name, sub in properties.items():  # a structured reduce: its first string field summarises
+            if isinstance(sub, Mapping) and sub.get("type") == "string" and "enum" not in sub:
+                out[name] = summary
+                break
+    return out
 
 
 def _generator(schema: Mapping[str, Any], model: str, prompt: str, system: str | None) -> _Gen:
