@@ -14,9 +14,10 @@ and ``pl.LazyFrame``.
 
 from __future__ import annotations
 
-from . import _namespace  # noqa: F401  (registers the namespaces)
+from . import _namespace  # noqa: F401  (registers the namespaces, after saying whose were there)
 from ._batch_admin import batches, cancel_batch
 from ._config import DEFAULT_BASE_URL, DEFAULT_CACHE, DEFAULT_CACHE_PATH, MapConfig, Secret, resolve_config
+from ._conflict import NamespaceConflictWarning
 from ._cost import Estimate
 from ._map import (
     EmbedOptions,
@@ -32,6 +33,7 @@ from ._map import (
     output_dtype,
 )
 from ._template import template
+from ._version import version as _version
 from .exceptions import (
     APIConnectionError,
     APIError,
@@ -64,7 +66,7 @@ from .exceptions import (
 )
 from .seed import DB_URL_DEFAULT, export_jsonl, export_parquet, prompt_map
 
-__version__ = "0.1.0"
+__version__ = _version()
 
 __all__ = [
     "DB_URL_DEFAULT",
@@ -90,6 +92,7 @@ __all__ = [
     "MalformedResponseError",
     "MapConfig",
     "MapOptions",
+    "NamespaceConflictWarning",
     "NotFoundError",
     "OutputTruncatedError",
     "OutputValidationError",
