@@ -1,5 +1,6 @@
 """``MapConfig`` is the one source of truth for every option: every entry point, ``MapOptions``, the CLI
-flags, ``prompt_map``'s seed names and the README's listing agree with its fields and defaults."""
+flags, ``prompt_map``'s seed names and the docs' option listing (docs/options.md) agree with its fields
+and defaults."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from polars_llm.cli import build_parser
 from polars_llm.exceptions import ConfigError
 from polars_llm.seed import SEED_ALIASES
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+OPTIONS_PAGE = Path(__file__).resolve().parents[1] / "docs" / "options.md"
 FIELDS = {f.name: f for f in dataclasses.fields(MapConfig)}
 
 ENTRY_POINTS: dict[str, Any] = {
@@ -106,10 +107,10 @@ def test_cli_flags_cover_every_option_but_a_listed_few() -> None:
             assert cli in flags, f"{name} should be given by {cli}"
 
 
-def test_readme_lists_every_option_as_declared() -> None:
-    text = README.read_text()
+def test_the_options_page_lists_every_option_as_declared() -> None:
+    text = OPTIONS_PAGE.read_text()
     assert options_listing() in text, (
-        "README's option listing is stale: run `uv run python scripts/sync_readme.py`"
+        "docs/options.md's option listing is stale: run `uv run python scripts/sync_readme.py`"
     )
 
 
