@@ -108,11 +108,14 @@ def batch_note(stats: RunStats, cfg: Any) -> str:
 
 
 def say(text: str, *, show: bool) -> None:
-    """Log an event of a batch run and, with ``show`` (``progress=True``), print it to stderr above any
-    bar."""
+    """Log an event of a batch run and, with ``show`` (``progress=True``), print it above any bar: to
+    stdout in a notebook (Jupyter shows stderr in red boxes, as if these notes were errors), to stderr
+    in a terminal (beside the text bar, apart from a command's output)."""
     log.info(text)
     if not show:
         return
     from tqdm.std import tqdm
 
-    tqdm.write(text, file=sys.stderr)
+    from . import _progress
+
+    tqdm.write(text, file=sys.stdout if _progress.in_notebook() else sys.stderr)

@@ -24,7 +24,7 @@ from typing import Any, Final
 import polars as pl
 from pydantic import BaseModel
 
-from ._config import DEFAULT_CACHE_PATH, MapConfig, env_value, option_fields, resolve_config
+from ._config import DEFAULT_CACHE_PATH, EMBED_ONLY, MapConfig, env_value, option_fields, resolve_config
 from ._files import ChunkWriter, FileFormat, read_chunks
 from ._pipeline import estimate_series, map_series
 from ._stream import map_chunks
@@ -116,7 +116,8 @@ def add_option_flags(p: argparse.ArgumentParser, skip: frozenset[str] = frozense
         if f.metadata["cli"] is not True or f.name in skip:
             continue
         flag = "--" + f.name.replace("_", "-")
-        help_text = f"{f.metadata['doc']} (default: {f.default})"
+        shown = "none" if f.default == () else f.default  # an empty tuple (include) reads as nothing
+        help_text = f"{f.metadata['doc']} (default: {shown})"
         if f.type == "bool":
             p.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=help_text)
         else:
@@ -130,7 +131,7 @@ def add_run_arguments(p: argparse.ArgumentParser, *, output: bool = True) -> Non
         p.add_argument(
             "--output", "-o", required=True, help="results file: .csv, .parquet, .jsonl or .ndjson"
         )
-    add_option_flags(p)
+    add_option_flags(p, skip=EMBED_ONLY)  # `polars-llm embed` has --dimensions and --batch-size
     # hand-written flags standing for options (their `cli` metadata names them)
     p.add_argument("--schema", metavar="MODULE:MODEL", help="pydantic model for structured output "
                    "(response_model): module:Model or file.py:Model")  # fmt: skip
@@ -179,7 +180,11 @@ def struct_columns(args: argparse.Namespace) -> dict[str, str]:
 
 def _options(args: argparse.Namespace) -> dict[str, Any]:
     """The run's options from parsed arguments (the API key is read from the environment)."""
-    options = {f.name: getattr(args, f.name) for f in option_fields() if f.metadata["cli"] is True}
+    options = {
+        f.name: getattr(args, f.name)
+        for f in option_fields()
+        if f.metadata["cli"] is True and f.name not in EMBED_ONLY
+    }
     options["response_model"] = load_schema(args.schema) if args.schema else None
     options["cache"] = Path(args.cache)
     options["progress"] = not args.quiet

@@ -19,7 +19,7 @@ import anyio
 
 from ._engine import RunStats
 
-__all__ = ["Progress", "RateMeter", "Reporter", "in_notebook", "reporting"]
+__all__ = ["Progress", "RateMeter", "Reporter", "format_final", "in_notebook", "keep_bar_wide", "reporting"]
 
 _TICK = 0.25
 _WINDOW = 60.0
@@ -68,7 +68,20 @@ def _widget_tqdm() -> Any:
     class _WidgetBar(notebook_tqdm):  # type: ignore[misc,valid-type]
         monitor_interval = 0
 
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            keep_bar_wide(self.container)
+
     return _WidgetBar
+
+
+def keep_bar_wide(container: Any) -> None:
+    """Give the widget bar a minimum width, so a long stats text wraps below it instead of squeezing
+    the bar to a few pixels (tqdm's row of [description, bar, text] lets the bar shrink to nothing)."""
+    children = getattr(container, "children", ())
+    if len(children) == 3:
+        children[1].layout.min_width = "40%"
+        container.layout.flex_flow = "row wrap"
 
 
 class Reporter(Protocol):
@@ -117,6 +130,26 @@ class RateMeter:
             self._samples.popleft()
         t0, n0 = self._samples[0]
         return (count - n0) / (now - t0) * 60.0 if now > t0 else 0.0
+
+
+def format_final(stats: RunStats) -> str:
+    """The text after a finished bar: what the run did, the cached rows counted in, no live pace.
+
+    >>> format_final(RunStats(total=10, cached=4, done=5, failed=1, tokens_in=10, tokens_out=20, cost=0.5))
+    'done=9 (4 cached) failed=1 tok=30 $0.5000'
+    >>> format_final(RunStats(total=3, done=3, cost=0.25, spent_before=0.5, budget=2.0))
+    'done=3 failed=0 $0.7500/$2.00'
+    """
+    cached = f" ({stats.cached:,} cached)" if stats.cached else ""
+    text = f"done={stats.done + stats.cached:,}{cached} failed={stats.failed:,}"
+    tokens = stats.tokens_in + stats.tokens_out
+    if tokens:
+        text += f" tok={tokens:,}"
+    if stats.budget is not None:
+        text += f" ${stats.spent_before + stats.cost:.4f}/${stats.budget:,.2f}"
+    elif stats.cost:
+        text += f" ${stats.cost:.4f}"
+    return text
 
 
 def format_postfix(stats: RunStats, rpm: float) -> str:
@@ -220,7 +253,9 @@ class Progress:
         self._bar = None
         try:
             bar.n = self.stats.cached + self.stats.finished
-            bar.set_postfix_str(format_postfix(self.stats, self._rpm()), refresh=False)
+            # a stopped run keeps its live text (why it waited…); a finished one says what it did
+            text = format_postfix(self.stats, self._rpm()) if error else format_final(self.stats)
+            bar.set_postfix_str(text, refresh=False)
             if error and hasattr(bar, "colour"):
                 bar.colour = "red"
             bar.refresh()
