@@ -14,7 +14,15 @@ from typing import Any
 
 import polars as pl
 
-from ._cli_run import add_option_flags, api_key_from_env, config_from, file_format, open_input, write_output
+from ._cli_run import (
+    CLIError,
+    add_option_flags,
+    api_key_from_env,
+    config_from,
+    file_format,
+    open_input,
+    write_output,
+)
 from ._config import CHAT_ONLY, DEFAULT_CACHE_PATH, option_fields
 from ._embed import embed_series
 
@@ -58,12 +66,16 @@ def cmd_embed(args: argparse.Namespace) -> int:
     cfg = config_from(args, _options(args))
     column, result = args.column, args.result_column
     texts = lf.select(pl.col(column).unique(maintain_order=True)).collect().get_column(column)
+    taken = set(cfg.include) & {*lf.collect_schema().names(), result, args.status_column}
+    if taken:
+        raise CLIError(f"--include would add column(s) {', '.join(sorted(taken))} that the input already has")
     answers = embed_series(texts, cfg)
     table = pl.DataFrame(
         [
             texts,
             answers.struct.field("result").alias(result),
             answers.struct.field("status").alias(args.status_column),
+            *(answers.struct.field(name) for name in cfg.include),  # --include error,usage,…
         ]
     )
     out = lf.join(table.lazy(), on=column, how="left", nulls_equal=True, maintain_order="left")

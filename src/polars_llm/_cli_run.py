@@ -366,6 +366,16 @@ def config_from(
         raise CLIError(text) from None
 
 
+def json_text(column: str) -> pl.Expr:
+    """A Struct column as JSON text for CSV; a null (a failed row) stays empty, not the text ``null``.
+
+    >>> pl.DataFrame({"r": [{"a": 1}, None]}).select(json_text("r"))["r"].to_list()
+    ['{"a":1}', None]
+    """
+    col = pl.col(column)
+    return pl.when(col.is_not_null()).then(col.struct.json_encode()).alias(column)
+
+
 def write_output(out: pl.LazyFrame, target: Path, status_column: str, cfg: MapConfig) -> None:
     """Stream ``out`` to a temporary file beside ``target``, rename it when complete; print a summary."""
     fmt_out = file_format(target, "output")
@@ -411,7 +421,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     else:  # streamed: cfg.chunk_rows rows at a time from the input, through one session, to the output file
         chunks = map_chunks(read_chunks(lf, rows=cfg.chunk_rows), source, cfg, names)
     if cfg.response_model is not None and fmt_out == "csv":  # CSV has no nested columns: keep the JSON text
-        chunks = (c.with_columns(pl.col(args.result_column).struct.json_encode()) for c in chunks)
+        chunks = (c.with_columns(json_text(args.result_column)) for c in chunks)
     target = target.expanduser().absolute()
     stop = _stream_output(chunks, target, fmt_out)
     _summary(target, fmt_out, args.status_column, cfg)

@@ -459,7 +459,6 @@ CHAT_ONLY: Final = frozenset(
         "temperature",
         "max_tokens",
         "worker",
-        "include",
         "mode",
         "wait",
         "poll_interval",
