@@ -1,11 +1,11 @@
 """5. Cached rerun: every row is already ``done`` in the store → wall time and peak RSS of ``.llm.map``.
 
 The "already done" state is written straight into the store with the library's own pieces — the content
-keys of :func:`polars_llm._pipeline.prepare`, the job rows of :func:`polars_llm._engine.jobs_frame`,
-:meth:`Store.register` and :meth:`Store.write_outcomes` — with the simulator's exact answers, which is
-what a finished run leaves behind (doing it through the network would take minutes for 1M rows). A fresh
-process then times ``df.llm.map`` on the same prompts against a live simulator, which must see zero
-requests; every returned row is checked against the expected answer.
+keys of :func:`polars_llm._pipeline.pipeline.prepare`, the job rows of
+:func:`polars_llm._engine.run.jobs_frame`, :meth:`Store.register` and :meth:`Store.write_outcomes` — with the
+simulator's exact answers, which is what a finished run leaves behind (doing it through the network would take
+minutes for 1M rows). A fresh process then times ``df.llm.map`` on the same prompts against a live simulator,
+which must see zero requests; every returned row is checked against the expected answer.
 """
 
 from __future__ import annotations
@@ -31,9 +31,9 @@ def _cfg(url: str, cache: str) -> Any:
 def populate(params: dict[str, Any]) -> dict[str, Any]:
     import polars as pl
 
-    from polars_llm._engine import jobs_frame
-    from polars_llm._pipeline import prepare
-    from polars_llm._store import Outcome, Store
+    from polars_llm._engine.run import jobs_frame
+    from polars_llm._pipeline.pipeline import prepare
+    from polars_llm._store.store import Outcome, Store
     from polars_llm.sim import expected_text
 
     start = time.perf_counter()

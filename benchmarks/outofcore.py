@@ -90,9 +90,9 @@ def _populate(params: dict[str, Any]) -> dict[str, Any]:
     import polars as pl
 
     from polars_llm import resolve_config
-    from polars_llm._engine import jobs_frame
-    from polars_llm._pipeline import prepare
-    from polars_llm._store import Outcome, Store
+    from polars_llm._engine.run import jobs_frame
+    from polars_llm._pipeline.pipeline import prepare
+    from polars_llm._store.store import Outcome, Store
     from polars_llm.sim import expected_text
 
     cfg = resolve_config(model=MODEL, api_key=API_KEY, base_url=params["url"], cache=params["cache"])

@@ -249,7 +249,10 @@ def _cap_change(scale: float, workdir: Path) -> dict[str, Any]:
 
 
 def _timeline(
-    ok: list[tuple[float, float]], limited: list[tuple[float, float]], cap: int, changes: list[tuple[float, int]]
+    ok: list[tuple[float, float]],
+    limited: list[tuple[float, float]],
+    cap: int,
+    changes: list[tuple[float, int]],
 ) -> list[list[float]]:
     """Per 0.5 s from the first answer: [seconds, admitted/s over the last second, 429s/s, the cap then]
     (what ``scripts/plot_rate_limits.py`` draws)."""

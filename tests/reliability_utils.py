@@ -149,7 +149,7 @@ def _child_map(args: argparse.Namespace) -> int:
 
 
 def _child_hold(args: argparse.Namespace) -> int:
-    from polars_llm._store import Store
+    from polars_llm._store.store import Store
 
     store = Store.open(Path(args.cache))
     print("ready", flush=True)

@@ -23,7 +23,7 @@ from pydantic import BaseModel
 import polars_llm
 from batch_utils import Background, batches_created, calls, per_prompt, query, wait_until
 from polars_llm import sim
-from polars_llm._pipeline import prepare
+from polars_llm._pipeline.pipeline import prepare
 from polars_llm.exceptions import ConfigError
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")

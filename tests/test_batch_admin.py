@@ -12,9 +12,10 @@ import pytest
 
 import polars_llm
 from batch_utils import Background, calls, query, wait_until
-from polars_llm import _migrations, sim
-from polars_llm._batch_client import BatchClient
-from polars_llm._store import Store
+from polars_llm import sim
+from polars_llm._batch.client import BatchClient
+from polars_llm._store import migrations as _migrations
+from polars_llm._store.store import Store
 from polars_llm.cli import main
 from polars_llm.exceptions import BatchUnsupportedError, FatalError
 

@@ -17,7 +17,7 @@ import polars as pl
 import pytest
 
 from polars_llm import cli, sim
-from polars_llm._store import Store
+from polars_llm._store.store import Store
 
 MODEL = "sim/cli-model"
 KEY = "sk-cli-secret-123"

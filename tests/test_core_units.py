@@ -20,10 +20,10 @@ import polars_llm  # noqa: F401  (registers .llm)
 from polars_llm import MapConfig
 from polars_llm import exceptions as exc
 from polars_llm._bridge import run_async, run_sync, surfaced
-from polars_llm._engine import RunStats
-from polars_llm._pipeline import assemble, per_row, prepare, run, stopped
-from polars_llm._progress import Progress, RateMeter, reporting
-from polars_llm._session import execute
+from polars_llm._engine.run import RunStats
+from polars_llm._engine.session import execute
+from polars_llm._pipeline.pipeline import assemble, per_row, prepare, run, stopped
+from polars_llm._progress.bar import Progress, RateMeter, reporting
 
 
 def worker_cfg(worker: Any, **options: Any) -> MapConfig:

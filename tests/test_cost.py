@@ -14,6 +14,8 @@ from typing import Any
 import duckdb
 import polars as pl
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import polars_llm
 from polars_llm import BudgetExceededError, ConfigError, Estimate, sim
@@ -146,6 +148,41 @@ def test_budget_stops_before_going_over_keeps_the_frame_and_resumes(
     assert server.stats()["requests"] <= 600 - n_done
 
 
+@pytest.mark.parametrize("form", ["expression", "lazy expression", "streamed lazy frame"])
+def test_a_budget_stop_carries_the_output_as_it_stands_in_every_form(
+    server: sim.SimServer, cache_path: Path, form: str
+) -> None:
+    """``stop.frame`` was ``None`` when the map ran as an expression (Polars raises a new exception of
+    the same type, without its attributes) or streamed. Varied prompt lengths: varied reservations."""
+    server.configure(report_cost=False)
+    df = pl.DataFrame({"q": [f"review {i}: " + "late " * (i % 37) for i in range(300)]})
+    options = opts(server, cache_path, price=(1000, 1000), max_tokens=64, concurrency=8, max_cost=0.5)
+    with pytest.raises(BudgetExceededError) as info:
+        if form == "expression":
+            df.with_columns(pl.col("q").llm.map(model=MODEL, **options).alias("llm"))
+        elif form == "lazy expression":
+            df.lazy().with_columns(pl.col("q").llm.map(model=MODEL, **options).alias("llm")).collect()
+        else:
+            df.lazy().llm.map("q", MODEL, **options).collect()
+    stop = info.value
+    assert stop.budget == 0.5 and 0 < stop.spent <= 0.5 and stop.rows_left > 0
+    sent = server.stats()["requests"]
+    out = stop.frame.collect() if isinstance(stop.frame, pl.LazyFrame) else stop.frame
+    assert server.stats()["requests"] == sent  # the output as it stands comes from the cache alone
+    assert out.height == 300 and out["q"].to_list() == df["q"].to_list()
+    done = out.filter(pl.col("status") == "done")
+    assert done.height == sent and set(out["status"]) == {"done", "pending"}
+    assert done["result"].to_list() == [sim.expected_text(MODEL, q) for q in done["q"]]
+
+
+def test_small_budgets_print_with_their_digits(server: sim.SimServer, cache_path: Path) -> None:
+    server.configure(report_cost=False)
+    options = opts(server, cache_path, price=(1, 1), max_tokens=16, max_cost=0.0002)
+    with pytest.raises(BudgetExceededError) as info:
+        frame(200).llm.map("q", MODEL, **options)
+    assert "of the $0.000200 budget" in str(info.value)  # was "$0.0000 spent of the $0.0000 budget"
+
+
 def test_budget_with_costs_the_provider_does_not_report(server: sim.SimServer, cache_path: Path) -> None:
     server.configure(report_cost=False)
     price = (PRICE_IN * 1e6, PRICE_OUT * 1e6)
@@ -261,7 +298,7 @@ def test_a_cache_of_release_0_1_gains_the_new_usage_columns(tmp_path: Path) -> N
     path = tmp_path / "old.duckdb"
     with duckdb.connect(str(path)) as con:
         con.execute(SCHEMA_V2)
-    with polars_llm._store.Store.open(path) as store:
+    with polars_llm._store.store.Store.open(path) as store:
         assert store.summary()["tokens_reasoning"] == 0
     with duckdb.connect(str(path), read_only=True) as con:
         cols = {r[0] for r in con.execute("SELECT column_name FROM information_schema.columns").fetchall()}
@@ -353,7 +390,7 @@ def test_budget_reservations_settle_and_refuse_what_cannot_fit() -> None:
     """Unit: a reservation that does not fit waits for requests in flight, then fits or exhausts."""
     import anyio
 
-    from polars_llm._cost import Budget
+    from polars_llm._cost.budget import Budget
 
     async def scenario() -> list[object]:
         budget = Budget(limit=1.0, spent=0.25)
@@ -372,3 +409,64 @@ def test_budget_reservations_settle_and_refuse_what_cannot_fit() -> None:
         return seen
 
     assert anyio.run(scenario) == [True, 1, True, False, True]
+
+
+# --- the budget's property: it always lets a request go or ends the run ---------------------------------
+
+_amounts = st.floats(min_value=1e-7, max_value=0.2, allow_nan=False, allow_infinity=False)
+_job = st.tuples(
+    _amounts,  # the reservation (a request's worst case)
+    st.sampled_from(["cheaper", "exact", "unknown", "failed"]),  # how it settles
+    st.floats(min_value=0.0, max_value=1.0),  # the share of the reservation it really cost
+    st.integers(min_value=0, max_value=3),  # task switches while in flight
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    limit=st.floats(min_value=0.0, max_value=2.0),
+    spent=st.floats(min_value=0.0, max_value=1.0),
+    jobs=st.lists(_job, min_size=1, max_size=60),
+    workers=st.integers(min_value=1, max_value=12),
+)
+def test_budget_always_lets_a_request_go_or_ends_the_run(
+    limit: float, spent: float, jobs: list[tuple[float, str, float, int]], workers: int
+) -> None:
+    """Random reservation sizes, orders, costs and failures (the float sum of such reservations used
+    never to return to 0, so the last workers waited forever): every worker returns, and the run ends
+    with nothing reserved and nothing in flight; spent stays within the limit when no answer costs
+    more than its reservation."""
+    import anyio
+
+    from polars_llm._cost.budget import Budget
+
+    async def scenario() -> tuple[Budget, int, int]:
+        budget = Budget(limit, spent)
+        queue = list(jobs)
+        sent = refused = 0
+
+        async def worker() -> None:
+            nonlocal sent, refused
+            while queue:
+                amount, how, share, switches = queue.pop()
+                if not await budget.reserve(amount):
+                    refused += 1
+                    return
+                sent += 1
+                for _ in range(switches):
+                    await anyio.lowlevel.checkpoint()
+                cost = {"cheaper": amount * share, "exact": amount, "unknown": None, "failed": 0.0}[how]
+                budget.settle(amount, cost)
+
+        with anyio.fail_after(30):  # a hang fails here instead of at the suite's timeout
+            async with anyio.create_task_group() as tg:
+                for _ in range(workers):
+                    tg.start_soon(worker)
+        return budget, sent, refused
+
+    budget, sent, refused = anyio.run(scenario)
+    assert budget.in_flight == 0 and budget.reserved == 0
+    assert sent + refused <= len(jobs) and (refused == 0 or budget.exhausted)
+    if sent + refused < len(jobs) or refused:  # stopped early: only because the next did not fit
+        assert budget.exhausted
+    assert budget.spent <= max(budget.limit, spent) + 1e-9

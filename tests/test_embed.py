@@ -13,7 +13,7 @@ import pytest
 
 import polars_llm
 from polars_llm import AuthenticationError, ConfigError, sim
-from polars_llm._embed import decode, share
+from polars_llm._pipeline.embed import decode, share
 from polars_llm.cli import main
 from polars_llm.exceptions import MalformedResponseError
 
@@ -262,7 +262,7 @@ def test_embed_entry_points_take_every_option_but_the_chat_only_ones(name: str) 
     import inspect
     import typing
 
-    from polars_llm._config import CHAT_ONLY
+    from polars_llm._config.options import CHAT_ONLY
 
     fields = {f.name: f for f in dataclasses.fields(polars_llm.MapConfig)}
     params = inspect.signature(EMBED_ENTRY_POINTS[name]).parameters

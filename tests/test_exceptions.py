@@ -8,8 +8,8 @@ import pytest
 
 import polars_llm
 from polars_llm import exceptions as exc
-from polars_llm._client import error_for_status
-from polars_llm._retry import is_retryable, next_delay
+from polars_llm._engine.pace.retry import is_retryable, next_delay
+from polars_llm._transport.client import error_for_status
 
 
 def drawing() -> dict[str, tuple[str | None, str]]:

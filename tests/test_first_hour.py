@@ -14,10 +14,10 @@ from pydantic import BaseModel
 
 import polars_llm
 from polars_llm import cli, sim
-from polars_llm._batch_progress import say
-from polars_llm._engine import RunStats
-from polars_llm._pipeline import stopped
-from polars_llm._progress import Progress, _widget_tqdm
+from polars_llm._batch.progress import say
+from polars_llm._engine.run import RunStats
+from polars_llm._pipeline.pipeline import stopped
+from polars_llm._progress.bar import Progress, _widget_tqdm
 from polars_llm.exceptions import (
     AuthenticationError,
     BudgetExceededError,
@@ -119,12 +119,12 @@ def test_embed_takes_include_for_per_row_tokens_and_cost(sim_server: sim.SimServ
 def test_batch_notes_go_to_stdout_in_a_notebook_and_stderr_in_a_terminal(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from polars_llm import _progress
+    from polars_llm._progress import bar
 
     say("submitted batch b1: 3 requests", show=True)
     out = capsys.readouterr()
     assert "submitted batch b1" in out.err and out.out == ""
-    monkeypatch.setattr(_progress, "in_notebook", lambda: True)
+    monkeypatch.setattr(bar, "in_notebook", lambda: True)
     say("batch b1 completed", show=True)
     out = capsys.readouterr()
     assert "batch b1 completed" in out.out and out.err == ""

@@ -19,7 +19,7 @@ from pydantic import BaseModel
 import polars_llm  # noqa: F401  (registers .llm)
 from polars_llm import exceptions as exc
 from polars_llm import sim
-from polars_llm._client import MAX_RESPONSE_BYTES
+from polars_llm._transport.client import MAX_RESPONSE_BYTES
 from polars_llm.sim._hostile import REFUSAL
 from reliability_utils import MODEL, map_options, store_rows
 

@@ -177,7 +177,7 @@ def test_structured_output_nested(server: sim.SimServer) -> None:
         }
     )
     rows = out.unnest("result")
-    schema = polars_llm._structured.response_format(Person)
+    schema = polars_llm._request.structured.response_format(Person)
     for prompt, row in zip(["alice", "bob"], rows.head(2).iter_rows(named=True), strict=True):
         expected = Person.model_validate(sim.expected_json(schema["json_schema"]["schema"], "m", prompt))
         assert row["name"] == expected.name and row["born"] == expected.born
@@ -269,7 +269,7 @@ def test_custom_worker(tmp_path: Path) -> None:
 
 
 def test_content_key_is_stable() -> None:
-    from polars_llm._keys import KeyMaker, request_fingerprint
+    from polars_llm._request.keys import KeyMaker, request_fingerprint
 
     fingerprint = request_fingerprint(
         base_url="https://openrouter.ai/api/v1/",

@@ -16,9 +16,9 @@ import pytest
 
 import polars_llm
 from polars_llm import MapConfig, MapOptions, sim
-from polars_llm._cli_run import NOT_ON_CLI
-from polars_llm._config import EMBED_ONLY, options_listing
+from polars_llm._config.options import EMBED_ONLY, options_listing
 from polars_llm.cli import build_parser
+from polars_llm.cli.run import NOT_ON_CLI
 from polars_llm.exceptions import ConfigError
 from polars_llm.seed import SEED_ALIASES
 

@@ -1,8 +1,8 @@
 """The rate controller under a fake clock: no sleeps, no timing asserts.
 
 Pure-Python servers (a sliding log, fixed windows, a token bucket, scattered 429s, limit headers) answer
-a simulated client driven by :class:`polars_llm._pacer.Pacer` the way the engine drives it: take a slot
-(``try_take``), record the send, feed each answer back after the latency, and make everybody wait when
+a simulated client driven by :class:`polars_llm._engine.pace.pacer.Pacer` the way the engine drives it: take a
+slot (``try_take``), record the send, feed each answer back after the latency, and make everybody wait when
 429s crowd in with a retry hint. Every run is deterministic.
 """
 
@@ -17,9 +17,9 @@ from typing import Any
 
 import pytest
 
-from polars_llm._learner import START_RATE, RateLearner, Ticket
-from polars_llm._limits import Budget, Limits
-from polars_llm._pacer import Announced, Pacer
+from polars_llm._engine.pace.learner import RateLearner, Ticket, wall_backoff
+from polars_llm._engine.pace.pacer import Announced, Pacer
+from polars_llm._transport.limit_headers import Budget, Limits
 
 
 class FakeClock:
@@ -162,15 +162,29 @@ def simulate(
 # ------------------------------------------------------------------------------------------ learning
 
 
-def test_start_is_gentle_and_grows_while_answers_succeed() -> None:
+def test_no_pace_until_a_limit_shows() -> None:
+    """Nothing is known at the start: requests go as fast as concurrency allows (no slow start, so a
+    100-row cell at 1 s latency takes one round trip, not several seconds of ramp)."""
     clock = FakeClock()
     pacer = Pacer(clock=clock)
-    assert pacer.rate == START_RATE
-    assert pacer.try_take() == 0.0
-    pacer.sent(1.0)
-    assert pacer.try_take() == pytest.approx(1 / START_RATE)  # the second request waits its turn
-    run, pacer, _ = simulate(SlidingLog(10**9), 3.0)
-    assert pacer.rate > 30 * START_RATE and run.share_429() == 0  # slow start on an uncapped server
+    assert math.isinf(pacer.rate)
+    for _ in range(64):  # a whole concurrency's worth goes at once
+        assert pacer.try_take() == 0.0
+        pacer.sent(1.0)
+    run, pacer, clock = simulate(SlidingLog(10**9), 3.0, latency=1.0, concurrency=64)
+    assert math.isinf(pacer.rate) and run.share_429() == 0
+    assert sum(1 for t, _ in run.sent if t < clock.now - 3.0 + 1e-2) == 64  # the first round trip is full
+
+
+def test_an_unknown_cap_costs_one_concurrency_of_refusals_once() -> None:
+    """At full speed an unknown cap refuses what is in flight when its first refusals come back; the
+    cut then holds the rate under the cap, and nothing like that burst comes again."""
+    run, pacer, clock = simulate(SlidingLog(50), 30.0, latency=0.05, concurrency=64, instant_refusals=True)
+    start = clock.now - 30.0
+    refused_first_second = sum(r for t, r in run.sent if t < start + 1.0)
+    assert refused_first_second <= 64 + 10
+    assert run.share_429(since=start + 1.0) <= 0.03
+    assert 0.8 * 50 <= pacer.rate <= 1.2 * 50
 
 
 @pytest.mark.parametrize("instant_refusals", [False, True], ids=["slow 429s", "instant 429s"])
@@ -302,32 +316,63 @@ def test_cap_halved_then_doubled_is_followed_within_ten_seconds() -> None:
     assert run.admitted_rate(start + 69, start + 70) >= 0.9 * 100  # back up within 10 s of the rise
 
 
-def test_a_wall_of_429s_is_waited_out_and_the_rate_comes_back() -> None:
-    """Everything refused for 3 s (an outage, a burst) with Retry-After: 1: everybody waits instead of
-    hammering, the rate is not 'learned' from the wall, and doubling resumes once answers come back."""
+class Outage:
+    """Everything refused until ``until`` (``hint``: the Retry-After it sends, 0 for none), then no cap."""
 
-    class Outage:
-        def __init__(self, until: float) -> None:
-            self.until, self.fine = until, SlidingLog(10**9)
+    def __init__(self, until: float, hint: float = 1.0) -> None:
+        self.until, self.hint, self.fine = until, hint, SlidingLog(10**9)
 
-        def admit(self, now: float) -> tuple[bool, float]:
-            return (False, 1.0) if now < self.until else self.fine.admit(now)
+    def admit(self, now: float) -> tuple[bool, float]:
+        return (False, self.hint) if now < self.until else self.fine.admit(now)
 
+
+class RefuseFirst:
+    """The first ``n`` requests are refused (no hint), then everything is answered."""
+
+    def __init__(self, n: int) -> None:
+        self.left = n
+
+    def admit(self, now: float) -> tuple[bool, float]:
+        self.left -= 1
+        return (self.left < 0, 0.0)
+
+
+@pytest.mark.parametrize("hint", [1.0, 0.0], ids=["Retry-After 1", "no hint"])
+def test_a_wall_of_429s_is_a_wait_not_a_rate(hint: float) -> None:
+    """Everything refused for 3 s (an outage, a full window): nothing is admitted, so there is no rate
+    to settle under. Everybody waits (the hint, else a doubling backoff) instead of hammering, the rate is
+    not 'learned' from the wall, and full speed is back as soon as answers are."""
     clock = FakeClock()
-    run, pacer, _ = simulate(Outage(clock.now + 3.0), 8.0, latency=0.01, clock=clock)
-    assert sum(r for _, r in run.sent) <= 6  # a handful of refusals, not a storm
-    assert run.held >= 1.0  # the provider's wait was honoured by everybody
-    assert pacer.rate >= 100  # and the rate doubled back up afterwards
+    t0 = clock.now
+    run, pacer, _ = simulate(Outage(t0 + 3.0, hint), 8.0, latency=0.01, clock=clock, concurrency=16)
+    refused = sum(r for _, r in run.sent)
+    assert refused <= 6 * 16  # a concurrency's worth per wait, not a storm
+    assert run.held >= 1.0  # everybody waited
+    assert math.isinf(pacer.rate)  # nothing was learned from the wall
+    first_ok = min(t for t, r in run.sent if not r)
+    assert first_ok - t0 <= 3.0 + 4.0  # answered within one (doubled) wait of the wall's end
 
 
-def test_learner_with_a_client_limit_starts_disengaged() -> None:
+def test_a_burst_of_refusals_with_nothing_admitted_does_not_collapse_the_rate() -> None:
+    """The first 30 requests refused without a hint, then everything answered (a key whose window is
+    still full, free-tier models): the rate used to halve on every refusal, down to 3 a minute."""
     clock = FakeClock()
-    learner = RateLearner(clock=clock, engaged=False)
-    assert math.isinf(learner.rate) and not learner.slow_start
+    t0 = clock.now
+    run, pacer, _ = simulate(RefuseFirst(30), 20.0, latency=0.05, clock=clock, concurrency=8)
+    assert math.isinf(pacer.rate) and pacer.learner.walls == 0
+    answered = [t for t, r in run.sent if not r]
+    assert len(answered) >= 1000  # full speed after the last refusal (8 / 50 ms = 160/s)
+    assert answered[0] - t0 <= sum(wall_backoff(n) for n in range(1, 6))
+
+
+def test_learner_engages_at_refusals_in_a_row() -> None:
+    clock = FakeClock()
+    learner = RateLearner(clock=clock)
+    assert math.isinf(learner.rate)
     for _ in range(30):
         learner.on_send(clock.now)
         clock.now += 0.01
-    refused = Ticket(clock.now - 0.05, 1, 0.0, 1.0)
+    refused = Ticket(clock.now - 0.05, 26, 0.0, 1.0)  # the 26th send: 25 went through before it
     cuts = [learner.on_answer(refused, limited=True) for _ in range(3)]  # refusals in a row engage it
     assert any(cuts) and 0 < learner.rate < 100
 
@@ -346,13 +391,13 @@ def test_429s_of_requests_sent_before_a_cut_do_not_cut_again() -> None:
     assert (learner.rate, learner.cuts) == (rate, cuts)
 
 
-def test_a_single_scattered_429_ends_slow_start_without_a_cut() -> None:
+def test_a_single_scattered_429_does_not_engage_pacing() -> None:
     clock = FakeClock()
     learner = RateLearner(clock=clock)
     learner.on_send(clock.now)
     clock.now += 0.1
     assert not learner.on_answer(Ticket(clock.now - 0.1, 1, 0.0, 1.0), limited=True)
-    assert not learner.slow_start and learner.rate == START_RATE and learner.cuts == 0
+    assert math.isinf(learner.rate) and learner.cuts == 0
 
 
 # -------------------------------------------------------------------------------------------- headers
@@ -387,7 +432,10 @@ def test_limit_headers_on_every_answer_give_the_cap_from_the_first_second(
 ) -> None:
     run, pacer, clock = simulate(server(), 30.0, latency=0.05, headers="all")
     start = clock.now - 30.0
-    assert run.share_429() <= 0.01, name
+    # the first round trip goes at full speed (nothing is known yet): at most what exceeds the cap of
+    # one concurrency's worth is refused, once; from the first answers on, the headers pace the run
+    assert sum(r for t, r in run.sent if t < start + 1.0) <= 64 - cap + 2, name
+    assert run.share_429(since=start + 1.0) <= 0.01, name
     assert run.admitted_rate(start + 1, clock.now) >= 0.95 * cap, name
     assert pacer.source == "announced"
 
@@ -439,7 +487,7 @@ def test_pause_is_shown_with_its_reason() -> None:
     pacer.hold(30.0, "provider asked to wait 30 s")
     assert pacer.try_take() == pytest.approx(30.0)
     per_minute, source, paused, why = pacer.describe()
-    assert (per_minute, source, why) == (START_RATE * 60, "learning", "provider asked to wait 30 s")
+    assert (per_minute, source, why) == (None, "learning", "provider asked to wait 30 s")
     assert paused == pytest.approx(30.0)
     clock.now += 31
     assert pacer.describe()[2:] == (0.0, "")

@@ -27,8 +27,8 @@ import pytest
 
 import polars_llm  # noqa: F401  (registers .llm)
 from polars_llm import sim
-from polars_llm._migrations import CURRENT_VERSION
-from polars_llm._store import Store
+from polars_llm._store.migrations import CURRENT_VERSION
+from polars_llm._store.store import Store
 from reliability_utils import (
     MODEL,
     expect_line,

@@ -25,14 +25,14 @@ from pydantic import BaseModel
 import polars_llm
 from polars_llm import (
     DB_URL_DEFAULT,
-    _seed_db,
-    _seed_progress,
     export_jsonl,
     export_parquet,
     prompt_map,
     seed,
     sim,
 )
+from polars_llm._compat import progress as _seed_progress
+from polars_llm._compat import results_db as _seed_db
 from polars_llm.exceptions import AuthenticationError, ConfigError, StoreError, TransientError
 
 MODEL = "sim/seed-model"
@@ -183,7 +183,7 @@ def test_worker_is_accepted_by_llm_map_and_shares_the_store(tmp_path: Path) -> N
     assert [r["result"] for r in rows] == ["A", "B"]
     out = pl.DataFrame({"q": ["b", "a", "c"]}).llm.map("q", worker=shout, cache=db, progress=False)
     assert out["result"].to_list() == ["B", "A", "C"]
-    with polars_llm._store.Store.open(db) as store:
+    with polars_llm._store.store.Store.open(db) as store:
         assert store.counts() == {"done": 3}
 
 
@@ -257,7 +257,7 @@ def test_cancelled_run_keeps_finished_rows(tmp_path: Path) -> None:
             await task
 
     run(main())
-    with polars_llm._store.Store.open(db) as store:
+    with polars_llm._store.store.Store.open(db) as store:
         assert store.counts() == {"done": 5, "pending": 3}
 
 
@@ -394,7 +394,7 @@ def test_verbose_false_prints_nothing(server: sim.SimServer, capsys: pytest.Capt
 def test_reporter_prints_when_every_n_more_finished() -> None:
     import io
 
-    stats = polars_llm._engine.RunStats(total=10)
+    stats = polars_llm._engine.run.RunStats(total=10)
     out = io.StringIO()
     reporter = _seed_progress.SeedReporter(stats, every=3, verbose=True, n_prompts=10, bar=False, out=out)
     for done in (1, 2, 3, 4, 7, 7, 10):
@@ -485,7 +485,7 @@ def test_ctrl_c_keeps_finished_rows_and_a_rerun_resumes(server: sim.SimServer, t
         server.configure(latency=0.0)
     assert proc.returncode != 0 and b"KeyboardInterrupt" in err
     db = tmp_path / ".llm_batch_cache" / "runs.duckdb"
-    with polars_llm._store.Store.open(db) as store:
+    with polars_llm._store.store.Store.open(db) as store:
         kept = store.counts().get("done", 0)
     assert 12 - 4 <= kept < 300  # all answers received before Ctrl-C (all but ≤4 in flight) were kept
     assert not (tmp_path / ".llm_batch_cache" / "runs-results.duckdb").exists()

@@ -362,7 +362,7 @@ def test_fixed_window_and_token_bucket_shapes() -> None:
     ],
 )
 def test_limit_headers_on_every_answer_parse_back(style: str, names: tuple[str, ...]) -> None:
-    from polars_llm._limits import parse_limits
+    from polars_llm._transport.limit_headers import parse_limits
 
     with sim.serve(rate_limit=10, window=60.0, limit_headers="all", limit_header_style=style) as s:
         status, headers, _ = chat(s, "one")

@@ -271,7 +271,7 @@ def test_a_struct_row_asking_what_a_plain_call_asks_shares_its_cache(
     assert sim_server.stats()["requests"] == 0
     assert out["result"].to_list() == [sim.expected_text("m", "a", "S"), sim.expected_text("m", "b", "S")]
     cfg = MapConfig(model="m", api_key="k", base_url=sim_server, system="S", cache=None)
-    keys = polars_llm._pipeline.prepare(rows.to_struct("q"), cfg).keys.to_list()
+    keys = polars_llm._pipeline.pipeline.prepare(rows.to_struct("q"), cfg).keys.to_list()
     assert keys == cfg.request.key_maker().keys(["a", "b"])
 
 
@@ -308,7 +308,7 @@ def test_plain_string_keys_are_unchanged() -> None:
     golden = json.loads((Path(__file__).parent / "data" / "golden_keys_v1.json").read_text())
     cfg = MapConfig(model="m", system="be brief", api_key="k", cache=None)
     assert cfg.request.key_maker().keys(["hello", "", "héllo ✓"]) == golden["system"]
-    struct_keys = polars_llm._pipeline.prepare(
+    struct_keys = polars_llm._pipeline.pipeline.prepare(
         pl.DataFrame({"prompt": ["hello", "", "héllo ✓"]}).to_struct("q"), cfg
     ).keys.to_list()
     assert struct_keys == golden["system"]  # a struct of only `prompt` keys like the string

@@ -1,4 +1,4 @@
-"""Tests for polars_llm._structured: response_format, validate_text, struct_dtype, to_series."""
+"""Tests for polars_llm._request.structured: response_format, validate_text, struct_dtype, to_series."""
 
 import dataclasses
 import datetime as dt
@@ -16,7 +16,13 @@ from hypothesis import strategies as st
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, RootModel, computed_field
 from typing_extensions import TypedDict
 
-from polars_llm._structured import response_format, schema_fingerprint, struct_dtype, to_series, validate_text
+from polars_llm._request.structured import (
+    response_format,
+    schema_fingerprint,
+    struct_dtype,
+    to_series,
+    validate_text,
+)
 from polars_llm.exceptions import ConfigError, OutputValidationError, RowError
 
 UTC = dt.UTC

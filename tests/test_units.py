@@ -10,11 +10,11 @@ from datetime import UTC, datetime
 import pytest
 
 from polars_llm import exceptions as exc
-from polars_llm._client import error_for_status, parse_completion, parse_retry_after
-from polars_llm._config import MapConfig, Secret, resolve_config
-from polars_llm._limits import Budget, parse_duration, parse_limits
-from polars_llm._ratelimit import TokenBucket
-from polars_llm._retry import backoff_delay, is_retryable
+from polars_llm._config.options import MapConfig, Secret, resolve_config
+from polars_llm._engine.pace.buckets import TokenBucket
+from polars_llm._engine.pace.retry import backoff_delay, is_retryable
+from polars_llm._transport.client import error_for_status, parse_completion, parse_retry_after
+from polars_llm._transport.limit_headers import Budget, parse_duration, parse_limits
 
 
 class FakeClock:

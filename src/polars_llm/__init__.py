@@ -14,12 +14,19 @@ and ``pl.LazyFrame``.
 
 from __future__ import annotations
 
-from . import _namespace  # noqa: F401  (registers the namespaces, after saying whose were there)
-from ._batch_admin import batches, cancel_batch
-from ._config import DEFAULT_BASE_URL, DEFAULT_CACHE, DEFAULT_CACHE_PATH, MapConfig, Secret, resolve_config
+from ._batch.admin import batches, cancel_batch
+from ._config.options import (
+    DEFAULT_BASE_URL,
+    DEFAULT_CACHE,
+    DEFAULT_CACHE_PATH,
+    MapConfig,
+    Secret,
+    resolve_config,
+)
 from ._conflict import NamespaceConflictWarning
-from ._cost import Estimate
-from ._map import (
+from ._cost.budget import Estimate
+from ._pipeline import namespace as _namespace  # noqa: F401  (registers them, after saying whose were there)
+from ._pipeline.functions import (
     EmbedOptions,
     MapOptions,
     estimate,
@@ -32,7 +39,7 @@ from ._map import (
     llm_map_series,
     output_dtype,
 )
-from ._template import template
+from ._request.template import template
 from ._version import version as _version
 from .exceptions import (
     APIConnectionError,

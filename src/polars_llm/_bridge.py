@@ -29,7 +29,7 @@ from typing import Any, ParamSpec, TypeVar
 
 from anyio.from_thread import start_blocking_portal
 
-from .exceptions import PolarsLLMError
+from .exceptions import PolarsLLMError, remember
 
 __all__ = ["LoopThread", "run_async", "run_sync", "surfaced"]
 
@@ -272,7 +272,7 @@ def surfaced(fn: F) -> F:
     def restate(error: BaseException) -> BaseException:
         if isinstance(error, KeyboardInterrupt):
             return KeyboardInterrupt(*error.args)
-        return copy.copy(error)
+        return remember(copy.copy(error))
 
     if inspect.iscoroutinefunction(fn):
 

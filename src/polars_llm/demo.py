@@ -10,7 +10,7 @@ from typing import Any, Literal
 import polars as pl
 from pydantic import BaseModel, Field
 
-from ._config import DEFAULT_CACHE_PATH
+from ._config.options import DEFAULT_CACHE_PATH
 
 __all__ = ["ReviewLabel", "demo_frame", "run_demo"]
 

@@ -4,8 +4,8 @@ Every API error carries the facts needed to act on it: HTTP status, response hea
 server's retry hint, how many attempts were made and the raw body. API keys never appear in
 any message or repr.
 
-Hierarchy (statuses are what :func:`polars_llm._client.error_for_status` maps; a test keeps this drawing
-true to it and to what is retried)::
+Hierarchy (statuses are what :func:`polars_llm._transport.client.error_for_status` maps; a test keeps this
+drawing true to it and to what is retried)::
 
     PolarsLLMError
     ├── ConfigError                 invalid or missing option; raised before any request
@@ -50,6 +50,8 @@ Example:
 
 from __future__ import annotations
 
+import functools
+from collections import deque
 from collections.abc import Mapping
 from typing import Any
 
@@ -87,8 +89,58 @@ __all__ = [
 _BODY_LIMIT = 2000
 
 
+# Polars raises a *new* exception of the same type when a function inside an expression raises:
+# ``type(error)(message + "This error occurred in the following expression…")``, without the facts
+# (``status``, ``frame``, …). The errors our entry points raise are remembered here, and an instance
+# made from one of their messages alone takes their facts back.
+_RAISED: deque[PolarsLLMError] = deque(maxlen=8)
+
+
+def remember(error: PolarsLLMError) -> PolarsLLMError:
+    """Keep ``error``'s facts for the copy Polars makes of it (see above); returns ``error``."""
+    _RAISED.append(error)
+    return error
+
+
+def _adopt(error: PolarsLLMError, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    if kwargs or len(args) != 1 or not isinstance(args[0], str) or not _RAISED:
+        return
+    message = args[0]
+    for known in reversed(_RAISED):
+        said = known.args[0] if known.args else None
+        if (
+            type(known) is type(error)
+            and isinstance(said, str)
+            and message.startswith(said)
+            and message != said
+        ):
+            error.__dict__.update({k: v for k, v in known.__dict__.items() if k != "message"})
+            if "message" in known.__dict__:
+                error.message = message  # type: ignore[attr-defined]
+            return
+
+
 class PolarsLLMError(Exception):
     """Base class of every error raised by polars_llm."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        init = cls.__dict__.get("__init__")
+        if init is None:
+            return
+
+        @functools.wraps(init)
+        def __init__(self: PolarsLLMError, *args: Any, **kw: Any) -> None:
+            init(self, *args, **kw)
+            if type(self).__init__ is __init__:  # the outermost: the subclasses' defaults are set
+                _adopt(self, args, kw)
+
+        cls.__init__ = __init__  # type: ignore[misc]
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        if type(self).__init__ is PolarsLLMError.__init__:
+            _adopt(self, args, {})
 
 
 class ConfigError(PolarsLLMError, ValueError):
@@ -293,7 +345,10 @@ class BudgetExceededError(FatalError):
     Requests in flight finished and are kept; everything finished is in the cache; the other rows stay
     ``pending`` and a rerun with a larger budget continues (paying nothing twice). Attributes: ``spent``
     and ``budget`` (USD, this call's rows, earlier runs included), ``rows_left`` (requests not sent), and
-    ``frame``: the output as it stands (finished rows filled in, the rest ``pending``).
+    ``frame``: the output as it stands (finished rows filled in, the rest ``pending``) — the whole frame
+    from ``df.llm.map``; the mapped column's rows (prompt, ``result``, ``status``…) from an expression
+    (``pl.col(...).llm.map`` in ``with_columns``, eager or lazy); and from a streamed ``lf.llm.map`` a
+    LazyFrame of the same query answered from the cache alone (collect or sink it; nothing is sent).
     """
 
     kind = "budget_exceeded"

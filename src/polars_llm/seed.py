@@ -22,10 +22,8 @@ import polars as pl
 from pydantic import BaseModel
 
 from ._bridge import surfaced
-from ._config import MapConfig, Worker, resolve_config
-from ._engine import RunStats
-from ._pipeline import arun, per_row, prepare
-from ._seed_db import (
+from ._compat.progress import SeedReporter
+from ._compat.results_db import (
     DB_URL_DEFAULT,
     db_path,
     export_file,
@@ -35,7 +33,9 @@ from ._seed_db import (
     track_active,
     write_results,
 )
-from ._seed_progress import SeedReporter
+from ._config.options import MapConfig, Worker, resolve_config
+from ._engine.run import RunStats
+from ._pipeline.pipeline import arun, per_row, prepare
 from .exceptions import ConfigError
 
 __all__ = ["DB_URL_DEFAULT", "SEED_ALIASES", "export_jsonl", "export_parquet", "export_results", "prompt_map"]

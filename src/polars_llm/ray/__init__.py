@@ -25,7 +25,7 @@ from __future__ import annotations
 import os
 from typing import Any, Final
 
-from .._config import MapConfig, resolve_config
+from .._config.options import MapConfig, resolve_config
 from ._hub import Hub
 from ._worker import LLMMap
 

@@ -4,7 +4,7 @@ DuckDB lets one process hold a file, so the hub is the only process that opens t
 their look-ups and their finished rows in batches (one transaction each, as a single process writes
 them). It also hands out request permits from one set of limits — ``concurrency`` (requests in flight),
 ``rpm_limit`` / ``tpm_limit``, the pace learned from the provider's answers or announced in its limit
-headers (with its shared pauses after a ``Retry-After``; see :mod:`polars_llm._pacer`), and the
+headers (with its shared pauses after a ``Retry-After``; see :mod:`polars_llm._engine.pace.pacer`), and the
 ``max_cost`` budget — so they hold for the whole cluster, not per worker: workers hand every answer's
 verdict back with the permit. The API key lives only in the hub's memory
 (set by the driver with :meth:`Hub.set_key`) and reaches workers through an actor call: it is never
@@ -23,12 +23,12 @@ from typing import Any, Final
 import anyio
 import polars as pl
 
-from .._config import MapConfig
-from .._cost import Budget, Costing, plan_costs
-from .._limits import Limits
-from .._pacer import Pacer, Ticket
-from .._ratelimit import TokenBucket
-from .._store import Outcome, Store
+from .._config.options import MapConfig
+from .._cost.budget import Budget, Costing, plan_costs
+from .._engine.pace.buckets import TokenBucket
+from .._engine.pace.pacer import Pacer, Ticket
+from .._store.store import Outcome, Store
+from .._transport.limit_headers import Limits
 
 __all__ = ["IDLE_CLOSE", "Hub"]
 
@@ -101,7 +101,7 @@ class Hub:
     def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
         """A store method on the hub's own connection (``lookup``, ``register``, ``live_rows``, ...)."""
         if method == "live_rows":
-            from .._batch_store import live_rows
+            from .._store.batches import live_rows
 
             return live_rows(self._open(), *args)
         if method not in _STORE_METHODS:
@@ -128,7 +128,7 @@ class Hub:
                 self._budget = Budget(self.cfg.max_cost, spent)  # type: ignore[arg-type]
         elif self._budget is not None:
             price = self._costing.price
-            self._budget.spent += store.spent(frame, (price.input, price.output), before=self._planned_at)
+            self._budget.add_spent(store.spent(frame, (price.input, price.output), before=self._planned_at))
         budget = self._budget
         return self._costing, budget.spent if budget is not None else None, budget.limit if budget else 0.0
 
@@ -193,7 +193,8 @@ class Hub:
         self._freed = anyio.Event()
 
     def pace(self) -> tuple[float | None, str, float, str]:
-        """The cluster's pace, as the progress bar shows it (see :meth:`polars_llm._pacer.Pacer.describe`)."""
+        """The cluster's pace, as the progress bar shows it (see
+        :meth:`polars_llm._engine.pace.pacer.Pacer.describe`)."""
         return self._pacer.describe()
 
     def stats(self) -> dict[str, Any]:

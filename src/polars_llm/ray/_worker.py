@@ -1,4 +1,4 @@
-"""The worker side: proxies of the hub that a :class:`~polars_llm._session.Session` uses as its store,
+"""The worker side: proxies of the hub that a :class:`~polars_llm._engine.session.Session` uses as its store,
 its limits and its budget, and :class:`LLMMap`, the callable class ``Dataset.map_batches`` runs."""
 
 from __future__ import annotations
@@ -11,10 +11,10 @@ import polars as pl
 import pyarrow as pa
 
 from .._bridge import LoopThread
-from .._config import MapConfig, resolve_config
-from .._pipeline import EMPTY_STATE, assemble, prepare
-from .._session import Session
-from .._store import Outcome
+from .._config.options import MapConfig, resolve_config
+from .._engine.session import Session
+from .._pipeline.pipeline import EMPTY_STATE, assemble, prepare
+from .._store.store import Outcome
 
 __all__ = ["LLMMap", "RemoteBudget", "RemoteLimits", "RemoteStore"]
 
@@ -26,7 +26,7 @@ def _get(ref: Any) -> Any:
 
 
 class RemoteStore:
-    """The :class:`~polars_llm._store.Store` methods a session calls, answered by the hub (blocking)."""
+    """The :class:`~polars_llm._store.store.Store` methods a session calls, answered by the hub (blocking)."""
 
     def __init__(self, hub: Any, worker: str) -> None:
         self.hub = hub
@@ -49,10 +49,10 @@ class RemoteStore:
 
 
 class RemoteLimits:
-    """The hub's permits, with the :class:`~polars_llm._pacer.Pacer` interface the engine uses: ``acquire``
-    waits for a permit (cluster-wide concurrency, rate limits, learned pace, pauses) and returns its id;
-    ``answered`` / ``refused`` note the provider's verdict, which goes back to the hub with the permit on
-    ``release``, so the pace is learned from every worker's answers."""
+    """The hub's permits, with the :class:`~polars_llm._engine.pace.pacer.Pacer` interface the engine uses:
+    ``acquire`` waits for a permit (cluster-wide concurrency, rate limits, learned pace, pauses) and returns
+    its id; ``answered`` / ``refused`` note the provider's verdict, which goes back to the hub with the permit
+    on ``release``, so the pace is learned from every worker's answers."""
 
     def __init__(self, hub: Any) -> None:
         self.hub = hub

@@ -16,7 +16,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from .. import _checks as ck
+from .._config import checks as ck
 from ..exceptions import ConfigError
 
 __all__ = ["BATCH_OUTCOMES", "FAULT_RATES", "LIVE_FIXED", "SimConfig"]

@@ -1,0 +1,1 @@
+"""Batch mode: the provider's batch API as a sibling of the online engine."""

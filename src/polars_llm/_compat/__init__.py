@@ -1,0 +1,1 @@
+"""The seed API's pieces: its results database and its progress line."""

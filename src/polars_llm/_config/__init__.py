@@ -1,0 +1,1 @@
+"""Run settings: the option schema (:class:`MapConfig`) and its checks."""

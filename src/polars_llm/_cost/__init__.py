@@ -1,0 +1,1 @@
+"""Money: prices, estimates and the spending budget."""

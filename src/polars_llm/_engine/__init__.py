@@ -1,0 +1,1 @@
+"""The online mode: run loop, writer, session; ``pace/`` holds rate control."""

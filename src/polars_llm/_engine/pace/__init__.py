@@ -1,0 +1,1 @@
+"""Rate control: the pacer, its learner, the user's token buckets, retry delays."""

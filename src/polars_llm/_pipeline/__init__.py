@@ -1,0 +1,1 @@
+"""The entry points: typed free functions, the ``llm`` namespace, streaming, embeddings."""

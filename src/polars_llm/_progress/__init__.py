@@ -1,0 +1,1 @@
+"""Progress: the bar and the run's counters."""

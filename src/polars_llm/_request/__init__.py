@@ -1,0 +1,1 @@
+"""What is sent: the request spec, inputs, keys, structured output, templates."""

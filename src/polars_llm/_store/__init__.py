@@ -1,0 +1,1 @@
+"""The DuckDB job store: jobs, files and locking, migrations, the batches table."""

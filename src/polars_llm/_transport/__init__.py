@@ -1,0 +1,1 @@
+"""How requests travel: the transports, error mapping, rate-limit headers."""
