@@ -24,9 +24,11 @@ SRC = Path(polars_llm.__file__).resolve().parents[1]
 def _child(code: str, *, path: Path | None = None) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(str(p) for p in (path, SRC) if p is not None)
-    return subprocess.run(
+    done = subprocess.run(
         [sys.executable, "-W", "always", "-c", code], capture_output=True, text=True, env=env, timeout=120
     )
+    assert done.returncode == 0, done.stderr
+    return done
 
 
 def test_version_comes_from_the_installed_distribution() -> None:
@@ -36,7 +38,6 @@ def test_version_comes_from_the_installed_distribution() -> None:
 
 def test_a_clean_environment_imports_without_a_conflict_warning() -> None:
     done = _child("import polars_llm")
-    assert done.returncode == 0, done.stderr
     assert "NamespaceConflictWarning" not in done.stderr
 
 
@@ -45,7 +46,6 @@ def test_the_other_polars_llm_distribution_is_named_at_import(tmp_path: Path) ->
     info.mkdir()
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: polars-llm\nVersion: 0.4.0\n")
     done = _child("import polars_llm", path=tmp_path)
-    assert done.returncode == 0, done.stderr
     assert "NamespaceConflictWarning" in done.stderr
     assert "'polars-llm' 0.4.0 (another project) is installed too" in done.stderr
     assert "pip uninstall polars-llm polars-llm-map" in done.stderr
@@ -61,7 +61,6 @@ def test_a_foreign_llm_namespace_is_named_then_replaced() -> None:
         "print(type(pl.col('x').llm).__module__)\n"
     )
     done = _child(code)
-    assert done.returncode == 0, done.stderr
     assert "NamespaceConflictWarning" in done.stderr
     assert "an `llm` namespace from '__main__' was registered on Polars before polars_llm's" in done.stderr
     assert done.stdout.strip().startswith("polars_llm.")
@@ -79,7 +78,6 @@ def test_openai_transport_without_the_sdk_is_a_config_error_naming_the_extra() -
         "print('default ok', 'openai' in sys.modules and sys.modules['openai'] is not None)\n"
     )
     done = _child(code)
-    assert done.returncode == 0, done.stderr
     assert "refused: transport='openai' needs the official SDK" in done.stdout
     assert "polars-llm-map[openai]" in done.stdout
     assert "default ok False" in done.stdout

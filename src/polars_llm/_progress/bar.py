@@ -137,19 +137,24 @@ def format_final(stats: RunStats) -> str:
     """The text after a finished bar: what the run did, the cached rows counted in, no live pace.
 
     >>> format_final(RunStats(total=10, cached=4, done=5, failed=1, tokens_in=10, tokens_out=20, cost=0.5))
-    'done=9 (4 cached) failed=1 tok=30 $0.5000'
+    'done=9 (4 cached) failed=1 tok=30 $0.500'
     >>> format_final(RunStats(total=3, done=3, cost=0.25, spent_before=0.5, budget=2.0))
-    'done=3 failed=0 $0.7500/$2.00'
+    'done=3 failed=0 $0.750/$2.00'
     """
     cached = f" ({stats.cached:,} cached)" if stats.cached else ""
-    text = f"done={stats.done + stats.cached:,}{cached} failed={stats.failed:,}"
+    return f"done={stats.done + stats.cached:,}{cached} failed={stats.failed:,}{_tokens_and_money(stats)}"
+
+
+def _tokens_and_money(stats: RunStats) -> str:
+    """`` tok=N`` and the money (``spent/budget`` with ``max_cost``), as both bar texts show them."""
+    text = ""
     tokens = stats.tokens_in + stats.tokens_out
     if tokens:
         text += f" tok={tokens:,}"
     if stats.budget is not None:
-        text += f" ${stats.spent_before + stats.cost:.4f}/${stats.budget:,.2f}"
+        text += f" {usd(stats.spent_before + stats.cost)}/{usd(stats.budget)}"
     elif stats.cost:
-        text += f" ${stats.cost:.4f}"
+        text += f" {usd(stats.cost)}"
     return text
 
 
@@ -172,13 +177,7 @@ def format_postfix(stats: RunStats, rpm: float) -> str:
     'done=0 failed=0 retrying=0 rpm=0 | paused 29 s: provider asked to wait 30 s'
     """
     text = f"done={stats.done} failed={stats.failed} retrying={stats.retrying} rpm={rpm:,.0f}"
-    tokens = stats.tokens_in + stats.tokens_out
-    if tokens:
-        text += f" tok={tokens:,}"
-    if stats.budget is not None:
-        text += f" {usd(stats.spent_before + stats.cost)}/{usd(stats.budget)}"
-    elif stats.cost:
-        text += f" {usd(stats.cost)}"
+    text += _tokens_and_money(stats)
     if stats.pacing is not None:
         allowed, source, paused, why = stats.pacing()
         if paused > 0:
