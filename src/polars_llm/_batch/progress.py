@@ -38,7 +38,7 @@ def format_batch_postfix(stats: BatchStats) -> str:
 
     >>> format_batch_postfix(BatchStats(done=5, failed=1, live_batches=2, in_batches=100,
     ...                                 batch_completed=40, batch_failed=2, cost=0.5))
-    'batches=2 running: 40/100 completed, 2 failed | collected: done=5 failed=1 | $0.5000'
+    'batches=2 running: 40/100 completed, 2 failed | collected: done=5 failed=1 | $0.500'
     """
     text = ""
     if stats.live_batches:
