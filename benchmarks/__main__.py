@@ -26,6 +26,7 @@ from . import (
     inputs,
     latency,
     memory,
+    ordinary,
     outofcore,
     overhead,
     ratelimits,
@@ -62,6 +63,8 @@ SCALES: dict[str, dict[str, Any]] = {
         "struct_rounds": 3,
     },
     "quick": {
+        "ordinary_rounds": 1,
+        "ordinary_scale": 0.3,
         "overhead_n": 3_000,
         "overhead_sdk_n": 500,
         "overhead_rounds": 1,
@@ -94,6 +97,9 @@ SCALES: dict[str, dict[str, Any]] = {
         "struct_rounds": 1,
     },
     "smoke": {
+        "ordinary_rounds": 1,
+        "ordinary_scale": 0.05,
+        "ordinary_latency": 0.1,
         "overhead_n": 300,
         "overhead_sdk_n": 100,
         "overhead_rounds": 1,
@@ -125,6 +131,7 @@ SCALES: dict[str, dict[str, Any]] = {
 }
 
 SECTIONS = [
+    "ordinary",
     "overhead",
     "latency",
     "rate_limits",
@@ -184,6 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="polars-llm-bench-"))
     t0 = time.monotonic()
     runners = {
+        "ordinary": lambda: ordinary.run(scale, workdir),
         "overhead": lambda: overhead.run(scale, workdir),
         "latency": lambda: latency.run(scale, workdir),
         "rate_limits": lambda: ratelimits.run(scale, workdir),

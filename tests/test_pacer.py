@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from polars_llm._engine.pace.learner import RateLearner, Ticket, wall_backoff
+from polars_llm._engine.pace.learner import START_RATE, RateLearner, Ticket, wall_backoff
 from polars_llm._engine.pace.pacer import Announced, Pacer
 from polars_llm._transport.limit_headers import Budget, Limits
 
@@ -162,29 +162,38 @@ def simulate(
 # ------------------------------------------------------------------------------------------ learning
 
 
-def test_no_pace_until_a_limit_shows() -> None:
-    """Nothing is known at the start: requests go as fast as concurrency allows (no slow start, so a
-    100-row cell at 1 s latency takes one round trip, not several seconds of ramp)."""
+def test_the_start_is_fast_and_grows_every_round_trip() -> None:
+    """Nothing is known at the start: the pace begins at 256/s (a concurrency of 64 is full within a
+    quarter of a second, so a 100-row cell at 1 s latency takes two round trips, as a plain loop does) and
+    quadruples every round trip while nothing is refused."""
     clock = FakeClock()
     pacer = Pacer(clock=clock)
-    assert math.isinf(pacer.rate)
-    for _ in range(64):  # a whole concurrency's worth goes at once
-        assert pacer.try_take() == 0.0
-        pacer.sent(1.0)
+    assert pacer.rate == START_RATE
+    assert pacer.try_take() == 0.0
+    pacer.sent(1.0)
+    assert pacer.try_take() == pytest.approx(1 / START_RATE)  # the second request waits 4 ms
     run, pacer, clock = simulate(SlidingLog(10**9), 3.0, latency=1.0, concurrency=64)
-    assert math.isinf(pacer.rate) and run.share_429() == 0
-    assert sum(1 for t, _ in run.sent if t < clock.now - 3.0 + 1e-2) == 64  # the first round trip is full
+    t0 = clock.now - 3.0
+    assert run.share_429() == 0
+    assert max(t for t, _ in run.sent[:64]) - t0 <= 64 / START_RATE + 1e-3  # all 64 out in 0.25 s
+    run, pacer, clock = simulate(SlidingLog(10**9), 3.0, latency=1.0, concurrency=10**5)
+    assert run.share_429() == 0 and pacer.rate >= 16 * START_RATE  # x4 at each of two round trips
+    run, pacer, _ = simulate(SlidingLog(10**9), 1.0, latency=0.0, concurrency=64)
+    assert pacer.rate >= 4**5 * START_RATE  # at zero latency, a round trip is the 50 ms minimum period
 
 
-def test_an_unknown_cap_costs_one_concurrency_of_refusals_once() -> None:
-    """At full speed an unknown cap refuses what is in flight when its first refusals come back; the
-    cut then holds the rate under the cap, and nothing like that burst comes again."""
-    run, pacer, clock = simulate(SlidingLog(50), 30.0, latency=0.05, concurrency=64, instant_refusals=True)
-    start = clock.now - 30.0
-    refused_first_second = sum(r for t, r in run.sent if t < start + 1.0)
-    assert refused_first_second <= 64 + 10
-    assert run.share_429(since=start + 1.0) <= 0.03
-    assert 0.8 * 50 <= pacer.rate <= 1.2 * 50
+def test_an_unknown_cap_costs_a_few_refusals_not_a_concurrency() -> None:
+    """A fast start meets an unknown cap: the refusals before the cut are the few sent in the round
+    trip of the first ones (here instant), not the whole concurrency sent at once."""
+    for server, cap in (
+        (lambda: SlidingLog(50), 50),
+        (lambda: Bucket(50, 50), 50),
+        (lambda: SlidingLog(5), 5),
+    ):
+        run, pacer, clock = simulate(server(), 30.0, latency=0.0, concurrency=256, instant_refusals=True)
+        start = clock.now - 30.0
+        assert sum(r for t, r in run.sent if t < start + 1.0) <= 10, cap
+        assert 0.8 * cap <= pacer.rate <= 1.2 * cap
 
 
 @pytest.mark.parametrize("instant_refusals", [False, True], ids=["slow 429s", "instant 429s"])
@@ -348,7 +357,7 @@ def test_a_wall_of_429s_is_a_wait_not_a_rate(hint: float) -> None:
     refused = sum(r for _, r in run.sent)
     assert refused <= 6 * 16  # a concurrency's worth per wait, not a storm
     assert run.held >= 1.0  # everybody waited
-    assert math.isinf(pacer.rate)  # nothing was learned from the wall
+    assert pacer.rate >= START_RATE  # nothing was learned from the wall
     first_ok = min(t for t, r in run.sent if not r)
     assert first_ok - t0 <= 3.0 + 4.0  # answered within one (doubled) wait of the wall's end
 
@@ -359,16 +368,16 @@ def test_a_burst_of_refusals_with_nothing_admitted_does_not_collapse_the_rate() 
     clock = FakeClock()
     t0 = clock.now
     run, pacer, _ = simulate(RefuseFirst(30), 20.0, latency=0.05, clock=clock, concurrency=8)
-    assert math.isinf(pacer.rate) and pacer.learner.walls == 0
+    assert pacer.rate >= START_RATE and pacer.learner.walls == 0
     answered = [t for t, r in run.sent if not r]
     assert len(answered) >= 1000  # full speed after the last refusal (8 / 50 ms = 160/s)
     assert answered[0] - t0 <= sum(wall_backoff(n) for n in range(1, 6))
 
 
-def test_learner_engages_at_refusals_in_a_row() -> None:
+def test_learner_with_a_client_limit_starts_disengaged() -> None:
     clock = FakeClock()
-    learner = RateLearner(clock=clock)
-    assert math.isinf(learner.rate)
+    learner = RateLearner(clock=clock, engaged=False)
+    assert math.isinf(learner.rate) and not learner.slow_start
     for _ in range(30):
         learner.on_send(clock.now)
         clock.now += 0.01
@@ -391,13 +400,13 @@ def test_429s_of_requests_sent_before_a_cut_do_not_cut_again() -> None:
     assert (learner.rate, learner.cuts) == (rate, cuts)
 
 
-def test_a_single_scattered_429_does_not_engage_pacing() -> None:
+def test_a_single_scattered_429_ends_the_start_without_a_cut() -> None:
     clock = FakeClock()
     learner = RateLearner(clock=clock)
     learner.on_send(clock.now)
     clock.now += 0.1
     assert not learner.on_answer(Ticket(clock.now - 0.1, 1, 0.0, 1.0), limited=True)
-    assert math.isinf(learner.rate) and learner.cuts == 0
+    assert not learner.slow_start and learner.rate == START_RATE and learner.cuts == 0
 
 
 # -------------------------------------------------------------------------------------------- headers
@@ -487,7 +496,7 @@ def test_pause_is_shown_with_its_reason() -> None:
     pacer.hold(30.0, "provider asked to wait 30 s")
     assert pacer.try_take() == pytest.approx(30.0)
     per_minute, source, paused, why = pacer.describe()
-    assert (per_minute, source, why) == (None, "learning", "provider asked to wait 30 s")
+    assert (per_minute, source, why) == (START_RATE * 60, "learning", "provider asked to wait 30 s")
     assert paused == pytest.approx(30.0)
     clock.now += 31
     assert pacer.describe()[2:] == (0.0, "")

@@ -87,10 +87,12 @@ Options (:class:`SimConfig`; change live with ``server.configure(**changes)``):
     ``error_in_200_rate`` (200 with ``{"error": {"code": 502, ...}}`` like OpenRouter),
     ``empty_choices_rate`` (``"choices": []``), ``stall_rate`` (wait ``stall_seconds``, default 30, before
     answering), ``reset_rate`` (TCP reset, no response), ``burst_429`` (every request 429 with
-    ``Retry-After: burst_retry_after`` for ``burst_seconds`` from when it is switched on; see
-    ``server.burst()``), ``fail_mode`` (``None``/401/402/403 for every request; 402 is
-    "Insufficient credits" without ``Retry-After``), ``api_key`` (require ``Authorization: Bearer``),
-    ``seed`` (the RNG of fault rates and jitter), ``prompt_price``, ``completion_price``, ``models``
+    ``Retry-After: burst_retry_after`` — none when 0 — for ``burst_seconds`` from when it is switched
+    on; see ``server.burst()``), ``burst_requests`` (the first N chat requests 429, as in a burst,
+    counted from start, ``reset()`` or the ``configure()`` that sets it), ``fail_mode``
+    (``None``/401/402/403 for every request; 402 is "Insufficient credits" without ``Retry-After``),
+    ``api_key`` (require ``Authorization: Bearer``), ``seed`` (the RNG of fault rates and jitter),
+    ``prompt_price``, ``completion_price``, ``models``
     (listed by ``/v1/models``; any model name is accepted), ``host``, ``port`` (0 = free port),
     ``backlog``, ``shutdown_timeout``, ``embedding_dimensions`` (vector length when an embeddings
     request gives no ``dimensions``; 64), ``request_log`` (request bodies kept for ``server.requests()``;
@@ -191,7 +193,8 @@ _HELP: dict[str, str] = {
     "reset_rate": "fraction whose connection is reset without an answer",
     "burst_429": "answer everything 429 for --burst-seconds after start",
     "burst_seconds": "length of the 429 burst",
-    "burst_retry_after": "Retry-After seconds during the burst",
+    "burst_retry_after": "Retry-After seconds during the burst (0: no Retry-After header)",
+    "burst_requests": "answer the first N chat requests 429 (counted from start, reset or configure)",
     "fail_mode": "answer every request with this status",
     "seed": "seed of the fault and jitter RNG",
     "api_key": "require 'Authorization: Bearer KEY'",

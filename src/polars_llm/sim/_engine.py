@@ -53,6 +53,7 @@ class Engine:
         self.config = config
         self._rng = random.Random(config.seed)
         self._burst_until = time.monotonic() + config.burst_seconds if config.burst_429 else 0.0
+        self._burst_left = config.burst_requests
         self._started = time.monotonic()
         self._zero()
         self.batches = BatchAPI(self)
@@ -122,6 +123,7 @@ class Engine:
             in_flight = self._in_flight
             self._zero()
             self._in_flight = in_flight
+            self._burst_left = self.config.burst_requests
             self._rng = random.Random(self.config.seed)
         self.batches.reset()
 
@@ -139,6 +141,8 @@ class Engine:
                 self._burst_until = time.monotonic() + new.burst_seconds
             elif not new.burst_429:
                 self._burst_until = 0.0
+            if "burst_requests" in changes:
+                self._burst_left = new.burst_requests
             self.config = new
         return new
 
@@ -313,9 +317,11 @@ class Engine:
 
     def _admit(self, cfg: SimConfig, tokens: int, now: float) -> tuple[web.Response | None, dict[str, str]]:
         """Burst mode, then the request cap, then the token cap (lock held); see :mod:`._limiter`."""
-        if self._burst_until and now < self._burst_until:
+        if (self._burst_until and now < self._burst_until) or self._burst_left > 0:
+            self._burst_left = max(0, self._burst_left - 1)
             self._count_fault("burst_429")
-            return error_response(429, headers=retry_headers(cfg.burst_retry_after)), {}
+            hint = retry_headers(cfg.burst_retry_after) if cfg.burst_retry_after else {}
+            return error_response(429, headers=hint), {}
         rejected, headers, fault = self._limiter.admit(cfg, tokens, now)
         if fault:
             self._count_fault(fault)

@@ -74,6 +74,7 @@ class SimConfig:
     burst_429: bool = False
     burst_seconds: float = 5.0
     burst_retry_after: float = 1.0
+    burst_requests: int = 0
     fail_mode: int | None = None
     seed: int = 0
     api_key: str | None = field(default=None, repr=False)
@@ -103,8 +104,10 @@ class SimConfig:
         _check_int("backlog", self.backlog, 1, 1_000_000)
         for name in ("latency", "jitter", "stall_seconds", "burst_seconds", "shutdown_timeout"):
             _check_seconds(name, getattr(self, name), allow_zero=True)
-        for name in ("window", "tpm_window", "burst_retry_after"):
+        for name in ("window", "tpm_window"):
             _check_seconds(name, getattr(self, name), allow_zero=False)
+        _check_seconds("burst_retry_after", self.burst_retry_after, allow_zero=True)
+        _check_int("burst_requests", self.burst_requests, 0, 10**12)
         if self.error_retry_after is not None:
             _check_seconds("error_retry_after", self.error_retry_after, allow_zero=False)
         if self.rate_limit is not None:

@@ -1,17 +1,17 @@
 """The rate to send at when a provider's limit is unknown: learned from its answers.
 
-No pace at all until the provider shows a limit: requests go as fast as ``concurrency`` allows, so a
-run against an uncapped endpoint pays no start-up tax at any latency. The first convincing rate-limit
-refusals (the density guard below) or the first limit headers engage pacing: the rate settles just
-under what the server *admitted* — measured from our own sends before the refusal (sends minus
+A fast start: the pace begins at :data:`START_RATE` (256 requests/s: a concurrency of 64 is full within a
+quarter of a second, so a small cell at any latency pays next to nothing) and quadruples every round trip
+while answers succeed and nothing was refused (then doubles). An unknown cap therefore costs the few
+requests sent in the round trip of its first refusals, not a whole concurrency sent at once. The first
+convincing rate-limit refusals (the density guard below) or the first limit headers end the start: the rate
+settles just under what the server *admitted* — measured from our own sends before the refusal (sends minus
 refusals, per second, over the provider's window when its waits tell how long that is; what is still in
-flight counts as admitted, and nothing sent after the refused request counts; or, when what was sent at
-the current rate is refused steadily but mostly admitted, that rate times the admitted share — the
-window can still hold a bucket's first burst) — then probes upwards again, first towards what was
-admitted, then in steps that double while answers keep succeeding. Above what was admitted, a few
-refusals (a binomial tail under 1 %, under 5 % at the end of a period) end the probe. The burst an
-unknown cap costs is what was in flight when its first refusals came back: about one ``concurrency``
-of refused requests, once.
+flight counts as admitted, and nothing sent after the refused request counts; or, when what was sent at the
+current rate is refused steadily but mostly admitted, that rate times the admitted share — the window can
+still hold a bucket's first burst) — then probes upwards again, first towards what was admitted, then in
+steps that double while answers keep succeeding. Above what was admitted, a few refusals (a binomial tail
+under 1 %, under 5 % at the end of a period) end the probe.
 
 Refusals with next to nothing admitted in the window (a key whose window is still full, an upstream
 shedding load, an outage) are a *wall*: there is no admitted rate to settle under, so the rate is left
@@ -19,7 +19,7 @@ as it was and everybody waits instead (the provider's hint, else a backoff that 
 in a row, see :data:`WALL_BACKOFF`); recovery takes the wait, not a climb from a collapsed rate.
 
 The density guard: a cut needs refusals that the *background* share — what a busy shared provider
-refuses whatever our rate, measured before the first cut and right after each cut — explains with a
+refuses whatever our rate, measured in the start and right after each cut — explains with a
 probability under 1 % (binomial tail), or a wall (three refusals in a row, above the background); a
 refusal that says our budget is spent (remaining 0, in its limit headers) is a sure sign by itself.
 Refusals of requests sent before the last cut never count. Scattered 429s therefore neither collapse
@@ -38,12 +38,13 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
-__all__ = ["WALL_BACKOFF", "RateLearner", "Ticket", "wall_backoff"]
+__all__ = ["START_RATE", "WALL_BACKOFF", "RateLearner", "Ticket", "wall_backoff"]
 
 log = logging.getLogger("polars_llm.pacer")
 
 Clock = Callable[[], float]
 
+START_RATE = 256.0  # requests/s before anything is known; ×4 per round trip until a refusal, then ×2
 WALL_BACKOFF = (0.5, 8.0)  # seconds everybody waits at a first wall without a hint, doubling up to…
 MIN_RATE = 0.05
 MAX_BACKGROUND = 0.1  # the largest share of scattered 429s taken for a provider's background
@@ -168,13 +169,15 @@ class Ticket:
 class RateLearner:
     """The rate to send at when the provider's limit is unknown (see the module docstring).
 
-    It starts unpaced (``rate`` is ``inf``) and engages at the first convincing rate-limit refusals.
+    ``engaged=False`` starts unpaced (a client limit or announced budget is in charge) and engages at
+    the first convincing rate-limit refusals.
     """
 
-    def __init__(self, *, clock: Clock = time.monotonic) -> None:
+    def __init__(self, *, clock: Clock = time.monotonic, engaged: bool = True, start: float = START_RATE):
         now = clock()
         self._clock = clock
-        self.rate = math.inf
+        self.rate = start if engaged else math.inf
+        self.slow_start = engaged  # the fast start (the name TCP gives its own)
         self.ring = _Ring()
         self.srtt = 0.0
         self.horizon = HORIZON
@@ -260,6 +263,10 @@ class RateLearner:
             if evidence > 1 or (evidence and (self._known_background or self._probing)):
                 self._cut(now, ticket.sent_at, strong=evidence > 1)
                 return True
+            if self.slow_start:  # one refusal ends the start without a cut (it may be the background)
+                self.slow_start = False
+                self.ceiling = self.rate
+                self._step = PROBE0
         else:
             self._ok += 1
             self.walls = 0
@@ -270,6 +277,8 @@ class RateLearner:
     def _period(self) -> float:
         if math.isinf(self.rate):
             return 1.0
+        if self.slow_start:  # grows once per round trip (answers come back at the new rate)
+            return min(2.0, max(0.05, self.srtt))
         return min(MAX_HORIZON, max(self.horizon, 2.0 * self.srtt, 30.0 / self.rate))
 
     @property
@@ -278,7 +287,7 @@ class RateLearner:
 
     @property
     def background(self) -> float:
-        """The 429 share seen before the first cut and right after each cut (at the rate it settled on): what
+        """The 429 share seen in the start and right after each cut (at the rate it settled on): what
         a busy shared provider refuses whatever our rate (at most 10 %), as opposed to what our own
         probing causes. 2 % is assumed until enough of those answers are known."""
         if not self._known_background:
@@ -325,11 +334,11 @@ class RateLearner:
     @property
     def _probing(self) -> bool:
         """Sending above the rate the server admitted at the last cut."""
-        return self.cuts > 0 and self.rate > self.ceiling
+        return self.cuts > 0 and not self.slow_start and self.rate > self.ceiling
 
     def _evaluate(self, now: float) -> bool:
         n = self._ok + self._limited
-        if n < 10:
+        if n == 0 or (n < 10 and not self.slow_start):
             return False  # too few answers to judge: the period goes on
         binding = self._period_sent >= 0.6 * self.rate * (now - self._period_start)
         cut = False
@@ -340,7 +349,9 @@ class RateLearner:
             self._cut(now, self._limited_at, strong=strong)  # measured where the server refused
             cut = True
         elif binding and not math.isinf(self.rate) and now - self._followed > self._period():
-            if self.rate < RECOVER * self.ceiling:  # back up towards what was admitted
+            if self.slow_start:
+                self._set(self.rate * (4.0 if self.limited_seen == 0 else 2.0), "fast start")
+            elif self.rate < RECOVER * self.ceiling:  # back up towards what was admitted
                 self._set(min(RECOVER * self.ceiling, self.rate * (1.0 + STEP0)), "recover")
             elif self._step == 0:  # there: one more clean period before probing above it
                 self._step = PROBE0
@@ -355,9 +366,9 @@ class RateLearner:
         n = self._ok + self._limited
         if record and self._quiet_period and n and self._limited <= 2 * MAX_BACKGROUND * n:
             self._quiet.append((self._limited, n))
-        # unpaced, or in the first two periods after a cut (at the rate it settled on): periods
-        # whose refusals are the provider's background, not our rate
-        self._quiet_period = math.isinf(self.rate) or self._since_cut < 2
+        # in the start (or unpaced), or in the first two periods after a cut (at the rate it settled on):
+        # periods whose refusals are the provider's background, not our rate
+        self._quiet_period = self.slow_start or math.isinf(self.rate) or self._since_cut < 2
         self._since_cut += 1
         self._period_start = now
         self._period_sent = self._ok = self._limited = 0
@@ -400,6 +411,7 @@ class RateLearner:
         elif target < self.rate:
             self._set(target, why)
         self.strong_cut, self.wall = strong, False
+        self.slow_start = False
         self._cut_rate = target  # announced budgets may not lift the pace above it for a while
         self._step = 0.0
         self.ceiling = admitted
@@ -460,6 +472,7 @@ class RateLearner:
         """Stop pacing on our own (a budget announced by the provider is in charge), unless 429s
         already taught us a rate."""
         if self.cuts == 0:
+            self.slow_start = False
             self._set(math.inf)
 
     def follow(self, rate: float) -> None:
@@ -468,4 +481,5 @@ class RateLearner:
         if now - self.last_cut < 10.0:
             rate = min(rate, self._cut_rate)
         self._followed = now  # the provider's figures set the pace: no probing of our own meanwhile
+        self.slow_start = False
         self._set(max(MIN_RATE, rate))

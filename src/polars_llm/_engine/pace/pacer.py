@@ -102,13 +102,13 @@ class Pause:
 class Pacer:
     """Everything that decides *when* the next request may go, shared by a run's workers.
 
-    The learner starts unpaced either way; ``learn=False`` (the user set ``rpm_limit``/``tpm_limit``)
-    only labels the pace as the user's limit until the provider still answers 429.
+    ``learn=False`` (the user set ``rpm_limit``/``tpm_limit``) starts the learner disengaged: it takes
+    over only if the provider still answers 429.
     """
 
     def __init__(self, *, learn: bool = True, clock: Clock = time.monotonic) -> None:
         self._clock = clock
-        self.learner = RateLearner(clock=clock)
+        self.learner = RateLearner(clock=clock, engaged=learn)
         self.requests = Announced(clock=clock)
         self.tokens = Announced(clock=clock)
         self.pause = Pause(clock=clock)
