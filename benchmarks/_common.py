@@ -350,7 +350,7 @@ def library_versions() -> dict[str, str]:
 
     out = {}
     for name in (
-        "polars-llm",
+        "polars-llm-map",
         "polars",
         "duckdb",
         "pyarrow",

@@ -244,8 +244,29 @@ def _cap_change(scale: float, workdir: Path) -> dict[str, Any]:
             None,
         )
         recoveries.append({"new_cap": new, "seconds_to_0_9": round(back, 1) if back is not None else None})
-    res.update({"cap": cap, "changes": recoveries})
+    res.update({"cap": cap, "changes": recoveries, "timeline": _timeline(ok, limited, cap, changes)})
     return res
+
+
+def _timeline(
+    ok: list[tuple[float, float]],
+    limited: list[tuple[float, float]],
+    cap: int,
+    changes: list[tuple[float, int]],
+) -> list[list[float]]:
+    """Per 0.5 s from the first answer: [seconds, admitted/s over the last second, 429s/s, the cap then]
+    (what ``scripts/plot_rate_limits.py`` draws)."""
+    if len(ok) < 3:
+        return []
+    start, end = ok[0][0], ok[-1][0]
+    rows, t = [], start + 1.0
+    while t <= end:
+        now = next((c for at, c in reversed(changes) if at <= t), cap)
+        admitted = _rate_between(ok, t - 1.0, t) or 0.0
+        refused = _rate_between(limited, t - 1.0, t) or 0.0
+        rows.append([round(t - start, 2), round(admitted, 1), round(refused, 1), now])
+        t += 0.5
+    return rows
 
 
 def _client_limits(scale: float, workdir: Path) -> dict[str, Any]:

@@ -25,9 +25,8 @@ def _case(params: dict[str, Any]) -> dict[str, Any]:
     import json
     import urllib.request
 
-    import ray
-
     import polars_llm.ray as plr
+    import ray
 
     url, n, per_s = params["url"], int(params["n"]), float(params["per_s"])
     root = url[: -len("/v1")]

@@ -17,6 +17,7 @@ from __future__ import annotations
 from . import _namespace  # noqa: F401  (registers the namespaces)
 from ._batch import batches, cancel_batch
 from ._config import DEFAULT_BASE_URL, DEFAULT_CACHE, DEFAULT_CACHE_PATH, MapConfig, Secret, resolve_config
+from ._conflict import NamespaceConflictWarning
 from ._cost import Estimate
 from ._operators import (
     PlanEstimate,
@@ -47,6 +48,7 @@ from ._pipeline import (
     output_dtype,
 )
 from ._request import template
+from ._version import version as _version
 from .exceptions import (
     APIConnectionError,
     APIError,
@@ -80,7 +82,7 @@ from .exceptions import (
 )
 from .seed import DB_URL_DEFAULT, export_jsonl, export_parquet, prompt_map
 
-__version__ = "0.1.0"
+__version__ = _version()
 
 __all__ = [
     "DB_URL_DEFAULT",
@@ -106,6 +108,7 @@ __all__ = [
     "MalformedResponseError",
     "MapConfig",
     "MapOptions",
+    "NamespaceConflictWarning",
     "NotFoundError",
     "OutputTruncatedError",
     "OutputValidationError",

@@ -11,6 +11,7 @@ import polars as pl
 
 from ._bridge import surfaced
 from ._config import with_embed_options, with_options
+from ._conflict import warn_conflicts
 from ._cost import Estimate
 from ._operators import (
     DedupOptions,
@@ -59,6 +60,8 @@ from ._pipeline import (
 __all__ = ["ExprLLM", "FrameLLM", "LazyFrameLLM", "SeriesLLM"]
 
 FrameT = TypeVar("FrameT", pl.DataFrame, pl.LazyFrame)
+
+warn_conflicts()  # the other `polars-llm` project, or a foreign `llm` namespace: said, not silently replaced
 
 
 ColumnT = TypeVar("ColumnT", pl.Expr, pl.Series)

@@ -147,7 +147,7 @@ def test_progress_shows_the_providers_request_counts_while_waiting(
     text = "".join(seen)
     assert "submitted batch batch_" in text and "8 requests" in text
     assert "completed: 8 done, 0 failed" in text
-    assert "waiting for 1 batches; interrupting leaves them running" in text
+    assert "waiting for 1 batch; interrupting leaves them running" in text
     assert "8/8" in text
 
 

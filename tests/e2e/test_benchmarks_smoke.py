@@ -29,7 +29,7 @@ def test_benchmark_smoke_run_writes_every_section(tmp_path: Path) -> None:
     meta = results["meta"]
     assert meta["mode"] == "smoke"
     assert meta["machine"]["cpu_count"] >= 1 and meta["machine"]["python"]
-    assert {"polars", "duckdb", "polars-llm"} <= set(meta["versions"])
+    assert {"polars", "duckdb", "polars-llm-map"} <= set(meta["versions"])
     for name in SECTIONS:
         section = results[name]
         assert "error" not in section, f"{name}: {section.get('error')}\n{section.get('traceback', '')}"

@@ -318,7 +318,7 @@ def test_progress_falls_back_to_text_without_ipywidgets(tmp_path: Path) -> None:
         assert result.comm_msgs == []  # no widget
         assert "IProgress" not in result.stderr + result.stdout
         assert "llm" in result.stderr and "40/40" in result.stderr
-        assert "done=40 failed=0 retrying=0 rpm=" in result.stderr
+        assert "done=40 failed=0 tok=" in result.stderr  # the finished bar: what the run did
         assert "tok=" in result.stderr and "$" in result.stderr
         assert k.value("live_bars()") == 0
         assert k.value("new_threads()") == []

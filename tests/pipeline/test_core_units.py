@@ -31,11 +31,15 @@ def worker_cfg(worker: Any, **options: Any) -> MapConfig:
     return MapConfig(worker=worker, cache=None, progress=False, **options)
 
 
+async def _same(prompt: str) -> str:
+    return prompt
+
+
 # --- pipeline -------------------------------------------------------------------------------------------
 
 
 def test_prepare_takes_unique_non_null_prompts_in_first_seen_order() -> None:
-    cfg = worker_cfg(lambda p: p)
+    cfg = worker_cfg(_same)
     p = prepare(pl.Series("q", ["b", None, "a", "b", "c", "a"]), cfg)
     assert p.unique.to_list() == ["b", "a", "c"]
     assert p.keys.to_list() == request_spec(cfg).key_maker().keys(["b", "a", "c"])
@@ -44,11 +48,11 @@ def test_prepare_takes_unique_non_null_prompts_in_first_seen_order() -> None:
 
 def test_prepare_refuses_a_non_text_column() -> None:
     with pytest.raises(exc.ColumnTypeError, match="Int64"):
-        prepare(pl.Series("q", [1, 2]), worker_cfg(lambda p: p))
+        prepare(pl.Series("q", [1, 2]), worker_cfg(_same))
 
 
 def test_per_row_and_assemble_join_answers_back_in_row_order() -> None:
-    cfg = worker_cfg(lambda p: p)
+    cfg = worker_cfg(_same)
     p = prepare(pl.Series("q", ["b", None, "a", "b"]), cfg)
     kb, ka = p.keys.to_list()
     state = pl.DataFrame({"key": [ka, kb], "status": ["failed", "done"], "result": [None, "B"]})

@@ -21,11 +21,11 @@ from pathlib import Path
 import duckdb
 import polars as pl
 import pytest
+from test_map import test_interrupted_run_resumes_without_paying_twice as interrupted_run
 
 import polars_llm  # noqa: F401  (registers .llm)
 from polars_llm import sim
 from polars_llm._bridge import _os_sigint, _set_os_sigint
-from test_map import test_interrupted_run_resumes_without_paying_twice as interrupted_run
 
 SRC = str(Path(__file__).resolve().parents[2] / "src")
 

@@ -67,6 +67,9 @@ class BatchProgress(Progress):
     def _postfix(self) -> str:
         return format_batch_postfix(self.stats)
 
+    def _final(self) -> str:
+        return format_batch_postfix(self.stats)
+
 
 def batch_note(stats: RunStats, cfg: Any) -> str:
     """What a stopped batch-mode run leaves behind (for :func:`polars_llm._pipeline.pipeline.stopped`).
@@ -89,11 +92,14 @@ def batch_note(stats: RunStats, cfg: Any) -> str:
 
 
 def say(text: str, *, show: bool) -> None:
-    """Log an event of a batch run and, with ``show`` (``progress=True``), print it to stderr above any
-    bar."""
+    """Log an event of a batch run and, with ``show`` (``progress=True``), print it above any bar: to
+    stdout in a notebook (Jupyter shows stderr in red boxes, as if these notes were errors), to stderr
+    in a terminal (beside the text bar, apart from a command's output)."""
     log.info(text)
     if not show:
         return
     from tqdm.std import tqdm
 
-    tqdm.write(text, file=sys.stderr)
+    from .._progress import bar
+
+    tqdm.write(text, file=sys.stdout if bar.in_notebook() else sys.stderr)

@@ -395,9 +395,10 @@ class _BatchRun:
             if await self.collect_pass(resubmit_now=False) == 0:
                 return
             if n == 0:
+                live = self.stats.live_batches if isinstance(self.stats, BatchStats) else None
+                what = "the batches" if live is None else ("1 batch" if live == 1 else f"{live:,} batches")
                 self.say(
-                    f"waiting for {self.stats.live_batches if isinstance(self.stats, BatchStats) else 'the'} "
-                    "batches; interrupting leaves them running: the same call later collects them"
+                    f"waiting for {what}; interrupting leaves them running: the same call later collects them"
                 )
             # the cache is closed while we sleep: other processes (`polars-llm batches`…) may use it
             await self._thread(self.store.close)

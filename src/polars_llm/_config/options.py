@@ -10,6 +10,8 @@ entry points and the README's option listing (:mod:`.signatures`), the ``polars-
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
+import inspect
 import math
 import os
 from collections.abc import Awaitable, Callable, Iterator, Mapping
@@ -217,9 +219,24 @@ def _check_pack(name: str, value: Any) -> int | str:
     return value
 
 
+def _importable(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # ValueError: sys.modules[module] is None (import blocked)
+        return False
+
+
 def _check_worker(name: str, value: Any) -> Any:
     if not callable(value):
         raise ConfigError("worker must be an async callable taking the prompt and returning a str")
+    call = type(value).__call__ if not inspect.isroutine(value) else value
+    if not (inspect.iscoroutinefunction(value) or inspect.iscoroutinefunction(call)):
+        what = getattr(value, "__name__", type(value).__name__)
+        raise ConfigError(
+            f"worker {what!r} is not an `async def` function: the engine awaits it for every row. "
+            "Wrap a synchronous one so it runs in a thread, e.g. "
+            "`async def worker(p): return await anyio.to_thread.run_sync(my_function, p)`"
+        )
     return value
 
 
@@ -386,6 +403,11 @@ class MapConfig:
                 "mode='batch' sends the requests through the provider's batch API; it cannot run a "
                 "worker= callable (drop worker=, or use mode='online')"
             )
+        if self.transport == "openai" and self.worker is None and not _importable("openai"):
+            raise ConfigError(
+                "transport='openai' needs the official SDK, an optional extra: "
+                "pip install 'polars-llm-map[openai]' (or leave the default transport='aiohttp')"
+            )
         if self.mode == "batch" and self.cache is None:
             raise ConfigError(
                 "mode='batch' needs a cache file to remember its batches between calls; "
@@ -461,7 +483,6 @@ CHAT_ONLY: Final = frozenset(
         "temperature",
         "max_tokens",
         "worker",
-        "include",
         "mode",
         "wait",
         "poll_interval",

@@ -230,10 +230,24 @@ class Estimate:
     cost_expected: float | None
     cost_max: float | None
     basis: str  # how the token figures were obtained
+    mode: str = "online"  # "batch": the prices are the batch API's, half the online ones
+
+    @property
+    def _source(self) -> str:
+        """Where the price came from, as shown: ``option``, ``provider``, with the batch halving said."""
+        return f"{self.price_source}, halved for batch mode" if self.mode == "batch" else self.price_source
+
+    @property
+    def _cost_line(self) -> str:
+        if self.cost_expected is None:
+            return "unknown (no price)"
+        if self.cost_max is None:  # a price, but no bound on the answers' length
+            return f"{usd(self.cost_expected)} expected (no maximum without max_tokens)"
+        return f"{usd(self.cost_expected)} expected, {usd(self.cost_max)} at most"
 
     def __str__(self) -> str:
         price = (
-            f"${self.price_in:g} in / ${self.price_out:g} out per 1M tokens ({self.price_source})"
+            f"${self.price_in:g} in / ${self.price_out:g} out per 1M tokens ({self._source})"
             if self.price_in is not None and self.price_out is not None
             else "unknown (pass price=(input, output) in USD per million tokens)"
         )
@@ -245,7 +259,7 @@ class Estimate:
                 f"  cached: {self.cached:,}, to send: {self.to_send:,}",
                 f"  tokens: ~{self.input_tokens:,} in, ~{self.output_tokens:,} out{out_max}",
                 f"  price: {price}",
-                f"  cost: {usd(self.cost_expected)} expected, {usd(self.cost_max)} at most",
+                f"  cost: {self._cost_line}",
                 f"  ({self.basis})",
             ]
         )
@@ -260,9 +274,10 @@ class Estimate:
             ("output tokens", f"~{self.output_tokens:,}"
              + (f" (max {self.output_tokens_max:,})" if self.output_tokens_max is not None else "")),
             ("price (USD / 1M tokens)", "unknown" if self.price_in is None
-             else f"{self.price_in:g} in, {self.price_out:g} out ({self.price_source})"),
+             else f"{self.price_in:g} in, {self.price_out:g} out ({self._source})"),
             ("expected cost", usd(self.cost_expected)),
-            ("maximum cost", usd(self.cost_max)),
+            ("maximum cost", usd(self.cost_max) if self.cost_expected is None or self.cost_max is not None
+             else "no maximum without max_tokens"),
         ]  # fmt: skip
         body = "".join(
             f"<tr><th style='text-align:left'>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>"
@@ -285,6 +300,7 @@ def build_estimate(
     tokens: TokenModel,
     price: Price,
     system_chars: int,
+    mode: str = "online",
 ) -> Estimate:
     """The :class:`Estimate` of ``to_send_chars`` (one entry per request: the characters of its prompt)."""
     n = len(to_send_chars)
@@ -315,6 +331,7 @@ def build_estimate(
         cost_expected=price.cost(tokens_in, tokens_out),
         cost_max=cost_max,
         basis=basis,
+        mode=mode,
     )
 
 

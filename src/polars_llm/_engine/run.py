@@ -216,10 +216,14 @@ class Run:
     def _too_long(self, error: exc.APIError, hint: float) -> exc.ProviderWaitError:
         cfg = self.cfg
         said = hint_header(error.headers) or "a rate-limit reset header"
+        then = (
+            "everything finished so far is saved — run the same code again later to resume, or raise max_wait"
+            if cfg.cache_path is not None
+            else "raise max_wait, or run it again later"  # cache=None kept nothing to resume from
+        )
         return exc.ProviderWaitError(
             f"the provider asked to wait {describe_hint(hint)} ({said}), longer than "
-            f"max_wait={cfg.max_wait:g} s; everything finished so far is saved — run the same code "
-            "again later to resume, or raise max_wait",
+            f"max_wait={cfg.max_wait:g} s; {then}",
             status=error.status,
             headers=error.headers,
             body=error.body,

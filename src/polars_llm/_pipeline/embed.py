@@ -40,7 +40,7 @@ import polars as pl
 import pyarrow as pa
 
 from .. import exceptions as exc
-from .._config import CHAT_ONLY, MapConfig, option_fields
+from .._config import CHAT_ONLY, INCLUDE_DTYPES, MapConfig, option_fields
 from .._cost import Budget, Costing
 from .._engine import FAIL, STOP, Run, Sink, Work, run_groups, share
 from .._progress import RunStats
@@ -86,6 +86,7 @@ class EmbedSpec:
     params: Mapping[str, Any]
     fingerprint: bytes
     _extra: Mapping[str, Any] = field(repr=False)
+    include: tuple[str, ...] = ()  # per-row details beside result/status (not part of the key)
 
     @classmethod
     def of(cls, cfg: MapConfig) -> EmbedSpec:
@@ -98,6 +99,7 @@ class EmbedSpec:
         if cfg.extra_body:
             params["extra_body"] = dict(cfg.extra_body)
         return cls(
+            include=cfg.include,
             endpoint=cfg.url,
             model=cfg.model,
             dimensions=cfg.dimensions,
@@ -120,8 +122,9 @@ class EmbedSpec:
 
     @property
     def output_dtype(self) -> pl.Struct:
-        """``Struct{result, status}``, ``result`` a vector column."""
-        return pl.Struct({"result": self.result_dtype, "status": pl.String()})
+        """``Struct{result, status}``, ``result`` a vector column, plus the ``include`` details asked for."""
+        details = {name: INCLUDE_DTYPES[name] for name in self.include}
+        return pl.Struct({"result": self.result_dtype, "status": pl.String(), **details})
 
     def key_maker(self) -> KeyMaker:
         return KeyMaker(self.fingerprint)

@@ -84,6 +84,7 @@ class EmbedOptions(TypedDict, total=False):
     fsync: bool
     max_cost: float | None
     price: tuple[float, float] | Mapping[str, tuple[float, float]] | None
+    include: tuple[str, ...] | list[str] | str
     progress: bool
     transport: Transport
 
@@ -100,7 +101,6 @@ class MapOptions(EmbedOptions, total=False):
     temperature: float | None
     max_tokens: int | None
     dimensions: int | None
-    include: tuple[str, ...] | list[str] | str
     chunk_rows: int
     worker: Worker | None
     mode: Mode
@@ -403,10 +403,11 @@ def llm_embed_frame(
     **options: Unpack[EmbedOptions],
 ) -> FrameT:
     """``frame`` with ``result`` (the vectors) and ``status`` columns added (DataFrame or LazyFrame)."""
+    cfg = _embed_config(model, dimensions, options)
+    names = _names(cfg, result_name, status_name)
+    _check_names(frame.collect_schema().names(), cfg, result_name, status_name)
     if isinstance(frame, pl.DataFrame):  # eager: no Polars UDF, so errors keep their attributes
-        cfg = _embed_config(model, dimensions, options)
         texts = frame.select(pl.col(column) if isinstance(column, str) else column).to_series()
-        names = _names(cfg, result_name, status_name)
         return _split(frame.with_columns(embed_series(texts, cfg).alias(_TMP)), names)
     expr = llm_embed(column, model, dimensions, **options).alias(_TMP)
-    return _split(frame.with_columns(expr), {"result": result_name, "status": status_name})
+    return _split(frame.with_columns(expr), names)

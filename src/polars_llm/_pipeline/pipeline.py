@@ -28,7 +28,15 @@ from .._engine import Packer, Work, pack_size, pack_work, packed_chars
 from .._progress import Progress, Reporter, RunStats, reporting
 from .._request import prepare_struct, request_spec
 from .._store import Store
-from ..exceptions import BudgetExceededError, ColumnTypeError, ConfigError, PolarsLLMError
+from ..exceptions import (
+    BudgetExceededError,
+    ColumnTypeError,
+    ConfigError,
+    EndpointUnreachableError,
+    PolarsLLMError,
+    ProviderWaitError,
+    TransientError,
+)
 from .modes import mode_of
 from .prepared import Prepared
 
@@ -172,9 +180,24 @@ async def _execute(prepared: Prepared, cfg: MapConfig, reporter: Reporter) -> pl
             tg.cancel_scope.cancel()
 
 
+def _advice(error: BaseException, cfg: MapConfig) -> str:
+    """Where the finished rows are and whether running again helps, for this kind of stop."""
+    if cfg.cache_path is None:
+        return "with cache=None nothing finished was kept"
+    kept = f"finished rows are kept in the cache {cfg.cache_path}"
+    if isinstance(error, BudgetExceededError):  # its own message says how to go on (a larger max_cost)
+        return kept
+    if isinstance(error, KeyboardInterrupt | ProviderWaitError | EndpointUnreachableError | TransientError):
+        return f"{kept}; run it again to continue"
+    return f"{kept}; fix the cause, then run it again to continue"
+
+
 def stopped(error: BaseException, stats: RunStats, cfg: MapConfig) -> BaseException:
     """``error`` restated with how far the run got and where its finished rows are (same type).
 
+    The advice fits the stop: "run it again" after an interrupt or a wait, "fix the cause" after a
+    rejected key or a wrong URL, nothing more after a budget stop (its message says it), and no promise
+    of kept rows with ``cache=None``. A :class:`ConfigError` is not restated: no run started.
     The original is raised ``from None`` over this one, so it stays reachable as ``__context__``.
 
     >>> err = stopped(KeyboardInterrupt(), RunStats(total=20_000, done=792, failed=1), MapConfig(
@@ -184,15 +207,12 @@ def stopped(error: BaseException, stats: RunStats, cfg: MapConfig) -> BaseExcept
     /tmp/lab.duckdb;
     run it again to continue
     """
+    if isinstance(error, ConfigError):
+        return error
     to_send = stats.total - stats.cached
-    where = (
-        f"finished rows are kept in the cache {cfg.cache_path}; run it again to continue"
-        if cfg.cache_path is not None
-        else "with cache=None they were not kept"
-    )
     note = (
         f"stopped after {stats.finished:,} of {to_send:,} requests "
-        f"({stats.done:,} done, {stats.failed:,} failed); {where}"
+        f"({stats.done:,} done, {stats.failed:,} failed); {_advice(error, cfg)}"
     )
     note = mode_of(cfg).stopped_note(stats, cfg) or note
     if isinstance(error, KeyboardInterrupt):
@@ -274,6 +294,7 @@ def estimate_series(series: pl.Series, cfg: MapConfig) -> Estimate:
         tokens=tokens,
         price=price,
         system_chars=system_chars,
+        mode=cfg.mode,
     )
 
 

@@ -20,7 +20,16 @@ import anyio
 from .._cost import usd
 from .stats import RunStats
 
-__all__ = ["Progress", "RateMeter", "Reporter", "format_postfix", "in_notebook", "reporting"]
+__all__ = [
+    "Progress",
+    "RateMeter",
+    "Reporter",
+    "format_final",
+    "format_postfix",
+    "in_notebook",
+    "keep_bar_wide",
+    "reporting",
+]
 
 _TICK = 0.25
 _WINDOW = 60.0
@@ -69,7 +78,20 @@ def _widget_tqdm() -> Any:
     class _WidgetBar(notebook_tqdm):  # type: ignore[misc,valid-type]
         monitor_interval = 0
 
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            keep_bar_wide(self.container)
+
     return _WidgetBar
+
+
+def keep_bar_wide(container: Any) -> None:
+    """Give the widget bar a minimum width, so a long stats text wraps below it instead of squeezing
+    the bar to a few pixels (tqdm's row of [description, bar, text] lets the bar shrink to nothing)."""
+    children = getattr(container, "children", ())
+    if len(children) == 3:
+        children[1].layout.min_width = "40%"
+        container.layout.flex_flow = "row wrap"
 
 
 class Reporter(Protocol):
@@ -120,6 +142,31 @@ class RateMeter:
         return (count - n0) / (now - t0) * 60.0 if now > t0 else 0.0
 
 
+def format_final(stats: RunStats) -> str:
+    """The text after a finished bar: what the run did, the cached rows counted in, no live pace.
+
+    >>> format_final(RunStats(total=10, cached=4, done=5, failed=1, tokens_in=10, tokens_out=20, cost=0.5))
+    'done=9 (4 cached) failed=1 tok=30 $0.500'
+    >>> format_final(RunStats(total=3, done=3, cost=0.25, spent_before=0.5, budget=2.0))
+    'done=3 failed=0 $0.750/$2.00'
+    """
+    cached = f" ({stats.cached:,} cached)" if stats.cached else ""
+    return f"done={stats.done + stats.cached:,}{cached} failed={stats.failed:,}{_tokens_and_money(stats)}"
+
+
+def _tokens_and_money(stats: RunStats) -> str:
+    """`` tok=N`` and the money (``spent/budget`` with ``max_cost``), as both bar texts show them."""
+    text = ""
+    tokens = stats.tokens_in + stats.tokens_out
+    if tokens:
+        text += f" tok={tokens:,}"
+    if stats.budget is not None:
+        text += f" {usd(stats.spent_before + stats.cost)}/{usd(stats.budget)}"
+    elif stats.cost:
+        text += f" {usd(stats.cost)}"
+    return text
+
+
 def format_postfix(stats: RunStats, rpm: float) -> str:
     """The text after the bar: counts, requests/min, tokens, money (``spent/budget`` with ``max_cost``),
     then the pace the run keeps — learned from 429s, announced by the provider's headers, or the client
@@ -139,13 +186,7 @@ def format_postfix(stats: RunStats, rpm: float) -> str:
     'done=0 failed=0 retrying=0 rpm=0 | paused 29 s: provider asked to wait 30 s'
     """
     text = f"done={stats.done} failed={stats.failed} retrying={stats.retrying} rpm={rpm:,.0f}"
-    tokens = stats.tokens_in + stats.tokens_out
-    if tokens:
-        text += f" tok={tokens:,}"
-    if stats.budget is not None:
-        text += f" {usd(stats.spent_before + stats.cost)}/{usd(stats.budget)}"
-    elif stats.cost:
-        text += f" {usd(stats.cost)}"
+    text += _tokens_and_money(stats)
     if stats.pacing is not None:
         allowed, source, paused, why = stats.pacing()
         if paused > 0:
@@ -207,6 +248,10 @@ class Progress:
     def _postfix(self) -> str:
         return format_postfix(self.stats, self._rpm())
 
+    def _final(self) -> str:
+        """The text a finished bar keeps: what the run did, without a live pace."""
+        return format_final(self.stats)
+
     def update(self) -> None:
         bar = self._bar
         if bar is None:
@@ -230,7 +275,8 @@ class Progress:
         self._bar = None
         try:
             bar.n = self._position()
-            bar.set_postfix_str(self._postfix(), refresh=False)
+            # a stopped run keeps its live text (why it waited…); a finished one says what it did
+            bar.set_postfix_str(self._postfix() if error else self._final(), refresh=False)
             if error and hasattr(bar, "colour"):
                 bar.colour = "red"
             bar.refresh()

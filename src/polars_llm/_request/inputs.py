@@ -157,10 +157,11 @@ def check_dtype(dtype: pl.Struct, name: str, cfg: MapConfig) -> None:
         f"llm.map takes a String column (cast it first, e.g. pl.col({name!r}).cast(pl.String)) or a struct "
         f"with the fields {', '.join(FIELDS)}"
     )
-    if unknown:
+    if unknown:  # with a prompt field, an unknown one is a typo: the fields are the help, not a cast
+        help_text = f"a struct input takes the fields {', '.join(FIELDS)}" if "prompt" in fields else shape
         raise ColumnTypeError(
             f"the struct input {name!r} has unknown field(s) {', '.join(map(repr, unknown))} "
-            f"(dtype {dtype}); {shape}"
+            f"(dtype {dtype}); {help_text}"
         )
     if "prompt" not in fields:
         raise ColumnTypeError(

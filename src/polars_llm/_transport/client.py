@@ -388,7 +388,13 @@ class OpenAITransport:
     """The official ``openai`` SDK (aiohttp transport when available), with its retries turned off."""
 
     def __init__(self, cfg: MapConfig) -> None:
-        import openai
+        try:
+            import openai
+        except ImportError:
+            raise exc.ConfigError(
+                "transport='openai' needs the official SDK, an optional extra: "
+                "pip install 'polars-llm-map[openai]' (or leave the default transport='aiohttp')"
+            ) from None
 
         self._openai = openai
         self._cfg = cfg

@@ -22,6 +22,7 @@ import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Final
 
 import polars as pl
 
@@ -141,6 +142,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+_CLI_WORDS: Final = (
+    ("pass cache=<other path>", "pass --cache <other path>"),
+    ("Pass cache=<other path>", "Pass --cache <other path>"),
+    ("pass cache=<its path>", "pass --cache <its path>"),
+    ("Raise max_cost", "Raise --max-cost"),
+    ("raise max_wait", "raise --max-wait"),
+    ("run it again to continue", "run the same command again to continue"),
+    ("run the same code again", "run the same command again"),
+)
+
+
+def _cli_words(message: str) -> str:
+    """An error message of the library as a command-line user reads it: flags, not keyword arguments.
+
+    >>> _cli_words("the cache x is locked by y; finish it, or pass cache=<other path>.")
+    'the cache x is locked by y; finish it, or pass --cache <other path>.'
+    """
+    for python, flag in _CLI_WORDS:
+        message = message.replace(python, flag)
+    return message
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code (also for argument errors and ``--help``)."""
     parser = build_parser()
@@ -164,10 +187,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return exc.code
     except ConfigError as exc:
-        print(f"{prog}: error: {exc}", file=sys.stderr)
+        print(f"{prog}: error: {_cli_words(str(exc))}", file=sys.stderr)
         return EXIT_USAGE
     except PolarsLLMError as exc:
-        print(f"{prog}: error: {exc}", file=sys.stderr)
+        print(f"{prog}: error: {_cli_words(str(exc))}", file=sys.stderr)
         return EXIT_FAILED
     except (pl.exceptions.PolarsError, OSError) as exc:
         print(f"{prog}: error: {type(exc).__name__}: {exc}", file=sys.stderr)

@@ -37,32 +37,55 @@ def add_batches_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def format_batches(frame: pl.DataFrame) -> str:
-    """A table of :func:`polars_llm.batches` for the terminal.
+    """A table of :func:`polars_llm.batches` for the terminal, each column as wide as its longest cell.
 
-    >>> print(format_batches(pl.DataFrame({"batch_id": ["b1"], "live": [True], "status": ["in_progress"],
-    ...     "requests": [10], "completed": [4], "failed": [0], "rows_done": [None], "rows_failed": [None],
-    ...     "rows_requeued": [None], "cost": [None], "submitted_at": [None], "message": [None]})))
-    batch            status       live  requests  provider ok/failed  collected done/failed/requeued  cost
-    b1               in_progress  yes         10  4/0                 -
+    >>> print(format_batches(pl.DataFrame({"batch_id": ["batch_0123456789abcdef"], "live": [True],
+    ...     "status": ["in_progress"], "requests": [10], "completed": [4], "failed": [0], "rows_done": [None],
+    ...     "rows_failed": [None], "rows_requeued": [None], "cost": [0.5], "submitted_at": [None],
+    ...     "message": [None]})))
+    batch                   status       live  requests  provider ok/failed  collected ok/failed/back  cost
+    batch_0123456789abcdef  in_progress  yes         10  4/0                 -                         $0.500
     """
     if frame.height == 0:
         return "no batches in this cache"
-    lines = [
-        f"{'batch':<16} {'status':<12} {'live':<4} {'requests':>9}  {'provider ok/failed':<19} "
-        "collected done/failed/requeued  cost"
+    header = [
+        "batch",
+        "status",
+        "live",
+        "requests",
+        "provider ok/failed",
+        "collected ok/failed/back",
+        "cost",
     ]
+    right = {3}  # numbers align right
+    rows: list[tuple[list[str], str | None]] = []
     for r in frame.iter_rows(named=True):
-        provider = f"{r['completed'] or 0}/{r['failed'] or 0}"
         collected = (
             "-" if r["rows_done"] is None else f"{r['rows_done']}/{r['rows_failed']}/{r['rows_requeued']}"
         )
-        cost = "" if r["cost"] is None else f"  {usd(r['cost'])}"
-        lines.append(
-            f"{r['batch_id']:<16} {r['status'] or '-':<12} {'yes' if r['live'] else 'no':<4} "
-            f"{r['requests'] or 0:>9}  {provider:<19} {collected}{cost}".rstrip()
-        )
-        if r["message"]:
-            lines.append(f"  {r['message']}")
+        cells = [
+            str(r["batch_id"]),
+            r["status"] or "-",
+            "yes" if r["live"] else "no",
+            f"{r['requests'] or 0}",
+            f"{r['completed'] or 0}/{r['failed'] or 0}",
+            collected,
+            "" if r["cost"] is None else usd(r["cost"]),
+        ]
+        rows.append((cells, r["message"]))
+    widths = [max(len(h), *(len(cells[i]) for cells, _ in rows)) for i, h in enumerate(header)]
+
+    def line(cells: list[str]) -> str:
+        return "  ".join(
+            c.rjust(w) if i in right else c.ljust(w)
+            for i, (c, w) in enumerate(zip(cells, widths, strict=True))
+        ).rstrip()
+
+    lines = [line(header)]
+    for cells, message in rows:
+        lines.append(line(cells))
+        if message:
+            lines.append(f"  {message}")
     return "\n".join(lines)
 
 

@@ -17,6 +17,7 @@ import polars as pl
 from .._config import CHAT_ONLY, DEFAULT_CACHE_PATH, option_fields
 from .._pipeline import embed_series
 from .run import (
+    CLIError,
     add_key_and_column_flags,
     add_option_flags,
     api_key_from_env,
@@ -59,12 +60,16 @@ def cmd_embed(args: argparse.Namespace) -> int:
     cfg = config_from(args, _options(args))
     column, result = args.column, args.result_column
     texts = lf.select(pl.col(column).unique(maintain_order=True)).collect().get_column(column)
+    taken = set(cfg.include) & {*lf.collect_schema().names(), result, args.status_column}
+    if taken:
+        raise CLIError(f"--include would add column(s) {', '.join(sorted(taken))} that the input already has")
     answers = embed_series(texts, cfg)
     table = pl.DataFrame(
         [
             texts,
             answers.struct.field("result").alias(result),
             answers.struct.field("status").alias(args.status_column),
+            *(answers.struct.field(name) for name in cfg.include),  # --include error,usage,…
         ]
     )
     out = lf.join(table.lazy(), on=column, how="left", nulls_equal=True, maintain_order="left")

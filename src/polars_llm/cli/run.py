@@ -24,7 +24,14 @@ from typing import Any, Final
 import polars as pl
 from pydantic import BaseModel
 
-from .._config import DEFAULT_CACHE_PATH, MapConfig, env_value, option_fields, resolve_config
+from .._config import (
+    DEFAULT_CACHE_PATH,
+    EMBED_ONLY,
+    MapConfig,
+    env_value,
+    option_fields,
+    resolve_config,
+)
 from .._pipeline import estimate_series, map_chunks, map_series, mode_of
 from ..exceptions import BudgetExceededError, ConfigError
 from .files import ChunkWriter, FileFormat, read_chunks
@@ -116,7 +123,8 @@ def add_option_flags(p: argparse.ArgumentParser, skip: frozenset[str] = frozense
         if f.metadata["cli"] is not True or f.name in skip:
             continue
         flag = "--" + f.name.replace("_", "-")
-        help_text = f"{f.metadata['doc']} (default: {f.default})"
+        shown = "none" if f.default == () else f.default  # an empty tuple (include) reads as nothing
+        help_text = f"{f.metadata['doc']} (default: {shown})"
         if f.type == "bool":
             p.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=help_text)
         else:
@@ -142,7 +150,7 @@ def add_run_arguments(p: argparse.ArgumentParser, *, output: bool = True) -> Non
         p.add_argument(
             "--output", "-o", required=True, help="results file: .csv, .parquet, .jsonl or .ndjson"
         )
-    add_option_flags(p)
+    add_option_flags(p, skip=EMBED_ONLY)  # `polars-llm embed` has --dimensions and --batch-size
     # hand-written flags standing for options (their `cli` metadata names them)
     p.add_argument("--schema", metavar="MODULE:MODEL", help="pydantic model for structured output "
                    "(response_model): module:Model or file.py:Model")  # fmt: skip
@@ -184,7 +192,11 @@ def struct_columns(args: argparse.Namespace) -> dict[str, str]:
 
 def _options(args: argparse.Namespace) -> dict[str, Any]:
     """The run's options from parsed arguments (the API key is read from the environment)."""
-    options = {f.name: getattr(args, f.name) for f in option_fields() if f.metadata["cli"] is True}
+    options = {
+        f.name: getattr(args, f.name)
+        for f in option_fields()
+        if f.metadata["cli"] is True and f.name not in EMBED_ONLY
+    }
     options["response_model"] = load_schema(args.schema) if args.schema else None
     options["cache"] = Path(args.cache)
     options["progress"] = not args.quiet
@@ -366,6 +378,16 @@ def config_from(
         raise CLIError(text) from None
 
 
+def json_text(column: str) -> pl.Expr:
+    """A Struct column as JSON text for CSV; a null (a failed row) stays empty, not the text ``null``.
+
+    >>> pl.DataFrame({"r": [{"a": 1}, None]}).select(json_text("r"))["r"].to_list()
+    ['{"a":1}', None]
+    """
+    col = pl.col(column)
+    return pl.when(col.is_not_null()).then(col.struct.json_encode()).alias(column)
+
+
 def write_output(out: pl.LazyFrame, target: Path, status_column: str, cfg: MapConfig) -> None:
     """Stream ``out`` to a temporary file beside ``target``, rename it when complete; print a summary."""
     fmt_out = file_format(target, "output")
@@ -411,7 +433,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     else:  # streamed: cfg.chunk_rows rows at a time from the input, through one session, to the output file
         chunks = map_chunks(read_chunks(lf, rows=cfg.chunk_rows), source, cfg, names)
     if cfg.response_model is not None and fmt_out == "csv":  # CSV has no nested columns: keep the JSON text
-        chunks = (c.with_columns(pl.col(args.result_column).struct.json_encode()) for c in chunks)
+        chunks = (c.with_columns(json_text(args.result_column)) for c in chunks)
     target = target.expanduser().absolute()
     stop = _stream_output(chunks, target, fmt_out)
     _summary(target, fmt_out, args.status_column, cfg)

@@ -1,5 +1,5 @@
 """Ray Data: map a column of a ``ray.data.Dataset`` on the same engine, with one cache and one set of limits
-for the whole cluster (``pip install "polars-llm[ray]"``).
+for the whole cluster (``pip install "polars-llm-map[ray]"``).
 
 >>> import ray, polars_llm.ray                                          # doctest: +SKIP
 >>> ds = ray.data.read_parquet("s3://bucket/reviews/")                  # doctest: +SKIP

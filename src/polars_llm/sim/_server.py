@@ -255,6 +255,10 @@ def start(config: SimConfig | None = None, /, **options: Any) -> SimServer:
 def serve(config: SimConfig | None = None, /, **options: Any) -> Iterator[SimServer]:
     """Run a simulator for the duration of a ``with`` block; options are :class:`SimConfig` fields.
 
+    Without ``port=`` it listens on a free port, a new one each time. The base URL is part of every
+    request's content key, so a script that starts a new simulator per run sends every request again;
+    pass a fixed ``port=`` (as ``polars-llm demo`` does) for reruns to come from the cache.
+
     >>> with serve(rate_limit=100, window=1.0, api_key="sk-test") as server:
     ...     server.config.rate_limit
     100
