@@ -184,20 +184,25 @@ def migrate(
             if stored_version(con) >= step_version:  # applied meanwhile by another connection of this process
                 con.execute("ROLLBACK")
                 continue
-            if callable(step):
-                step(con)
-            else:
-                con.execute(step)
-            con.execute(
-                "INSERT INTO schema_version VALUES (?, make_timestamp(?::BIGINT))",
-                [step_version, int(time.time() * 1_000_000)],
-            )
+            _apply(con, step_version, step)
             con.execute("COMMIT")
         except BaseException:
             con.execute("ROLLBACK")
             raise
         version = step_version
     return version
+
+
+def _apply(con: duckdb.DuckDBPyConnection, step_version: int, step: Step) -> None:
+    """One step and its ``schema_version`` row (inside the caller's transaction)."""
+    if callable(step):
+        step(con)
+    else:
+        con.execute(step)
+    con.execute(
+        "INSERT INTO schema_version VALUES (?, make_timestamp(?::BIGINT))",
+        [step_version, int(time.time() * 1_000_000)],
+    )
 
 
 def _apply_all(con: duckdb.DuckDBPyConnection, target: int, migrations: Sequence[Migration]) -> int:
@@ -207,14 +212,7 @@ def _apply_all(con: duckdb.DuckDBPyConnection, target: int, migrations: Sequence
         for step_version, step in migrations:
             if step_version > target:
                 break
-            if callable(step):
-                step(con)
-            else:
-                con.execute(step)
-            con.execute(
-                "INSERT INTO schema_version VALUES (?, make_timestamp(?::BIGINT))",
-                [step_version, int(time.time() * 1_000_000)],
-            )
+            _apply(con, step_version, step)
             version = step_version
         con.execute("COMMIT")
     except BaseException:
