@@ -34,18 +34,19 @@ def take() -> tuple[duckdb.DuckDBPyConnection, int]:
     return con, _migrations.migrate(con, fresh=True)
 
 
-def give_back(con: duckdb.DuckDBPyConnection, version: int) -> None:
-    """Empty ``con`` and keep it for the next :func:`take`, or close it."""
+def give_back(con: duckdb.DuckDBPyConnection, version: int, *, written: bool = True) -> None:
+    """Empty ``con`` (nothing to do when nothing was ``written``) and keep it for the next
+    :func:`take`, or close it."""
     try:
         if version != _migrations.CURRENT_VERSION or len(_idle) >= KEEP:
             raise LookupError
-        tables = tuple(sorted(_migrations.user_tables(con) - {"schema_version"}))
-        for table in tables:
-            rows = con.execute(f'SELECT count(*) FROM "{table}"').fetchall()[0][0]
-            if rows > MAX_ROWS:
+        tables: tuple[str, ...] = ()
+        if written:
+            if con.execute("SELECT count(*) FROM requests").fetchall()[0][0] > MAX_ROWS:
                 raise LookupError
-        for table in tables:
-            con.execute(f'DELETE FROM "{table}"')
+            tables = tuple(sorted(_migrations.user_tables(con) - {"schema_version"}))
+            for table in tables:
+                con.execute(f'DELETE FROM "{table}"')
     except (LookupError, duckdb.Error):
         con.close()
         return

@@ -187,6 +187,7 @@ class Store:
         self.path = path
         self.version = version
         self._lock = path_lock(path)
+        self._blank = False  # a scratch store nothing was written to yet: look-ups need no query
 
     @classmethod
     def open(cls, path: Path | None) -> Store:
@@ -200,7 +201,9 @@ class Store:
                 or was written by a newer polars_llm.
         """
         if path is None:
-            return cls(*_scratch.take())  # (an emptied one from an earlier call, when there is one)
+            store = cls(*_scratch.take())  # (an emptied one from an earlier call, when there is one)
+            store._blank = True
+            return store
         path = Path(path).expanduser().absolute()
         with path_lock(path):
             prepare_file(path)
@@ -230,6 +233,7 @@ class Store:
     @contextmanager
     def transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:
         """The connection under the lock, in one transaction (rolled back on any error)."""
+        self._blank = False
         with self._locked() as con:
             con.execute("BEGIN TRANSACTION")
             try:
@@ -270,9 +274,9 @@ class Store:
         ``key``) present in the store."""
         base = _VECTOR_SCHEMA if vectors else _LOOKUP_SCHEMA
         schema = {**base, **{d: DETAIL_SCHEMA[d] for d in details}}
-        frame = keys.select(pl.col("key").cast(pl.String)).with_columns(k64())
-        if frame.height == 0:
+        if self._blank or keys.height == 0:
             return pl.DataFrame(schema=schema)
+        frame = keys.select(pl.col("key").cast(pl.String)).with_columns(k64())
         cols = ", ".join(f"r.{c}" for c in schema)
         query = (
             _hits("_pl_lookup", cols) + "SELECT r.* FROM hit AS r SEMI JOIN _pl_lookup AS q ON r.key = q.key"
@@ -286,9 +290,9 @@ class Store:
     ) -> float:
         """USD already spent on ``keys``: each row's cost, else its tokens × ``price`` (per million); only
         rows finished before ``before`` (epoch seconds) when given."""
-        frame = keys.select(pl.col("key").cast(pl.String)).with_columns(k64())
-        if frame.height == 0:
+        if self._blank or keys.height == 0:
             return 0.0
+        frame = keys.select(pl.col("key").cast(pl.String)).with_columns(k64())
         pin, pout = price if price is not None else (0.0, 0.0)
         when = "" if before is None else " WHERE r.finished_at < make_timestamp(?::BIGINT)"
         params: list[Any] = [pin, pout] + ([] if before is None else [int(before * 1_000_000)])
@@ -305,6 +309,8 @@ class Store:
     def token_history(self, model: str) -> tuple[int, int, int, int]:
         """What earlier answers of ``model`` say about tokens: ``(characters sent, prompt tokens, answers,
         completion tokens)`` over ``done`` rows that reported usage."""
+        if self._blank:
+            return 0, 0, 0, 0
         with self._locked() as con:
             rows = con.execute(
                 "SELECT coalesce(sum(length(prompt) + coalesce(length(system), 0)), 0), "
@@ -475,7 +481,7 @@ class Store:
             if con is None:
                 return
             if self.path is None:
-                _scratch.give_back(con, self.version)
+                _scratch.give_back(con, self.version, written=not self._blank)
                 return
             # fails only while another connection of this process is mid-transaction; it checkpoints later
             with suppress(duckdb.Error):
