@@ -6,6 +6,7 @@ with real DuckDB files. The simulator's ``cost`` counter is the ground truth of 
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -293,7 +294,12 @@ def test_include_clashing_with_an_input_column_is_a_config_error(server: sim.Sim
 
 
 def test_a_cache_of_release_0_1_gains_the_new_usage_columns(tmp_path: Path) -> None:
-    from test_golden_cache import SCHEMA_V2
+    golden = Path(__file__).resolve().parents[1] / "request" / "test_golden_cache.py"
+    spec = importlib.util.spec_from_file_location("golden_cache_schema", golden)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)  # (not imported by name: it lives in another test folder)
+    SCHEMA_V2 = module.SCHEMA_V2
 
     path = tmp_path / "old.duckdb"
     with duckdb.connect(str(path)) as con:

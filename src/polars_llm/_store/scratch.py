@@ -22,14 +22,14 @@ KEEP: Final = 2
 MAX_ROWS: Final = 100_000  # a scratch store holding more than this is closed, not kept
 
 _lock = threading.Lock()
-_idle: list[tuple[duckdb.DuckDBPyConnection, tuple[str, ...]]] = []
+_idle: list[duckdb.DuckDBPyConnection] = []
 
 
 def take() -> tuple[duckdb.DuckDBPyConnection, int]:
     """An empty in-memory database at the current schema version, and that version."""
     with _lock:
         if _idle:
-            return _idle.pop()[0], _migrations.CURRENT_VERSION
+            return _idle.pop(), _migrations.CURRENT_VERSION
     con = duckdb.connect(":memory:")
     return con, _migrations.migrate(con, fresh=True)
 
@@ -40,18 +40,16 @@ def give_back(con: duckdb.DuckDBPyConnection, version: int, *, written: bool = T
     try:
         if version != _migrations.CURRENT_VERSION or len(_idle) >= KEEP:
             raise LookupError
-        tables: tuple[str, ...] = ()
         if written:
             if con.execute("SELECT count(*) FROM requests").fetchall()[0][0] > MAX_ROWS:
                 raise LookupError
-            tables = tuple(sorted(_migrations.user_tables(con) - {"schema_version"}))
-            for table in tables:
+            for table in sorted(_migrations.user_tables(con) - {"schema_version"}):
                 con.execute(f'DELETE FROM "{table}"')
     except (LookupError, duckdb.Error):
         con.close()
         return
     with _lock:
         if len(_idle) < KEEP:
-            _idle.append((con, tables))
+            _idle.append(con)
             return
     con.close()
