@@ -59,6 +59,9 @@ class LlamaServer:
     """``llama-server`` in a subprocess on a free port (a context manager); ``url`` ends in ``/v1``.
 
     ``slots`` requests are decoded together (``-np``), each with ``ctx // slots`` tokens of context.
+    ``threads`` defaults to 1: on a shared machine more threads than free cores make ggml's threads spin
+    on each other (measured here at a load average of 9 on 2 cores: 0.3-3 tokens/s with 2 threads, 17-33
+    with 1).
     """
 
     def __init__(
@@ -67,7 +70,7 @@ class LlamaServer:
     ) -> None:  # fmt: skip
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}/v1"
-        threads = threads or os.cpu_count() or 2
+        threads = threads or 1
         self.args = [str(binary), "-m", str(model), "--host", "127.0.0.1", "--port", str(self.port),
                      "-np", str(slots), "-c", str(ctx), "-t", str(threads)]  # fmt: skip
         self.slots, self.startup = slots, startup

@@ -89,6 +89,7 @@ def run(
     max_tokens: int = 64,
     concurrency: int = 4,
     packs: tuple[int, ...] = (1, 20),
+    threads: int = 1,
 ) -> dict[str, Any]:
     series = pl.Series("text", texts(n))
     planted = pl.Series([LABELS[i % len(LABELS)] for i in range(n)])
@@ -97,7 +98,7 @@ def run(
             paths = llama_paths()
             if paths is None:
                 raise SystemExit(f"pass --server URL, or set {SERVER_ENV} and {MODEL_ENV} to existing files")
-            llama = stack.enter_context(LlamaServer(*paths, slots=concurrency))
+            llama = stack.enter_context(LlamaServer(*paths, slots=concurrency, threads=threads))
             server = llama.url
         proxy = stack.enter_context(CountingProxy(server))
         tmp = Path(stack.enter_context(TemporaryDirectory(prefix="bench-real-model-")))
@@ -157,9 +158,10 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=1000)
     parser.add_argument("--max-tokens", type=int, default=64, help="per answer; a pack of N gets N times it")
     parser.add_argument("--concurrency", type=int, default=4, help="in flight (= server slots)")
+    parser.add_argument("--threads", type=int, default=1, help="llama-server -t when started here")
     parser.add_argument("--out", type=Path, default=BENCH_DIR / "results")
     args = parser.parse_args()
-    result = run(args.server, args.n, args.max_tokens, args.concurrency)
+    result = run(args.server, args.n, args.max_tokens, args.concurrency, threads=args.threads)
     command = "uv run python -m benchmarks.real_model" + (f" --server {args.server}" if args.server else "")
     result["meta"] = {"machine": machine_info(), "versions": library_versions(), "command": command,
                       "llama_server_version": None if args.server else _binary_version()}  # fmt: skip
