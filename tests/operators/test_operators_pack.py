@@ -6,6 +6,7 @@ import math
 from pathlib import Path
 from typing import Any, Literal
 
+import orjson
 import polars as pl
 import pytest
 from pydantic import BaseModel
@@ -37,6 +38,16 @@ def test_a_pack_of_n_sends_one_request_per_n_rows_with_the_same_answers(sim_serv
     system, user = (m["content"] for m in first["messages"])
     assert system.count("Say what the row is about.") == 1 and '"answers"' in system
     assert user.startswith('{"items":["row 0 is about alpha","row 1 is about beta"')
+
+
+def test_max_tokens_bounds_each_answer_so_a_pack_of_n_gets_n_times_it(sim_server: sim.SimServer) -> None:
+    # A pack capped at one answer's max_tokens would be cut short every time (SmolLM2-135M on llama-server
+    # writes ~16 tokens per unpacked answer, whitespace included) and split down to single rows.
+    out = TEXTS.head(25).llm.classify(LABELS, **opts(sim_server, pack=10, max_tokens=16))
+    assert out.to_list() == EXPECTED[:25]
+    sent = sorted((len(orjson.loads(b["messages"][1]["content"])["items"]), b["max_tokens"])
+                  for b in bodies(sim_server))  # fmt: skip
+    assert sent == [(5, 80), (10, 160), (10, 160)]
 
 
 def test_packed_and_unpacked_rows_share_their_cache_keys(sim_server: sim.SimServer, cache_path: Path) -> None:
