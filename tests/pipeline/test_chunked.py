@@ -141,7 +141,20 @@ def test_row_operators_stream_in_a_lazy_query(server: sim.SimServer, small_morse
     assert kept.height > 0 and set(kept["text"]) <= set(texts)
 
 
-def test_a_real_sigint_stops_a_streamed_expression_and_a_rerun_pays_nothing_twice(tmp_path: Path) -> None:
+QUERIES = {
+    # the streaming engine, morsels of 50 rows on its own threads
+    "lazy": "with pl.Config(streaming_chunk_size=50):\n"
+    "                lf.with_columns(expr.alias('llm')).collect()",
+    # the in-memory engine, a frame of 8 chunks handed over on its compute threads
+    "eager chunks": "pl.concat([f for f in lf.collect().iter_slices(50)], rechunk=False)"
+    ".with_columns(expr.alias('llm'))",
+}
+
+
+@pytest.mark.parametrize("query", QUERIES)
+def test_a_real_sigint_stops_a_chunked_expression_and_a_rerun_pays_nothing_twice(
+    tmp_path: Path, query: str
+) -> None:
     cache = tmp_path / "c.duckdb"
     n = 400
     script = textwrap.dedent(
@@ -154,8 +167,7 @@ def test_a_real_sigint_stops_a_streamed_expression_and_a_rerun_pays_nothing_twic
                                    progress=False, concurrency=4)
         print("started", flush=True)
         try:
-            with pl.Config(streaming_chunk_size=50):
-                lf.with_columns(expr.alias("llm")).collect()
+            {QUERIES[query]}
         except KeyboardInterrupt:
             print("interrupted", flush=True)
         else:
