@@ -132,11 +132,14 @@ def test_row_operators_stream_in_a_lazy_query(server: sim.SimServer, small_morse
     texts = [f"order {i}: it was {labels[i % 3]}" for i in range(90)]
     lf = pl.LazyFrame({"text": texts})
     options = opts(server, None)
-    out = lf.with_columns(
-        pl.col("text").llm.classify(labels, model=MODEL, **options).alias("label")
+    out = lf.with_columns(  # two expressions side by side in one streamed query: a session each
+        pl.col("text").llm.classify(labels, model=MODEL, **options).alias("label"),
+        pl.col("text").llm.map(MODEL, **options).struct.field("result").alias("answer"),
     ).collect()
     assert out["label"].dtype == pl.Enum(labels)
     assert out["label"].to_list() == [labels[i % 3] for i in range(90)]
+    assert out["answer"].to_list() == [sim.expected_text(MODEL, t) for t in texts]
+    assert server.stats()["requests"] == 180
     kept = lf.filter(pl.col("text").llm.filter("mentions late delivery", model=MODEL, **options)).collect()
     assert kept.height > 0 and set(kept["text"]) <= set(texts)
 

@@ -9,8 +9,9 @@ learned pace, ``max_cost``), one event loop thread and one progress display for 
 requests in flight.
 
 Polars does not tell a function that the query ended, so the session closes once no chunk came for
-:data:`IDLE_CLOSE` seconds (the next chunk is normally waiting already), when another run in this
-process starts (:func:`close_idle`), or at exit; it opens again for the next query.
+:data:`IDLE_CLOSE` seconds (the next chunk is normally waiting already), when a run on the main
+thread starts (:func:`close_idle`), or at exit; it opens again for the next query. Several such
+expressions in one query (``llm.classify`` and ``llm.filter`` side by side) each keep their own session.
 
 Two other callers get a run of their own per call, as before:
 
@@ -233,7 +234,6 @@ class ChunkedRun:
 
     def _open(self) -> tuple[LoopThread, Session, Progress]:
         if self._loop is None or self._session is None or self._progress is None:
-            close_idle()
             stats = RunStats()
             self._progress = Progress(stats, enabled=self.cfg.progress)
             self._progress.open()
