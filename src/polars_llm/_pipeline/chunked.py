@@ -154,7 +154,8 @@ class ChunkedRun:
                     self._stopped = error
                     self._close()  # a stopped run does not carry over into the next query
                     raise
-                chunk.out = _unnested(series, mapped)
+                if self._chunks is not None:  # kept for a budget stop's frame while the query is small
+                    chunk.out = _unnested(series, mapped)
                 return self._done(series, mapped)
         finally:
             with _OPEN_LOCK:
