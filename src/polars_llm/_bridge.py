@@ -80,11 +80,21 @@ def on_polars_pool() -> bool:
     elementwise function with one chunk of a column each: see :func:`run_inline`."""
     if threading.current_thread() is threading.main_thread():
         return False
+    return _native_thread_name().startswith("polars-")
+
+
+def _native_thread_name() -> str:
+    """The OS name of the calling thread (Polars names its compute threads ``polars-N``); "" if unknown."""
     try:
-        with open(f"/proc/self/task/{threading.get_native_id()}/comm") as comm:
-            return comm.read().startswith("polars-")
-    except OSError:  # no /proc (not Linux): such calls take the ordinary path
-        return False
+        libc = ctypes.CDLL(None)
+        libc.pthread_self.restype = ctypes.c_void_p
+        libc.pthread_getname_np.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_size_t]
+        buf = ctypes.create_string_buffer(64)
+        if libc.pthread_getname_np(libc.pthread_self(), buf, len(buf)) == 0:
+            return buf.value.decode(errors="replace")
+    except (OSError, AttributeError):  # no pthreads (Windows): such calls take the ordinary path
+        pass
+    return ""
 
 
 _INLINE: ContextVar[bool] = ContextVar("polars_llm_inline", default=False)
