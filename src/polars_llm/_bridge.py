@@ -83,18 +83,24 @@ def on_polars_pool() -> bool:
     return _native_thread_name().startswith("polars-")
 
 
-def _native_thread_name() -> str:
-    """The OS name of the calling thread (Polars names its compute threads ``polars-N``); "" if unknown."""
+@functools.cache
+def _pthread() -> Any:
     try:
         libc = ctypes.CDLL(None)
         libc.pthread_self.restype = ctypes.c_void_p
         libc.pthread_getname_np.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_size_t]
-        buf = ctypes.create_string_buffer(64)
-        if libc.pthread_getname_np(libc.pthread_self(), buf, len(buf)) == 0:
-            return buf.value.decode(errors="replace")
     except (OSError, AttributeError):  # no pthreads (Windows): such calls take the ordinary path
-        pass
-    return ""
+        return None
+    return libc
+
+
+def _native_thread_name() -> str:
+    """The OS name of the calling thread (Polars names its compute threads ``polars-N``); "" if unknown."""
+    libc = _pthread()
+    buf = ctypes.create_string_buffer(64)
+    if libc is None or libc.pthread_getname_np(libc.pthread_self(), buf, len(buf)) != 0:
+        return ""
+    return buf.value.decode(errors="replace")
 
 
 _INLINE: ContextVar[bool] = ContextVar("polars_llm_inline", default=False)
