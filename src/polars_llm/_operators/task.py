@@ -17,7 +17,7 @@ per call with their count and how to see why; ``include=("status", "error")`` re
 from __future__ import annotations
 
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -127,10 +127,17 @@ def finish(task: Task, mapped: pl.Series, struct_form: bool, name: str) -> pl.Se
     return pl.DataFrame([value, *rest]).to_struct(name)
 
 
-def run_task(series: pl.Series, task: Task, cfg: MapConfig, struct_form: bool = False) -> pl.Series:
-    """Run ``task`` over a Series of texts: its value column (see the module docstring)."""
+def run_task(
+    series: pl.Series,
+    task: Task,
+    cfg: MapConfig,
+    struct_form: bool = False,
+    mapper: Callable[[pl.Series, MapConfig], pl.Series] = map_series,
+) -> pl.Series:
+    """Run ``task`` over a Series of texts: its value column (see the module docstring). ``mapper``
+    answers the prompts (``llm.map``'s ``map_series``; a set operator passes its labelled stage)."""
     quoted = cfg.on_error == "raise" and "error" not in cfg.include  # to quote the errors it raises with
-    mapped = map_series(series, cfg.replace(include=(*cfg.include, "error")) if quoted else cfg)
+    mapped = mapper(series, cfg.replace(include=(*cfg.include, "error")) if quoted else cfg)
     _report(task, mapped, cfg, struct_form)
     if quoted:
         mapped = mapped.struct.unnest().drop("error").to_struct(mapped.name)
