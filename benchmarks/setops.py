@@ -24,6 +24,7 @@ import argparse
 import heapq
 import json
 import math
+import os
 import random
 import sys
 import tempfile
@@ -373,9 +374,11 @@ def main() -> None:
             "command": "uv run python -m benchmarks.setops" + (" --quick" if args.quick else ""),
             "machine": machine_info(),
             "versions": library_versions(),
+            "loadavg_start": [round(x, 2) for x in os.getloadavg()],
         },
         **measure(SIZES["quick" if args.quick else "full"]),
     }
+    result["meta"]["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]  # the machine is shared
     result["targets"] = targets(result)
     text = json.dumps(result, indent=1, default=str)
     print(text)
