@@ -33,16 +33,8 @@ from pydantic import BaseModel, Field
 
 import polars_llm  # noqa: F401  (registers the namespaces)
 
-from ._common import (
-    API_KEY,
-    BENCH_DIR,
-    MODEL,
-    SimProcess,
-    child_main,
-    library_versions,
-    machine_info,
-    run_child,
-)
+from . import _common
+from ._common import API_KEY, BENCH_DIR, MODEL, SimProcess, library_versions, machine_info
 
 __all__ = ["run", "section"]
 
@@ -164,7 +156,7 @@ def _case(params: dict[str, Any]) -> dict[str, Any]:
 
 def section(scale: dict[str, Any], workdir: Path) -> dict[str, Any]:
     """The ``operators`` section of ``python -m benchmarks``: :func:`run` in a child process."""
-    return run_child("operators", scale.get("operators", SIZES["full"]), timeout=1200)
+    return _common.run_child("operators", scale.get("operators", SIZES["full"]), timeout=1200)
 
 
 def main() -> None:
@@ -187,6 +179,6 @@ def main() -> None:
 
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1].startswith("{"):  # a section's child (run_child)
-        child_main(_case)
+        _common.child_main(_case)
     else:
         main()

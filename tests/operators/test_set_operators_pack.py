@@ -16,11 +16,11 @@ from typing import Any
 
 import polars as pl
 import pytest
+from test_set_operators import planted  # ad i and CV (i * 7) % n share a #tag
 
 import polars_llm  # noqa: F401  (registers the namespaces)
 from polars_llm import RowsFailedError, sim
 
-SKILLS = ["python", "rust", "sql", "excel", "welding", "nursing", "cooking", "sales", "design", "law"]
 TEMPLATE = "{left.ad} is a good match for {right.cv}"
 
 
@@ -31,15 +31,6 @@ def opts(server: sim.SimServer, **extra: Any) -> dict[str, Any]:
 def checks(server: sim.SimServer) -> int:
     stats = server.stats()
     return int(stats["requests"] - stats["embedding_requests"])
-
-
-def planted(n: int) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """``n`` ads and ``n`` CVs; ad ``i`` and CV ``(i * 7) % n`` share skills and a ``#tag`` (true pairs)."""
-    ads = [f"ad {i}: {SKILLS[i % 10]} and {SKILLS[(i // 10) % 10]} job, ref #t{i}" for i in range(n)]
-    cvs = [""] * n
-    for i in range(n):
-        cvs[(i * 7) % n] = f"cv: {SKILLS[i % 10]} {SKILLS[(i // 10) % 10]} person, ref #t{i}"
-    return pl.DataFrame({"id": range(n), "ad": ads}), pl.DataFrame({"id": range(n), "cv": cvs})
 
 
 def test_packed_join_sends_a_fifth_of_the_requests_finds_the_same_pairs_and_reruns_free(

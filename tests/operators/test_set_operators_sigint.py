@@ -81,6 +81,27 @@ def _chat_answers(server: sim.SimServer) -> int:
     return int(stats["ok"]) - int(stats["embedding_requests"])
 
 
+def _interrupted(argv: list[str], server: sim.SimServer, trigger: int) -> tuple[str, str, int]:
+    """Run the child until ``trigger`` chat answers, hold the rest, send SIGINT once every slot holds a
+    held request (so each answer given was taken in): its stdout, stderr and the answers given."""
+    env = {"PYTHONPATH": SRC, "PATH": "/usr/bin:/bin"}
+    child = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True, env=env)  # fmt: skip
+    try:
+        assert child.stdout is not None and child.stdout.readline().strip() == "started"
+        _wait_for(lambda: _chat_answers(server) >= trigger or child.poll() is not None, "answers")
+        server.configure(latency=30.0)  # the rest is held: a lost interrupt never finishes
+        _wait_for(lambda: server.stats(per_prompt=False)["in_flight"] >= CONCURRENCY, "held slots")
+        answered = _chat_answers(server)
+        child.send_signal(signal.SIGINT)
+        out, err = child.communicate(timeout=120)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.communicate()
+    return out, err, answered
+
+
 @pytest.mark.parametrize("operator", ["reduce", "join"])
 def test_real_sigint_stops_a_set_operator_and_the_rerun_pays_nothing_twice(
     operator: str, tmp_path: Path
@@ -93,27 +114,9 @@ def test_real_sigint_stops_a_set_operator_and_the_rerun_pays_nothing_twice(
     cache = tmp_path / "c.duckdb"
     trigger = 20
     with sim.serve(latency=0.02) as server:
-        proc = subprocess.Popen(
-            [sys.executable, str(script), operator, str(server), str(cache)],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env={"PYTHONPATH": SRC, "PATH": "/usr/bin:/bin"},
+        out, err, answered = _interrupted(
+            [sys.executable, str(script), operator, str(server), str(cache)], server, trigger
         )
-        with proc:
-            try:
-                assert proc.stdout is not None and proc.stdout.readline().strip() == "started"
-                _wait_for(lambda: _chat_answers(server) >= trigger or proc.poll() is not None, "answers")
-                server.configure(latency=30.0)  # the rest is held: a lost interrupt never finishes
-                # every slot holds a held request: each answer given before it was taken in by the client
-                _wait_for(lambda: server.stats(per_prompt=False)["in_flight"] >= CONCURRENCY, "held slots")
-                answered = _chat_answers(server)
-                proc.send_signal(signal.SIGINT)
-                out, err = proc.communicate(timeout=120)
-            except BaseException:
-                proc.kill()
-                raise
         assert out.strip() == "interrupted", err
         server.configure(latency=0.0)
         with duckdb.connect(str(cache), read_only=True) as con:
