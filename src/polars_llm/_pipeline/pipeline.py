@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 from collections.abc import Callable
+from contextvars import ContextVar
 
 import anyio
 import polars as pl
@@ -42,6 +43,7 @@ from .prepared import Prepared
 
 __all__ = [
     "EMPTY_STATE",
+    "SPENT",
     "amap_series",
     "arun",
     "assemble",
@@ -58,6 +60,8 @@ EMPTY_STATE = pl.DataFrame(
     schema={"key": pl.String, "status": pl.String, "result": pl.String, "batch_status": pl.String}
 )
 _DETAILS = frozenset(INCLUDE_DTYPES) | {"batch_status"}
+# Where a caller that runs one column in several calls (:mod:`.chunked`) collects what each run spent.
+SPENT: ContextVar[list[float] | None] = ContextVar("polars_llm_spent", default=None)
 
 
 def _prompts(series: pl.Series) -> pl.Series:
@@ -250,6 +254,9 @@ def run(prepared: Prepared, cfg: MapConfig, reporter: Reporter | None = None) ->
             return run_sync(_execute, prepared, cfg, reporter)
         except (KeyboardInterrupt, PolarsLLMError) as exc:
             raise _restated(exc, prepared, cfg, reporter) from None
+        finally:
+            if (spent := SPENT.get()) is not None:
+                spent.append(reporter.stats.cost)
 
 
 async def arun(prepared: Prepared, cfg: MapConfig, reporter: Reporter | None = None) -> pl.DataFrame:
