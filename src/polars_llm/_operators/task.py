@@ -141,10 +141,17 @@ def task_steps(
     return (cfg.replace(include=(*cfg.include, "error")) if quoted else cfg), done
 
 
-def run_task(series: pl.Series, task: Task, cfg: MapConfig, struct_form: bool = False) -> pl.Series:
-    """Run ``task`` over a Series of texts: its value column (see the module docstring)."""
+def run_task(
+    series: pl.Series,
+    task: Task,
+    cfg: MapConfig,
+    struct_form: bool = False,
+    mapper: Callable[[pl.Series, MapConfig], pl.Series] = map_series,
+) -> pl.Series:
+    """Run ``task`` over a Series of texts: its value column (see the module docstring). ``mapper``
+    answers the prompts (``llm.map``'s ``map_series``; a set operator passes its labelled stage)."""
     map_cfg, done = task_steps(task, cfg, struct_form)
-    return done(series, map_series(series, map_cfg))
+    return done(series, mapper(series, map_cfg))
 
 
 def task_expr(source: pl.Expr, task: Task, cfg: MapConfig, struct_form: bool = False) -> pl.Expr:
