@@ -51,6 +51,10 @@ SCRIPT = textwrap.dedent(
         if operator == "reduce":
             return reviews.llm.reduce("review", "Summarise the complaints", "m", by="product",
                                       max_input_tokens=100, **opts)
+        if operator == "reduce in agg":  # runs on a Polars compute thread, where no SIGINT arrives
+            summary = pl.col("review").llm.reduce("Summarise the complaints", "m", max_input_tokens=100,
+                                                  **opts)
+            return reviews.group_by("product", maintain_order=True).agg(summary)
         return ads.llm.join(cvs, "{left.ad} is a good match for {right.cv}", "m", k=3, embed_model="e",
                             **opts)
 
@@ -102,7 +106,7 @@ def _interrupted(argv: list[str], server: sim.SimServer, trigger: int) -> tuple[
     return out, err, answered
 
 
-@pytest.mark.parametrize("operator", ["reduce", "join"])
+@pytest.mark.parametrize("operator", ["reduce", "reduce in agg", "join"])
 def test_real_sigint_stops_a_set_operator_and_the_rerun_pays_nothing_twice(
     operator: str, tmp_path: Path
 ) -> None:
@@ -134,6 +138,8 @@ def test_real_sigint_stops_a_set_operator_and_the_rerun_pays_nothing_twice(
     assert resumed.equals(fresh)
     if operator == "reduce":
         assert resumed["status"].to_list() == ["done"] * 30
+    elif operator == "reduce in agg":
+        assert resumed.height == 30 and resumed["review"].null_count() == 0
     else:
         assert sorted(resumed.rows()) == sorted(fresh.rows()) and resumed.height == 40
     chat = lambda s: s["requests"] - s["embedding_requests"]  # noqa: E731
