@@ -41,6 +41,7 @@ __all__ = [
     "run_child",
     "steady_rate",
     "windowed_rate",
+    "write_result",
 ]
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -390,3 +391,19 @@ def machine_info() -> dict[str, Any]:
     except OSError:
         pass
     return info
+
+
+def write_result(out: Path, name: str, result: dict[str, Any], command: str, show: tuple[str, ...]) -> Path:
+    """Add ``meta`` (machine, versions, ``command``) to ``result``, write it to
+    ``<out>/<name>-<UTC timestamp>.json`` and print the ``show`` parts of it and the path."""
+    from datetime import UTC, datetime
+
+    result["meta"] = {"machine": machine_info(), "versions": library_versions(), "command": command,
+                      **result.get("meta", {})}  # fmt: skip
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%MZ")
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{name}-{stamp}.json"
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps({k: result[k] for k in show}, indent=2))
+    print(f"written to {path}")
+    return path

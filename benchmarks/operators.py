@@ -20,10 +20,8 @@ all message text).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 from tempfile import TemporaryDirectory
 from typing import Any, Literal
@@ -34,7 +32,7 @@ from pydantic import BaseModel, Field
 import polars_llm  # noqa: F401  (registers the namespaces)
 
 from . import _common
-from ._common import API_KEY, BENCH_DIR, MODEL, SimProcess, library_versions, machine_info
+from ._common import API_KEY, BENCH_DIR, MODEL, SimProcess, write_result
 
 __all__ = ["run", "section"]
 
@@ -167,14 +165,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=BENCH_DIR / "results")
     args = parser.parse_args()
     result = run(args.n, args.timing_n, args.rounds)
-    result["meta"] = {"machine": machine_info(), "versions": library_versions(),
-                      "command": "uv run python -m benchmarks.operators"}  # fmt: skip
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%MZ")
-    args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / f"operators-{stamp}.json"
-    path.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps({k: result[k] for k in ("packing", "overhead", "targets")}, indent=2))
-    print(f"written to {path}")
+    command = "uv run python -m benchmarks.operators"
+    write_result(args.out, "operators", result, command, ("packing", "overhead", "targets"))
 
 
 if __name__ == "__main__":

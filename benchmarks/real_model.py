@@ -24,7 +24,6 @@ import time
 import urllib.request
 from collections import Counter
 from contextlib import ExitStack
-from datetime import UTC, datetime
 from pathlib import Path
 from tempfile import TemporaryDirectory
 from typing import Any
@@ -33,7 +32,7 @@ import polars as pl
 
 import polars_llm  # noqa: F401  (registers the namespaces)
 
-from ._common import BENCH_DIR, library_versions, machine_info
+from ._common import BENCH_DIR, write_result
 from ._llama import MODEL_ENV, SERVER_ENV, CountingProxy, LlamaServer, llama_paths
 from .operators import INSTRUCTIONS, LABELS, texts
 
@@ -163,14 +162,8 @@ def main() -> None:
     args = parser.parse_args()
     result = run(args.server, args.n, args.max_tokens, args.concurrency, threads=args.threads)
     command = "uv run python -m benchmarks.real_model" + (f" --server {args.server}" if args.server else "")
-    result["meta"] = {"machine": machine_info(), "versions": library_versions(), "command": command,
-                      "llama_server_version": None if args.server else _binary_version()}  # fmt: skip
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%MZ")
-    args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / f"real_model-{stamp}.json"
-    path.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps({k: result[k] for k in ("arms", "agreement", "targets")}, indent=2))
-    print(f"written to {path}")
+    result["meta"] = {"llama_server_version": None if args.server else _binary_version()}
+    write_result(args.out, "real_model", result, command, ("arms", "agreement", "targets"))
 
 
 if __name__ == "__main__":
