@@ -1,11 +1,12 @@
 """Row operators against a real small model: does ``classify`` give valid labels with and without ``pack``?
 
-``uv run python -m benchmarks.real_model [--server URL] [--n 1000] [--max-tokens 64] [--out DIR]`` writes
-``<out>/real_model-<UTC timestamp>.json`` (default ``benchmarks/results``). Without ``--server`` it starts
-``llama-server`` from ``$POLARS_LLM_LLAMA_SERVER`` on the model ``$POLARS_LLM_LLAMA_MODEL`` (see
-:mod:`benchmarks._llama` for how both were obtained); with ``--server`` it uses a running
-OpenAI-compatible server. Either way a counting proxy sits in front, so requests and tokens are the
-server's own ``usage``.
+``uv run python -m benchmarks.real_model [--server URL] [--n 1000] [--max-tokens 64] [--concurrency 2]
+[--threads 1] [--out DIR]`` writes ``<out>/real_model-<UTC timestamp>.json`` (default
+``benchmarks/results``). Without ``--server`` it starts ``llama-server`` from ``$POLARS_LLM_LLAMA_SERVER``
+on the model ``$POLARS_LLM_LLAMA_MODEL`` with ``--concurrency`` slots and ``--threads`` threads (see
+:mod:`benchmarks._llama` for how both files were obtained); with ``--server`` it uses a running
+OpenAI-compatible server (``--concurrency`` should match its slots). Either way a counting proxy sits in
+front, so requests and tokens are the server's own ``usage``.
 
 The workload is :mod:`benchmarks.operators`' (the same texts, labels and 300-character instructions):
 ``n`` texts of ~150 characters, ``classify`` into 5 labels with ``pack=1`` and with ``pack=20``, a fresh
@@ -20,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import subprocess
+import sys
 import time
 import urllib.request
 from collections import Counter
@@ -86,7 +88,7 @@ def run(
     server: str | None,
     n: int = 1000,
     max_tokens: int = 64,
-    concurrency: int = 4,
+    concurrency: int = 2,
     packs: tuple[int, ...] = (1, 20),
     threads: int = 1,
 ) -> dict[str, Any]:
@@ -156,12 +158,12 @@ def main() -> None:
     parser.add_argument("--server", help="base URL of a running OpenAI-compatible server (ends in /v1)")
     parser.add_argument("--n", type=int, default=1000)
     parser.add_argument("--max-tokens", type=int, default=64, help="per answer; a pack of N gets N times it")
-    parser.add_argument("--concurrency", type=int, default=4, help="in flight (= server slots)")
+    parser.add_argument("--concurrency", type=int, default=2, help="in flight (= server slots)")
     parser.add_argument("--threads", type=int, default=1, help="llama-server -t when started here")
     parser.add_argument("--out", type=Path, default=BENCH_DIR / "results")
     args = parser.parse_args()
     result = run(args.server, args.n, args.max_tokens, args.concurrency, threads=args.threads)
-    command = "uv run python -m benchmarks.real_model" + (f" --server {args.server}" if args.server else "")
+    command = " ".join(["uv run python -m benchmarks.real_model", *sys.argv[1:]])
     result["meta"] = {"llama_server_version": None if args.server else _binary_version()}
     write_result(args.out, "real_model", result, command, ("arms", "agreement", "targets"))
 
