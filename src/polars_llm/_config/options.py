@@ -3,7 +3,7 @@
 Each option is a field of :class:`MapConfig` declared with :func:`option`: its name, type, default, check
 and a one-line description. Everything else is derived from these fields: the keyword signatures of the
 entry points and the README's option listing (:mod:`.signatures`), the ``polars-llm run`` flags
-(:func:`polars_llm.cli.run.add_option_flags`). Adding an option is one field here (plus its
+(:func:`polars_llm.cli.options.add_option_flags`). Adding an option is one field here (plus its
 ``MapOptions`` line for type checkers, which a test keeps in step).
 """
 
