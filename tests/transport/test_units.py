@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 import pytest
 
 from polars_llm import exceptions as exc
-from polars_llm._config.options import MapConfig, Secret, resolve_config
+from polars_llm._config import MapConfig, Secret, resolve_config
 from polars_llm._engine.pace.buckets import TokenBucket
 from polars_llm._transport import error_for_status, parse_completion, parse_retry_after
 from polars_llm._transport.limit_headers import AnnouncedLimit, parse_duration, parse_limits
