@@ -1,0 +1,143 @@
+"""Section 1's overhead ratio of this checkout and of another one, measured in one run.
+
+A change that should not move the figures (a reshape, a refactor) is checked by measuring both trees
+side by side, not against a number taken on another day:
+
+    git worktree add --detach ../before <commit> && (cd ../before && uv sync --locked)
+    uv run python -m benchmarks.trees ../before --rounds 6
+
+One simulator process (this checkout's) serves every arm. Each round runs, in a rotating order, the bare
+aiohttp loop and ``df.llm.map`` (DuckDB store, defaults) of this checkout, ``df.llm.map`` with the journal
+switched off (section 1's benchmark-only patch; for a "before" that has no journal), and ``df.llm.map``
+of the other checkout, each in a fresh child process started with that checkout's own interpreter and
+``benchmarks._loops`` (so each tree imports its own package paths). The ratio of an arm is its best
+round's prompts/s ÷ the best bare round's (as section 1), beside the median of the per-round ratios.
+The result goes to ``benchmarks/results/trees-<time>.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from ._common import BENCH_DIR, ROOT, SimProcess, library_versions, machine_info
+
+__all__ = ["main"]
+
+
+def _git(tree: Path, *args: str) -> str:
+    done = subprocess.run(["git", *args], cwd=tree, capture_output=True, text=True, check=False)
+    return done.stdout.strip()
+
+
+def _python(tree: Path) -> str:
+    return str(tree / ".venv" / "bin" / "python") if tree != ROOT else sys.executable
+
+
+def _arm(tree: Path, arm: str, sim: SimProcess, params: dict[str, Any]) -> dict[str, Any]:
+    """One arm in a child process of ``tree`` (its interpreter, its ``benchmarks._loops``)."""
+    args = [_python(tree), "-m", "benchmarks._loops", json.dumps({"arm": arm, "url": sim.url, **params})]
+    start = time.monotonic()
+    done = subprocess.run(args, capture_output=True, text=True, cwd=tree, timeout=600, check=False)
+    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+    if done.returncode != 0 or not lines:
+        return {"error": f"exit {done.returncode}: {(done.stderr or done.stdout)[-2000:]}"}
+    result: dict[str, Any] = json.loads(lines[-1])
+    result["process_wall_s"] = round(time.monotonic() - start, 3)
+    return result
+
+
+def _rate(run: dict[str, Any]) -> float | None:
+    ok = "prompts_per_s" in run and not run.get("errors") and not run.get("wrong")
+    return run["prompts_per_s"] if ok else None
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.trees", description=__doc__.split("\n")[0])
+    parser.add_argument("other", type=Path, help="another checkout of the project, with its own .venv")
+    parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--n", type=int, default=20_000, help="prompts per arm (section 1: 20,000)")
+    parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--workdir", type=Path, default=ROOT / ".polars_llm" / "bench-trees")
+    parser.add_argument("--out", type=Path, default=BENCH_DIR / "results")
+    args = parser.parse_args(argv)
+    other = args.other.resolve()
+    trees = {"this": ROOT, "other": other}
+    # name: (tree, child arm, options)
+    arms: dict[str, tuple[Path, str, dict[str, Any]]] = {
+        "bare_aiohttp": (ROOT, "bare_aiohttp", {}),
+        "map_this": (ROOT, "map_aiohttp", {}),
+        "map_this_nojournal": (ROOT, "map_aiohttp", {"journal": False}),
+        "map_other": (other, "map_aiohttp", {}),
+    }
+    started, load_start = datetime.now(UTC), os.getloadavg()
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in arms}
+    with SimProcess() as sim:
+        for r in range(args.rounds):
+            names = list(arms)
+            names = names[r % len(names) :] + names[: r % len(names)]  # rotate: no arm always first
+            for name in names:
+                tree, arm, options = arms[name]
+                if arm != "bare_aiohttp":
+                    options = {**options, "cache": str(args.workdir / f"{name}-{r}.duckdb")}
+                params = {"n": args.n, "concurrency": args.concurrency, "prefix": f"trees-{name}-{r}"}
+                result = _arm(tree, arm, sim, {**params, "options": options})
+                result["round"] = r
+                runs[name].append(result)
+                shown = result.get("prompts_per_s", result.get("error"))
+                print(f"round {r} {name}: {shown}", file=sys.stderr)
+    best = {name: max((x for x in map(_rate, rs) if x), default=None) for name, rs in runs.items()}
+    ratios: dict[str, Any] = {}
+    for name in arms:
+        if name == "bare_aiohttp" or not best[name] or not best["bare_aiohttp"]:
+            continue
+        pairs = [
+            m / b
+            for m, b in zip(map(_rate, runs[name]), map(_rate, runs["bare_aiohttp"]), strict=True)
+            if m and b
+        ]
+        ratios[f"{name}/bare_aiohttp"] = {
+            "best": round(best[name] / best["bare_aiohttp"], 3),
+            "median_of_rounds": round(statistics.median(pairs), 3) if pairs else None,
+            "per_round": [round(p, 3) for p in pairs],
+        }
+    results = {
+        "meta": {
+            "started": started.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "command": "python -m benchmarks.trees " + " ".join(argv if argv is not None else sys.argv[1:]),
+            "trees": {
+                k: {
+                    "commit": _git(t, "rev-parse", "HEAD"),
+                    "subject": _git(t, "log", "-1", "--format=%s"),
+                }
+                for k, t in trees.items()
+            },
+            "machine": machine_info(),
+            "versions": library_versions(),
+            "loadavg_start": load_start,
+            "loadavg_end": os.getloadavg(),
+        },
+        "params": {"n": args.n, "concurrency": args.concurrency, "rounds": args.rounds, "latency": 0.0},
+        "prompts_per_s": best,
+        "ratios": ratios,
+        "runs": runs,
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / f"trees-{started.strftime('%Y%m%dT%H%M%SZ')}.json"
+    path.write_text(json.dumps(results, indent=1, default=str) + "\n")
+    brief = {k: {"best": v["best"], "median_of_rounds": v["median_of_rounds"]} for k, v in ratios.items()}
+    print(json.dumps({"prompts_per_s": best, "ratios": brief}))
+    print(f"results: {path}", file=sys.stderr)
+    return results
+
+
+if __name__ == "__main__":
+    main()
