@@ -1,6 +1,6 @@
-"""Section 1's overhead ratio of this checkout and of another one, measured in one run.
+"""Section 1's overhead ratio of this checkout and of other ones, measured in one run.
 
-A change that should not move the figures (a reshape, a refactor) is checked by measuring both trees
+A change that should not move the figures (a reshape, a refactor) is checked by measuring the trees
 side by side, not against a number taken on another day:
 
     git worktree add --detach ../before <commit> && (cd ../before && uv sync --locked)
@@ -9,11 +9,12 @@ side by side, not against a number taken on another day:
 One simulator process (this checkout's) serves every arm. Each round runs, in a rotating order, the bare
 aiohttp loop and ``df.llm.map`` (DuckDB store, defaults) of this checkout, ``df.llm.map`` with the journal
 switched off (section 1's benchmark-only patch; for a "before" that has no journal), and ``df.llm.map``
-of the other checkout, each in a fresh child process started with that checkout's own interpreter and
-``benchmarks._loops`` (so each tree imports its own package paths). The ratio of an arm is its best
-round's prompts/s ÷ the best bare round's (as section 1), beside the median of the per-round ratios; and
-the same ratio counted in the client's CPU per prompt (bare's ÷ the arm's, least of the rounds and the
-median of per-round ratios), which a busy machine disturbs far less than a rate.
+of each other checkout (``map_other``; ``map_other1``, ``map_other2``… for several), each in a fresh
+child process started with that checkout's own interpreter and ``benchmarks._loops`` (so each tree
+imports its own package paths). The ratio of an arm is its best round's prompts/s ÷ the best bare
+round's (as section 1), beside the median of the per-round ratios; and the same ratio counted in the
+client's CPU per prompt (bare's ÷ the arm's, least of the rounds and the median of per-round ratios),
+which a busy machine disturbs far less than a rate.
 The result goes to ``benchmarks/results/trees-<time>.json``.
 """
 
@@ -73,21 +74,24 @@ def _cpu(run: dict[str, Any]) -> float | None:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.trees", description=__doc__.split("\n")[0])
-    parser.add_argument("other", type=Path, help="another checkout of the project, with its own .venv")
+    parser.add_argument(
+        "other", type=Path, nargs="+", help="other checkouts of the project, each with its own .venv"
+    )
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--n", type=int, default=20_000, help="prompts per arm (section 1: 20,000)")
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--workdir", type=Path, default=ROOT / ".polars_llm" / "bench-trees")
     parser.add_argument("--out", type=Path, default=BENCH_DIR / "results")
     args = parser.parse_args(argv)
-    other = args.other.resolve()
-    trees = {"this": ROOT, "other": other}
+    others = [path.resolve() for path in args.other]
+    labels = ["other"] if len(others) == 1 else [f"other{i}" for i in range(1, len(others) + 1)]
+    trees = {"this": ROOT, **dict(zip(labels, others, strict=True))}
     # name: (tree, child arm, options)
     arms: dict[str, tuple[Path, str, dict[str, Any]]] = {
         "bare_aiohttp": (ROOT, "bare_aiohttp", {}),
         "map_this": (ROOT, "map_aiohttp", {}),
         "map_this_nojournal": (ROOT, "map_aiohttp", {"journal": False}),
-        "map_other": (other, "map_aiohttp", {}),
+        **{f"map_{name}": (tree, "map_aiohttp", {}) for name, tree in zip(labels, others, strict=True)},
     }
     started, load_start = datetime.now(UTC), os.getloadavg()
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in arms}

@@ -59,3 +59,41 @@ def test_benchmark_smoke_run_writes_every_section(tmp_path: Path) -> None:
     ]
     table = (tmp_path / "latest-smoke.md").read_text()
     assert "| Section | Measure | Measured | Target |" in table
+
+
+@pytest.mark.timeout(300)
+def test_the_two_trees_comparison_runs_against_this_checkout(tmp_path: Path) -> None:
+    """``python -m benchmarks.trees OTHER``, with this checkout as the other tree: every arm answers every
+    prompt right and each arm's ratio comes out (a rate and a CPU figure; their values are not asserted)."""
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.trees",
+            str(ROOT),
+            "--rounds",
+            "1",
+            "--n",
+            "64",
+            "--workdir",
+            str(tmp_path / "work"),
+            "--out",
+            str(tmp_path),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=280,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    (path,) = tmp_path.glob("trees-*.json")
+    results = json.loads(path.read_text())
+    assert results["meta"]["trees"]["this"]["commit"] == results["meta"]["trees"]["other"]["commit"]
+    for arm, runs in results["runs"].items():
+        assert len(runs) == 1 and runs[0]["errors"] == 0 and runs[0]["wrong"] == 0, (arm, runs)
+    assert set(results["ratios"]) == {
+        f"{arm}/bare_aiohttp" for arm in ("map_this", "map_this_nojournal", "map_other")
+    }
+    for ratio in results["ratios"].values():
+        assert ratio["best"] is not None and ratio["cpu_least"] is not None, ratio
