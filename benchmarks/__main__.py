@@ -26,12 +26,14 @@ from . import (
     inputs,
     latency,
     memory,
+    operators,
     ordinary,
     outofcore,
     overhead,
     ratelimits,
     raybench,
     resume,
+    setops,
 )
 from ._common import BENCH_DIR, library_versions, machine_info
 from .report import markdown
@@ -61,6 +63,8 @@ SCALES: dict[str, dict[str, Any]] = {
         "embed_rounds": 2,
         "struct_n": 20_000,
         "struct_rounds": 3,
+        "operators": operators.SIZES["full"],
+        "setops": setops.SIZES["full"],
     },
     "quick": {
         "ordinary_rounds": 1,
@@ -95,6 +99,8 @@ SCALES: dict[str, dict[str, Any]] = {
         "embed_rounds": 1,
         "struct_n": 3_000,
         "struct_rounds": 1,
+        "operators": operators.SIZES["quick"],
+        "setops": setops.SIZES["quick"],
     },
     "smoke": {
         "ordinary_rounds": 1,
@@ -129,6 +135,8 @@ SCALES: dict[str, dict[str, Any]] = {
         "embed_rounds": 1,
         "struct_n": 300,
         "struct_rounds": 1,
+        "operators": operators.SIZES["smoke"],
+        "setops": setops.SIZES["smoke"],
     },
 }
 
@@ -146,6 +154,8 @@ SECTIONS = [
     "struct_input",
     "out_of_core",
     "ray",
+    "operators",
+    "setops",
 ]
 
 
@@ -206,6 +216,8 @@ def main(argv: list[str] | None = None) -> int:
         "struct_input": lambda: inputs.run_struct(scale, workdir),
         "out_of_core": lambda: outofcore.run(scale, workdir),
         "ray": lambda: raybench.run(scale, workdir),
+        "operators": lambda: operators.section(scale, workdir),
+        "setops": lambda: setops.run(scale, workdir),
     }
     try:
         for i, name in enumerate(only, 1):

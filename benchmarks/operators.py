@@ -1,7 +1,8 @@
 """Row operators: what ``pack`` saves, and what ``classify`` costs over a hand-written ``.llm.map``.
 
 ``uv run python -m benchmarks.operators [--n 1000] [--timing-n 5000] [--rounds 3] [--out DIR]`` writes
-``<out>/operators-<UTC timestamp>.json`` (default ``benchmarks/results``). The simulator runs in its own
+``<out>/operators-<UTC timestamp>.json`` (default ``benchmarks/results``); ``python -m benchmarks --only
+operators`` runs it as a section (full, ``--quick`` or tiny ``--smoke`` sizes). The simulator runs in its own
 process (zero latency); its own counters give requests and prompt tokens (``max(1, chars // 4)`` over
 all message text).
 
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -31,9 +33,16 @@ from pydantic import BaseModel, Field
 
 import polars_llm  # noqa: F401  (registers the namespaces)
 
+from . import _common
 from ._common import API_KEY, BENCH_DIR, MODEL, SimProcess, library_versions, machine_info
 
-__all__ = ["run"]
+__all__ = ["run", "section"]
+
+SIZES: dict[str, dict[str, int]] = {
+    "full": {"n": 1000, "timing_n": 5000, "rounds": 5},
+    "quick": {"n": 1000, "timing_n": 1000, "rounds": 1},
+    "smoke": {"n": 100, "timing_n": 200, "rounds": 1},
+}
 
 LABELS = ["billing", "shipping", "quality", "account", "other"]
 INSTRUCTIONS = (
@@ -141,6 +150,15 @@ def run(n: int = 1000, timing_n: int = 5000, rounds: int = 5) -> dict[str, Any]:
     }  # fmt: skip
 
 
+def _case(params: dict[str, Any]) -> dict[str, Any]:
+    return run(int(params["n"]), int(params["timing_n"]), int(params["rounds"]))
+
+
+def section(scale: dict[str, Any], workdir: Path) -> dict[str, Any]:
+    """The ``operators`` section of ``python -m benchmarks``: :func:`run` in a child process."""
+    return _common.run_child("operators", scale.get("operators", SIZES["full"]), timeout=1200)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=1000)
@@ -160,4 +178,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    if len(sys.argv) > 1 and sys.argv[1].startswith("{"):  # a section's child (run_child)
+        _common.child_main(_case)
+    else:
+        main()

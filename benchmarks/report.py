@@ -22,6 +22,8 @@ SECTION_TITLES = {
     "struct_input": "10. Struct input (zero latency, c=64)",
     "out_of_core": "11. Out of core (streamed runs)",
     "ray": "12. Ray Data (one cluster-wide rate limit)",
+    "operators": "13. Row operators (pack, classify's overhead)",
+    "setops": "14. Set operators (reduce, join, top_k)",
 }
 
 

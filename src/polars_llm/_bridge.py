@@ -26,14 +26,25 @@ import signal
 import threading
 import time
 from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
 from typing import Any, ParamSpec, TypeVar
 
+import anyio
 import polars as pl
 from anyio.from_thread import start_blocking_portal
 
 from .exceptions import PolarsLLMError, remember
 
-__all__ = ["LoopThread", "polars_aborted", "run_async", "run_sync", "surfaced"]
+__all__ = [
+    "LoopThread",
+    "offload",
+    "on_polars_pool",
+    "polars_aborted",
+    "run_async",
+    "run_inline",
+    "run_sync",
+    "surfaced",
+]
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -64,8 +75,103 @@ def polars_aborted() -> None:
     pl.select(pl.lit(0))
 
 
+def on_polars_pool() -> bool:
+    """True on one of Polars' compute threads (``polars-N``), where its in-memory engine calls an
+    elementwise function with one chunk of a column each: see :func:`run_inline`."""
+    if threading.current_thread() is threading.main_thread():
+        return False
+    return _native_thread_name().startswith("polars-")
+
+
+@functools.cache
+def _pthread() -> Any:
+    try:
+        libc = ctypes.CDLL(None)
+        libc.pthread_self.restype = ctypes.c_void_p
+        libc.pthread_getname_np.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_size_t]
+    except (OSError, AttributeError):  # no pthreads (Windows): such calls take the ordinary path
+        return None
+    return libc
+
+
+def _native_thread_name() -> str:
+    """The OS name of the calling thread (Polars names its compute threads ``polars-N``); "" if unknown."""
+    libc = _pthread()
+    buf = ctypes.create_string_buffer(64)
+    if libc is None or libc.pthread_getname_np(libc.pthread_self(), buf, len(buf)) != 0:
+        return ""
+    return buf.value.decode(errors="replace")
+
+
+_INLINE: ContextVar[bool] = ContextVar("polars_llm_inline", default=False)
+
+
+async def offload(fn: Callable[..., T], *args: Any) -> T:
+    """``fn(*args)`` (blocking: DuckDB, a file, a Polars frame) off the event loop, on a worker thread.
+
+    In a run hosted on a Polars compute thread (:func:`run_inline`) it runs on the loop's own thread:
+    Polars work on any other thread would wait for a compute thread, and those may all be waiting for us.
+    """
+    if _INLINE.get():
+        return fn(*args)
+    return await anyio.to_thread.run_sync(fn, *args)
+
+
+def run_inline(fn: Callable[P, Awaitable[T]], *args: P.args, **kwargs: P.kwargs) -> T:
+    """:func:`run_sync` for a caller on a Polars compute thread: the loop runs on this very thread.
+
+    Polars' in-memory engine calls an elementwise function on its compute threads, one chunk each and
+    several at once. A run waiting there on a loop thread would deadlock as soon as every compute thread
+    waits and the run needs Polars (a join, a frame written to DuckDB): Polars queues that work for a
+    compute thread. Here everything the run does with Polars happens on this thread (:func:`offload`),
+    where Polars runs it in place. Polars' abort of an interrupted query is probed as in
+    :class:`LoopThread`.
+
+    >>> async def add(a, b):
+    ...     return a + b
+    >>> run_inline(add, 1, 2)
+    3
+    """
+    __tracebackhide__ = True
+    interrupted = False
+
+    async def main() -> T:
+        nonlocal interrupted
+        _INLINE.set(True)
+        async with anyio.create_task_group() as tg:
+
+            async def watch() -> None:
+                nonlocal interrupted
+                while True:
+                    await anyio.sleep(_POLL)
+                    try:
+                        polars_aborted()
+                    except KeyboardInterrupt:
+                        interrupted = True
+                        tg.cancel_scope.cancel()
+                        return
+
+            tg.start_soon(watch)
+            try:
+                return await fn(*args, **kwargs)
+            finally:
+                tg.cancel_scope.cancel()
+
+    error: BaseException | None = None
+    try:
+        result = anyio.run(main)
+    except BaseException as exc:
+        error = _unwrap(exc)
+    if interrupted:
+        raise KeyboardInterrupt from None
+    if error is not None:
+        raise _detach_groups(error).with_traceback(error.__traceback__)
+    return result
+
+
 def run_sync(fn: Callable[P, Awaitable[T]], *args: P.args, **kwargs: P.kwargs) -> T:
-    """Run ``await fn(*args, **kwargs)`` on a private event loop thread and return its result.
+    """Run ``await fn(*args, **kwargs)`` on a private event loop thread and return its result
+    (on a Polars compute thread: :func:`run_inline`).
 
     >>> import anyio
     >>> async def add(a, b):
@@ -75,6 +181,8 @@ def run_sync(fn: Callable[P, Awaitable[T]], *args: P.args, **kwargs: P.kwargs) -
     3
     """
     __tracebackhide__ = True  # IPython and pytest: show the caller's line, not this wait loop
+    if on_polars_pool():
+        return run_inline(fn, *args, **kwargs)
     with LoopThread(probe=polars_aborted) as loop:
         return loop.call(fn, *args, **kwargs)
 

@@ -147,7 +147,8 @@ class ExprLLM(_RowOperators[pl.Expr]):
     @with_options
     @with_settings(DedupSettings)
     def dedup(self, model: str | None = None, **options: Unpack[DedupOptions]) -> pl.Expr:
-        """A ``UInt32`` cluster id per row; rows naming the same entity share it."""
+        """A ``UInt32`` cluster id per row; rows naming the same entity share it (candidate pairs are checked
+        by ``filter``'s machinery: ``pack=N`` sends N per request)."""
         return llm_dedup(self._expr, model, **options)
 
 
@@ -273,7 +274,8 @@ class _FrameLLM(Generic[FrameT]):
     @with_settings(JoinSettings)
     def join(self, other: pl.DataFrame | pl.LazyFrame, template: str, model: str | None = None,
              **options: Unpack[JoinOptions]) -> pl.DataFrame:  # fmt: skip
-        """The pairs of rows of this frame and ``other`` for which ``template`` holds."""
+        """The pairs of rows of this frame and ``other`` for which ``template`` holds (candidate pairs are
+        checked by ``filter``'s machinery: ``pack=N`` sends N per request)."""
         return llm_join(self._frame, other, template, model, **options)
 
     @surfaced

@@ -110,16 +110,18 @@ def _adopt(error: PolarsLLMError, args: tuple[Any, ...], kwargs: dict[str, Any])
     message = args[0]
     for known in reversed(_RAISED):
         said = known.args[0] if known.args else None
-        if (
-            type(known) is type(error)
-            and isinstance(said, str)
-            and message.startswith(said)
-            and message != said
-        ):
-            error.__dict__.update({k: v for k, v in known.__dict__.items() if k != "message"})
-            if "message" in known.__dict__:
-                error.message = message  # type: ignore[attr-defined]
-            return
+        if type(known) is not type(error) or not isinstance(said, str):
+            continue
+        # Polars' in-memory engine rebuilds from the message, its streaming engine from str(): "HTTP 401: …"
+        prefix = next((p for p in (said, str(known)) if message.startswith(p) and message != p), None)
+        if prefix is None:
+            continue
+        message = said + message[len(prefix) :]
+        error.__dict__.update({k: v for k, v in known.__dict__.items() if k != "message"})
+        error.args = (message,)
+        if "message" in known.__dict__:
+            error.message = message  # type: ignore[attr-defined]
+        return
 
 
 class PolarsLLMError(Exception):

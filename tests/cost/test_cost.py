@@ -170,7 +170,10 @@ def test_a_budget_stop_carries_the_output_as_it_stands_in_every_form(
     sent = server.stats()["requests"]
     out = stop.frame.collect() if isinstance(stop.frame, pl.LazyFrame) else stop.frame
     assert server.stats()["requests"] == sent  # the output as it stands comes from the cache alone
-    assert out.height == 300 and out["q"].to_list() == df["q"].to_list()
+    if form == "lazy expression":  # the chunks of a streamed query, in the order Polars handed them over
+        assert out.height == 300 and sorted(out["q"]) == sorted(df["q"])
+    else:
+        assert out.height == 300 and out["q"].to_list() == df["q"].to_list()
     done = out.filter(pl.col("status") == "done")
     assert done.height == sent and set(out["status"]) == {"done", "pending"}
     assert done["result"].to_list() == [sim.expected_text(MODEL, q) for q in done["q"]]

@@ -14,8 +14,9 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.__main__ import SECTIONS  # noqa: E402  (the benchmark package sits beside the tests)
 
 
-# Every section at tiny size took ~4 min here on a quiet machine (13 sections, each case in its own
-# process, the resume section's 12 kills among them): the bound is for a hang, not for speed.
+# Every section at tiny size took ~4 min here on a quiet machine (15 sections, each case in its own
+# process, the resume section's 12 kills among them; the operators and setops sections ~30 s of it):
+# the bound is for a hang, not for speed.
 @pytest.mark.timeout(960)
 def test_benchmark_smoke_run_writes_every_section(tmp_path: Path) -> None:
     done = subprocess.run(
@@ -52,6 +53,10 @@ def test_benchmark_smoke_run_writes_every_section(tmp_path: Path) -> None:
         for arm, runs in results[section]["runs"].items():
             for run in runs:
                 assert run["errors"] == 0 and run["wrong"] == 0, (section, arm, run)
+    packed = results["setops"]["join"]["packed"]  # pair checks through filter's machinery, packed
+    assert packed["same_pairs"] and packed["rerun_with_pack1_requests"] == 0, packed
+    for arm in results["operators"]["packing"].values():
+        assert arm["right"] == 1.0, arm
     for run in results["cached_rerun"]["runs"]:
         assert run["requests_sent"] == 0 and run["done"] == run["n"] and run["wrong"] == 0
     assert [s["section"] for s in results["summary"]] == [

@@ -1,7 +1,8 @@
 """Set operators ``reduce`` and ``join`` against the simulator (real HTTP, real DuckDB files).
 
 The simulator answers their requests by visible rules (``polars_llm.sim._semantic``): a reduce request is
-summarised as its most frequent words; a statement is true when a ``#tag`` occurs in it twice.
+summarised as its most frequent words; a join's pair (checked by ``llm.filter``'s machinery) holds when a
+``#tag`` occurs in both of its values.
 """
 
 from __future__ import annotations

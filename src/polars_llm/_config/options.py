@@ -346,7 +346,8 @@ class MapConfig:
 
     pack: PackArg = option(
         1,
-        "rows per request for a response_model or a row operator (classify, filter, extract): N, or 'auto'",
+        "rows per request for a response_model, a row operator (classify, filter, extract) or the pair "
+        "checks of join and dedup: N, or 'auto'",
         _check_pack,
     )
     on_error: OnError = option(

@@ -14,6 +14,7 @@ from typing import Any, Protocol
 import anyio
 import polars as pl
 
+from .._bridge import offload
 from .._config import MapConfig
 from .._cost import Budget, Costing, budget_exceeded
 from .._progress import RunStats
@@ -90,7 +91,7 @@ async def run_groups(
                 unfinished, run.unfinished = run.unfinished, []
             try:
                 if taken or unfinished or taken.segments:
-                    await anyio.to_thread.run_sync(sink.commit, store, taken, *unfinished)
+                    await offload(sink.commit, store, taken, *unfinished)
             finally:
                 sink.release()
                 await transport.aclose()

@@ -67,7 +67,8 @@ _ITEM_CHARS: Final = 3  # the quotes and comma around each item in {"items": [..
 
 def pack_size(cfg: MapConfig, prompts: pl.Series | None = None) -> int:
     """Rows per request: ``cfg.pack``, or for ``"auto"`` enough rows that the instructions (the system
-    prompt, sent once per pack) cost at most a tenth of a row — at most 20 rows and 8,000 characters.
+    prompt, sent once per pack) cost at most a tenth of a row — at most 20 rows and 8,000 characters
+    (``prompts``: the rows' texts, or their lengths in characters when only those are known).
 
     >>> from polars_llm import MapConfig
     >>> cfg = MapConfig(model="m", api_key="k", cache=None, pack="auto", system="x" * 300)
@@ -79,7 +80,7 @@ def pack_size(cfg: MapConfig, prompts: pl.Series | None = None) -> int:
         return int(cfg.pack)
     if prompts is None or prompts.len() == 0:
         return 1
-    mean = prompts.str.len_chars().mean()
+    mean = (prompts if prompts.dtype.is_integer() else prompts.str.len_chars()).mean()
     row = max(1.0, float(mean) if isinstance(mean, int | float) else 1.0)
     wanted = math.ceil(len(cfg.system or "") / (AUTO_SHARE * row))
     return max(1, min(wanted, AUTO_MAX_ROWS, int(AUTO_MAX_CHARS // row)))

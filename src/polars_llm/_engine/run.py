@@ -23,6 +23,7 @@ import anyio.lowlevel
 import polars as pl
 
 from .. import exceptions as exc
+from .._bridge import offload
 from .._config import MapConfig
 from .._cost import Budget, Costing
 from .._progress import RunStats
@@ -450,7 +451,7 @@ async def write_batches(store: Store, sink: Sink, cfg: MapConfig) -> None:
         taken = sink.take()
         if taken or taken.segments:
             with anyio.CancelScope(shield=True):  # taken from the sink: it must be written
-                await anyio.to_thread.run_sync(sink.commit, store, taken)
+                await offload(sink.commit, store, taken)
             log.debug("stored %d finished rows", len(taken))
 
     async def write() -> None:

@@ -22,6 +22,7 @@ import anyio
 import polars as pl
 
 from .. import exceptions as exc
+from .._bridge import offload
 from .._config import MapConfig
 from .._cost import Budget, Costing, budget_exceeded, plan_costs
 from .._progress import RunStats
@@ -88,7 +89,7 @@ class Session:
                     await self._transport.aclose()
             finally:
                 if self.store is not None and self._own_store:
-                    await anyio.to_thread.run_sync(self.store.close)
+                    await offload(self.store.close)
 
     async def answer(self, keys: pl.Series, prompts: pl.Series, **options: Any) -> pl.DataFrame:
         """See :meth:`_answer` (the same, with an interrupted Polars query as :class:`QueryAborted`)."""
@@ -128,14 +129,14 @@ class Session:
             key_frame = key_frame.with_row_index("_job")
 
         async def final_state(cached: pl.Series | None, live: pl.DataFrame | None = None) -> pl.DataFrame:
-            state = await anyio.to_thread.run_sync(lookup, key_frame.select("key"), details)
+            state = await offload(lookup, key_frame.select("key"), details)
             flag = pl.col("key").is_in(cached.implode()) if cached is not None else pl.lit(True)
             state = state.with_columns(flag.alias("cached"))
             if live is not None and live.height:  # batch mode: rows in a batch still running
                 state = state.join(live.select("key", "batch_status"), on="key", how="left")
             return state
 
-        known = await anyio.to_thread.run_sync(lookup, key_frame.select("key"))
+        known = await offload(lookup, key_frame.select("key"))
         is_done = pl.col("status") == "done"
         if known.height == len(keys) and known.select(is_done.all()).item():
             stats.cached += len(keys)  # all answered already (a rerun): skip the anti-join below
@@ -145,7 +146,7 @@ class Session:
         done = known.filter(is_done).get_column("key")
         todo = key_frame.join(done.to_frame(), on="key", how="anti", maintain_order="left")
         live_of = getattr(store, "live_rows", None) or functools.partial(live_rows, store)
-        live = await anyio.to_thread.run_sync(live_of, todo.select("key"))
+        live = await offload(live_of, todo.select("key"))
         if live.height:  # in a batch still running at the provider (mode="batch"): never sent twice
             todo = todo.join(live, on="key", how="anti", maintain_order="left")
             stats.total -= live.height
@@ -167,7 +168,7 @@ class Session:
         picks = todo.get_column("_job") if indexed else None
         extra = work.extra[picks] if work.extra is not None else None
         jobs = jobs_frame(cfg, todo_keys, todo_prompts, columns=work.columns, extra=extra)
-        await anyio.to_thread.run_sync(store.register, jobs)
+        await offload(store.register, jobs)
         payloads: pl.Series | Sequence[Any] = todo_prompts
         if work.payloads is not None and picks is not None:
             payloads = [work.payloads[i] for i in picks.to_list()]
@@ -192,14 +193,14 @@ class Session:
             return self._costing, self._budget
         if self._costing is None:
             plan = functools.partial(plan_costs, answers=not work.vectors)
-            self._costing, spent = await anyio.to_thread.run_sync(plan, self.cfg, store, keys)
+            self._costing, spent = await offload(plan, self.cfg, store, keys)
             if self.cfg.max_cost is not None and spent is not None:
                 self._budget = Budget(self.cfg.max_cost, spent)
                 self.stats.budget, self.stats.spent_before = self._budget.limit, self._budget.spent
         elif self._budget is not None:
             price = self._costing.price
             earlier = functools.partial(store.spent, before=self.started)
-            spent = await anyio.to_thread.run_sync(earlier, keys, (price.input, price.output))
+            spent = await offload(earlier, keys, (price.input, price.output))
             self._budget.add_spent(spent)
             self.stats.spent_before += spent
         return self._costing, self._budget
@@ -244,7 +245,7 @@ class Session:
                     unfinished, run.unfinished = run.unfinished, []
                 try:
                     if taken or unfinished or taken.segments:
-                        await anyio.to_thread.run_sync(sink.commit, store, taken, *unfinished)
+                        await offload(sink.commit, store, taken, *unfinished)
                         log.debug("stored %d finished rows", len(taken) + len(unfinished))
                 finally:
                     sink.release()

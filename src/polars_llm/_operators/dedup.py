@@ -3,9 +3,10 @@
 1. the distinct non-null values are embedded (one ``llm.embed`` run, cached);
 2. **blocking**: each value's ``k`` nearest other values with cosine similarity ≥ ``threshold`` are its
    candidate pairs (each unordered pair once) — at most ``distinct values × k`` pairs;
-3. **verification**: each candidate pair is checked by the LLM (``instruction``, default "Do these two
-   values refer to the same entity?"), all pairs in one engine run, through the same seam as ``join``'s
-   checks (:func:`polars_llm._operators.join._check_pairs`);
+3. **verification**: each candidate pair is checked by the LLM through ``llm.filter``'s machinery, as
+   ``join``'s pairs are (:func:`polars_llm._operators.join._check_pairs`): the condition is
+   ``instruction`` (default "Do these two values refer to the same entity?") over the pair's values
+   ``A`` and ``B``, all pairs in one engine run, ``pack=N`` pairs per request if asked;
 4. **clusters**: the connected components of the confirmed pairs; ids are ``UInt32``, numbered
    0, 1, … in order of each cluster's first row; equal values share an id without a request; null rows get
    a null id. A pair whose check failed counts as "different" (warned; a rerun asks it again).
@@ -32,6 +33,7 @@ from .._bridge import surfaced
 from .._config import MapConfig, resolve_config, with_options
 from ..exceptions import ColumnTypeError
 from .estimate import PlanEstimate
+from .filter import condition_request
 from .join import _check_pairs, nearest
 from .settings import DedupOptions, DedupSettings, take, with_settings
 from .stage import Spend, embed_config, embed_stage, estimate_projected, estimate_texts
@@ -62,8 +64,22 @@ def components(n: int, pairs: list[tuple[int, int]]) -> list[int]:
     return [ids.setdefault(find(x), len(ids)) for x in range(n)]
 
 
-def _statement(a: str, b: str, instruction: str) -> str:
-    return f"{instruction}\n\nA: {' '.join(a.split())}\nB: {' '.join(b.split())}"
+def _condition(instruction: str) -> str:
+    """The filter condition of a pair check: the instruction over the pair's values ``{A}`` and ``{B}``.
+
+    >>> _condition("Same {firm}?")
+    'Same {{firm}}? (values: {A}, {B})'
+    """
+    return instruction.replace("{", "{{").replace("}", "}}") + " (values: {A}, {B})"
+
+
+def _pair_values(texts: list[str], pairs: list[tuple[int, int]]) -> pl.DataFrame:
+    """Each pair's values (``A``, ``B``), each on one line."""
+    one_line = [" ".join(t.split()) for t in texts]
+    return pl.DataFrame(
+        {"A": [one_line[a] for a, _ in pairs], "B": [one_line[b] for _, b in pairs]},
+        schema={"A": pl.String, "B": pl.String},
+    )
 
 
 def _candidates(vectors: pl.Series, settings: DedupSettings) -> list[tuple[int, int]]:
@@ -99,13 +115,10 @@ def dedup_series(series: pl.Series, cfg: MapConfig, settings: DedupSettings) -> 
     ecfg = embed_config(cfg, settings.embed_model, settings.embed_dimensions)
     vectors = embed_stage(values, ecfg, "dedup: embedding", spend) if len(values) > 1 else values
     pairs = _candidates(vectors, settings) if len(values) > 1 else []
-    texts = values.to_list()
-    statements = pl.Series(
-        "s", [_statement(texts[a], texts[b], settings.instruction) for a, b in pairs], pl.String
-    )
-    same = _check_pairs(statements, cfg, spend, "dedup: checking pairs").to_list() if pairs else []
+    condition, checked = _condition(settings.instruction), _pair_values(values.to_list(), pairs)
+    same = _check_pairs(checked, condition, cfg, spend, "dedup: checking pairs").to_list() if pairs else []
     failed = sum(v is None for v in same)
-    if failed:
+    if failed and cfg.on_error == "warn":
         warnings.warn(
             f"dedup: {failed:,} of {len(pairs):,} pair checks failed and count as different; run it again to "
             "retry them",
@@ -155,7 +168,8 @@ def estimate_dedup(
     values = _distinct(series)
     ecfg = embed_config(cfg, settings.embed_model, settings.embed_dimensions)
     most = min(len(values) * settings.k, len(values) * (len(values) - 1) // 2)
-    avg = int(values.str.len_chars().mean() or 0) * 2 + len(settings.instruction) + 8  # type: ignore[operator]
-    checks = estimate_projected(pl.Series([avg] * most, dtype=pl.Int64), cfg.replace(include=()))
+    avg = int(values.str.len_chars().mean() or 0) * 2 + len("A: \nB: ")  # type: ignore[operator]
+    _, _, check_cfg = condition_request(_pair_values([], []), _condition(settings.instruction), cfg)
+    checks = estimate_projected(pl.Series([avg] * most, dtype=pl.Int64), check_cfg.replace(include=()))
     stages = (("embedding", estimate_texts(values, ecfg)), ("pair checks (at most)", checks))
     return PlanEstimate("dedup", stages, f"{len(values):,} distinct values, at most {most:,} pairs")

@@ -6,15 +6,16 @@ prompt; a condition template naming several columns (``"{title} and {body} descr
 sends each row's named values as ``name: value`` lines, the template itself staying in the instructions.
 A row whose named value is null is not sent (null: ``df.filter`` drops it, as for any null).
 
-:func:`condition_mask` is the private entry other operators build on (``join``): a condition over the
-rows of a frame, packed if asked.
+:func:`condition_mask` is the private entry other operators build on (``join`` and ``dedup`` check
+their candidate pairs with it): a condition over the rows of a frame, packed if asked.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import string
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TypeVar, Unpack
 
 import polars as pl
@@ -22,13 +23,14 @@ from pydantic import BaseModel, Field, create_model
 
 from .._bridge import surfaced
 from .._config import MapConfig, with_options
-from .._pipeline import MapOptions
+from .._pipeline import MapOptions, map_series
 from ..exceptions import ConfigError
 from .task import Task, operator_expr, operator_series, run_task, task_config, task_expr, task_options
 
 __all__ = [
     "condition_fields",
     "condition_mask",
+    "condition_request",
     "filter_series",
     "filter_task",
     "llm_filter",
@@ -96,23 +98,60 @@ def _check_columns(fields: Sequence[str], columns: Sequence[str], condition: str
         )
 
 
-def condition_mask(
-    frame: pl.DataFrame, condition: str, cfg: MapConfig, *, struct_form: bool = False
-) -> pl.Series:
-    """Whether ``condition`` holds for each row of ``frame``: Boolean (null where failed or not sent).
+def condition_request(
+    frame: pl.DataFrame, condition: str, cfg: MapConfig, *, instructions: str | None = None
+) -> tuple[pl.Series, Task, MapConfig]:
+    """The prompts (one per row of ``frame``, null where a named value is null), the task and the
+    ``MapConfig`` of checking ``condition`` over ``frame``: what :func:`condition_mask` sends, for an
+    operator's estimate.
 
-    ``condition`` is a template naming columns of ``frame`` (``"{a} matches {b}"``); ``cfg`` the caller's
-    options (``pack`` packs the rows; the task's model and instructions are added here). For operators
-    built on ``filter`` (``join``): the frame of candidate rows is theirs to build.
+    >>> from polars_llm import MapConfig
+    >>> frame = pl.DataFrame({"a": ["x #1"], "b": ["y #1"]})
+    >>> prompts, task, cfg = condition_request(frame, "{a} matches {b}", MapConfig(model="m", api_key="k"))
+    >>> prompts.to_list(), cfg.system.splitlines()[-1], task.dtype
+    (['a: x #1\\nb: y #1'], 'Condition: {a} matches {b}', Boolean)
     """
     fields = condition_fields(condition)
     if not fields:
         raise ConfigError(f"condition_mask: the condition {condition!r} names no column")
     _check_columns(fields, frame.columns, condition)
-    task = filter_task(condition, fields=fields)
+    task = filter_task(condition, instructions=instructions, fields=fields)
     system = f"{cfg.system}\n\n{task.instructions}" if cfg.system else task.instructions
     prompts = frame.select(_row_prompt(fields)).to_series()
-    return run_task(prompts, task, cfg.replace(response_model=task.model, system=system), struct_form)
+    return prompts, task, cfg.replace(response_model=task.model, system=system)
+
+
+def condition_mask(
+    frame: pl.DataFrame,
+    condition: str,
+    cfg: MapConfig,
+    *,
+    instructions: str | None = None,
+    name: str = "filter",
+    struct_form: bool = False,
+    mapper: Callable[[pl.Series, MapConfig], pl.Series] = map_series,
+) -> pl.Series:
+    """Whether ``condition`` holds for each row of ``frame``: Boolean (null where failed or not sent).
+
+    ``condition`` is a template naming columns of ``frame`` (``"{a} matches {b}"``); ``cfg`` the caller's
+    options (``pack`` packs the rows; the task's model and instructions are added here). For operators
+    built on ``filter`` (``join`` and ``dedup`` check their candidate pairs here): the frame of candidate
+    rows is theirs to build; ``name`` is the operator's in the failure warning (or error, per
+    ``on_error``); ``mapper`` answers the prompts (default ``llm.map``'s; a set operator passes its
+    stage, which shares its ``max_cost`` and labels the progress bar).
+
+    >>> import polars as pl
+    >>> from polars_llm import MapConfig, sim
+    >>> pairs = pl.DataFrame({"ad": ["dev #p1", "chef #c2"], "cv": ["coder #p1", "pilot #x9"]})
+    >>> with sim.serve() as url:
+    ...     cfg = MapConfig(model="m", base_url=url, api_key="k", cache=None, progress=False, pack=2)
+    ...     mask = condition_mask(pairs, "{ad} fits {cv}", cfg)
+    >>> mask.to_list()
+    [True, False]
+    """
+    prompts, task, check_cfg = condition_request(frame, condition, cfg, instructions=instructions)
+    task = dataclasses.replace(task, name=name)
+    return run_task(prompts, task, check_cfg, struct_form, mapper)
 
 
 @surfaced

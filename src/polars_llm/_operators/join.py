@@ -7,9 +7,11 @@
    similar right rows by cosine similarity (``k=None``: every right row, for small inputs — at most
    :data:`MAX_FULL_PAIRS` pairs). So 1,000 × 1,000 rows with ``k=10`` check 10,000 pairs, 1 % of the
    product. The number of candidate pairs is ``left rows × min(k, right rows)``, known before any request.
-2. **checking** — each candidate pair's statement (the template filled from both rows) is one request
-   with a boolean structured answer, all pairs in one engine run (:func:`_check_pairs`); identical
-   statements are asked once and cached.
+2. **checking** — the candidate pairs go through ``llm.filter``'s machinery (:func:`_check_pairs`, on
+   :func:`~polars_llm._operators.filter.condition_mask`): the template is the filter's condition, each
+   pair's named values (``left.ad: …`` / ``right.cv: …`` lines) the input, ``{"holds": bool}`` the
+   answer; ``pack=N`` sends N pairs per request (the condition once per pack); each pair is cached under
+   its own content key, so a rerun with another ``pack`` sends nothing; all pairs are one engine run.
 3. **result** — the pairs judged true, with both sides' columns; a right column whose name the left frame
    has gets ``suffix`` (Polars' ``join`` does the same). ``how="left"`` keeps left rows without a match
    (their right columns null). A pair whose check failed (after retries) counts as no match and is
@@ -37,12 +39,12 @@ from typing import Any, Final, Unpack
 
 import numpy as np
 import polars as pl
-from pydantic import BaseModel
 
 from .._bridge import surfaced
 from .._config import MapConfig, resolve_config, with_options
 from ..exceptions import ConfigError
 from .estimate import PlanEstimate
+from .filter import condition_mask, condition_request
 from .settings import JoinOptions, JoinSettings, take, with_settings
 from .stage import (
     Spend,
@@ -51,22 +53,15 @@ from .stage import (
     estimate_projected,
     estimate_prompts,
     estimate_texts,
-    map_stage,
+    stage_mapper,
 )
 
 __all__ = ["MAX_FULL_PAIRS", "Template", "estimate_join", "join_frames", "llm_join", "nearest"]
 
 MAX_FULL_PAIRS: Final = 100_000
-STATEMENT: Final = "Is the following statement true? Answer true or false.\n\nStatement: "
 Frame = pl.DataFrame | pl.LazyFrame
 _L: Final = "__polars_llm_left__"
 _R: Final = "__polars_llm_right__"
-
-
-class _Verdict(BaseModel):
-    """The structured answer of one check."""
-
-    answer: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,27 +99,6 @@ class Template:
 
     def columns(self, side: str) -> list[str]:
         return list(dict.fromkeys(c for _, s, c in self.parts if s == side and c is not None))
-
-    def literal_chars(self) -> int:
-        return sum(len(lit) for lit, _, _ in self.parts)
-
-    def fill(self, left: pl.DataFrame, right: pl.DataFrame) -> pl.Series:
-        """The statement of each row pair of ``left`` and ``right`` (same height): null where a named
-        value is null."""
-        exprs: list[pl.Expr] = []
-        frame = pl.concat(
-            [
-                left.select(pl.col(c).cast(pl.String).alias(f"l.{c}") for c in self.columns("left")),
-                right.select(pl.col(c).cast(pl.String).alias(f"r.{c}") for c in self.columns("right")),
-            ],
-            how="horizontal",
-        )
-        for literal, side, column in self.parts:
-            if literal:
-                exprs.append(pl.lit(literal, dtype=pl.String))
-            if side is not None:
-                exprs.append(pl.col(f"{side[0]}.{column}"))
-        return frame.select(pl.concat_str(exprs, ignore_nulls=False).alias("statement")).to_series()
 
 
 def _side_text(frame: pl.DataFrame, columns: list[str]) -> pl.Series:
@@ -169,20 +143,24 @@ def _unit(vectors: pl.Series) -> np.ndarray:
     return matrix / np.where(norms == 0, 1.0, norms)
 
 
-def _check_pairs(prompts: pl.Series, cfg: MapConfig, spend: Spend, label: str) -> pl.Series:
-    """THE pair check: one boolean per yes/no question (null where the check failed or the question is
-    null).
+def _check_pairs(
+    values: pl.DataFrame, condition: str, cfg: MapConfig, spend: Spend, label: str,
+    *, instructions: str | None = None,
+) -> pl.Series:  # fmt: skip
+    """THE pair check of ``join`` and ``dedup``: whether ``condition`` holds for each candidate pair (a
+    row of ``values``, the columns the condition names), null where the check failed or a value is null.
 
-    Built on the ``llm.map`` pipeline with a boolean structured answer, all questions in one engine run.
-    This is the one seam where ``llm.filter``'s machinery (packing several pairs per request) is to be
-    plugged in; :mod:`.dedup` checks its pairs here too.
+    It is ``llm.filter``'s machinery (:func:`~polars_llm._operators.filter.condition_mask`): the
+    filter's prompt and schema, ``pack``, the cache by each pair's content key, failures as null; run as
+    the operator's stage ``label`` (its progress bar, its share of ``max_cost``). With
+    ``on_error="warn"`` the caller warns in its own words; ``"raise"`` raises
+    :class:`~polars_llm.RowsFailedError` as the row operators do.
     """
-    prompts = prompts.rename("prompt")
-    out = map_stage(prompts, cfg.replace(response_model=_Verdict, include=()), label, spend)
-    answer = out.get_column("result").struct.field("answer")
-    return pl.Series(
-        "match", answer.zip_with(out.get_column("status") == "done", pl.Series([None], dtype=pl.Boolean))
-    )
+    quiet = "ignore" if cfg.on_error == "warn" else cfg.on_error
+    return condition_mask(
+        values, condition, cfg.replace(include=(), on_error=quiet), instructions=instructions,
+        name=label.partition(":")[0], mapper=stage_mapper(label, spend),
+    ).rename("match")  # fmt: skip
 
 
 def _check_frames(
@@ -223,10 +201,22 @@ def _candidates(
     return pl.DataFrame({_L: i, _R: j}, schema={_L: pl.UInt32, _R: pl.UInt32})
 
 
-def _statements(
+def _pair_values(
     left: pl.DataFrame, right: pl.DataFrame, pairs: pl.DataFrame, template: Template
-) -> pl.Series:
-    return template.fill(left[pairs.get_column(_L)], right[pairs.get_column(_R)])
+) -> pl.DataFrame:
+    """The values the template names, one row per pair: columns ``left.<col>`` and ``right.<col>`` (as
+    the template names them, so the template is the filter's condition over this frame)."""
+    return pl.concat(
+        [
+            left[pairs.get_column(_L)].select(
+                pl.col(c).cast(pl.String).alias(f"left.{c}") for c in template.columns("left")
+            ),
+            right[pairs.get_column(_R)].select(
+                pl.col(c).cast(pl.String).alias(f"right.{c}") for c in template.columns("right")
+            ),
+        ],
+        how="horizontal",
+    )
 
 
 def join_frames(
@@ -237,10 +227,11 @@ def join_frames(
     _check_frames(left, right, template, settings)
     spend = Spend(cfg.max_cost)
     pairs = _candidates(left, right, template, cfg, settings, spend)
-    questions = STATEMENT + _statements(left, right, pairs, template)
-    verdict = _check_pairs(questions, cfg, spend, "join: checking pairs")
-    failed = int((verdict.is_null() & questions.is_not_null()).sum())
-    if failed:
+    values = _pair_values(left, right, pairs, template)
+    verdict = _check_pairs(values, settings.template, cfg, spend, "join: checking pairs")
+    sent = values.select(pl.all_horizontal(pl.all().is_not_null())).to_series()  # a null value: not asked
+    failed = int((verdict.is_null() & sent).sum())
+    if failed and cfg.on_error == "warn":
         warnings.warn(
             f"join: {failed:,} of {pairs.height:,} pair checks failed and count as no match; run it again "
             "to retry them (the answered ones are cached)",
@@ -265,19 +256,31 @@ def join_estimate(
         )
         stages.append(("embedding", estimate_texts(texts, ecfg)))
     n_pairs = left.height * (right.height if settings.k is None else min(settings.k, right.height))
-    check_cfg = cfg.replace(response_model=_Verdict, include=())
+    cfg = cfg.replace(include=())
     if settings.k is None or stages[0][1].to_send == 0:  # the pairs are known without sending
         pairs = _candidates(left, right, template, cfg.replace(progress=False), settings, None)
-        prompts = (STATEMENT + _statements(left, right, pairs, template)).rename("prompt")
-        stages.append(("pair checks", estimate_prompts(prompts, check_cfg)))
+        values = _pair_values(left, right, pairs, template)
+        prompts, _, check_cfg = condition_request(values, settings.template, cfg)
+        stages.append(("pair checks", estimate_prompts(prompts.rename("prompt"), check_cfg)))
         detail = f"{pairs.height:,} candidate pairs"
     else:  # the pairs need the embeddings: their count is known, their text projected from the averages
-        lchars = _side_text(left, template.columns("left")).str.len_chars().mean() or 0.0
-        rchars = _side_text(right, template.columns("right")).str.len_chars().mean() or 0.0
-        each = int(len(STATEMENT) + template.literal_chars() + lchars + rchars)  # type: ignore[operator]
+        none = pl.DataFrame(schema={_L: pl.UInt32, _R: pl.UInt32})
+        _, _, check_cfg = condition_request(_pair_values(left, right, none, template), settings.template, cfg)
+        each = _mean_chars(left, template.columns("left"), "left") + _mean_chars(
+            right, template.columns("right"), "right"
+        )
         stages.append(("pair checks (projected)", estimate_projected(pl.Series([each] * n_pairs), check_cfg)))
         detail = f"{n_pairs:,} candidate pairs (k={settings.k})"
     return PlanEstimate("join", tuple(stages), detail)
+
+
+def _mean_chars(frame: pl.DataFrame, columns: list[str], side: str) -> int:
+    """The average characters one side adds to a pair's prompt: its ``side.col: value`` lines."""
+    lengths = frame.select(
+        pl.sum_horizontal(pl.col(c).cast(pl.String).str.len_chars().fill_null(0) for c in columns)
+    ).to_series()
+    labels = sum(len(f"{side}.{c}: ") + 1 for c in columns)  # the name, ": " and the line break
+    return labels + int(lengths.mean() or 0)  # type: ignore[arg-type]
 
 
 # --- entry points (the namespaces forward here) ----------------------------------------------------------

@@ -8,19 +8,40 @@ what the earlier ones left, counting what earlier calls already paid for its row
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import polars as pl
 
 from .._config import MapConfig
 from .._cost import Estimate, TokenModel, build_estimate, resolve_price
-from .._pipeline import EmbedSpec, assemble, assemble_vectors, estimate_series, prepare, prepare_texts, run
+from .._engine import pack_size
+from .._pipeline import (
+    EmbedSpec,
+    assemble,
+    assemble_vectors,
+    estimate_series,
+    packed_requests,
+    prepare,
+    prepare_texts,
+    run,
+)
 from .._progress import Progress, RunStats
 from .._request import request_spec
 from .._store import Store
 from ..exceptions import ConfigError
 
-__all__ = ["Spend", "embed_config", "embed_stage", "estimate_projected", "estimate_texts", "map_stage"]
+__all__ = [
+    "Spend",
+    "embed_config",
+    "embed_stage",
+    "estimate_projected",
+    "estimate_texts",
+    "map_stage",
+    "stage_mapper",
+    "stage_series",
+]
 
 
 @dataclass
@@ -45,6 +66,12 @@ class Spend:
 
 def map_stage(prompts: pl.Series, cfg: MapConfig, label: str, spend: Spend) -> pl.DataFrame:
     """Answer ``prompts`` (String, nulls kept) as one run: a frame of ``result`` and ``status`` per row."""
+    return stage_series(prompts, cfg, label, spend).struct.unnest()
+
+
+def stage_series(prompts: pl.Series, cfg: MapConfig, label: str, spend: Spend) -> pl.Series:
+    """:func:`map_stage` as ``llm.map``'s ``Struct{result, status, …}`` Series: a drop-in for
+    ``map_series`` where a row operator's machinery runs as a stage (``stage_mapper``)."""
     stage_cfg = spend.config(cfg)
     prepared = prepare(prompts, stage_cfg)
     reporter = Progress(RunStats(total=len(prepared)), enabled=cfg.progress and len(prepared) > 0, desc=label)
@@ -52,7 +79,16 @@ def map_stage(prompts: pl.Series, cfg: MapConfig, label: str, spend: Spend) -> p
         state = run(prepared, stage_cfg, reporter)
     finally:
         spend.add(label, reporter.stats)
-    return assemble(prepared, state, stage_cfg).struct.unnest()
+    return assemble(prepared, state, stage_cfg)
+
+
+def stage_mapper(label: str, spend: Spend) -> Callable[[pl.Series, MapConfig], pl.Series]:
+    """A ``map_series`` that runs as the stage ``label`` of an operator sharing ``spend``."""
+    return functools.partial(_staged, label=label, spend=spend)
+
+
+def _staged(prompts: pl.Series, cfg: MapConfig, *, label: str, spend: Spend) -> pl.Series:
+    return stage_series(prompts, cfg, label, spend)
 
 
 def embed_config(cfg: MapConfig, model: str | None, dimensions: int | None) -> MapConfig:
@@ -62,7 +98,7 @@ def embed_config(cfg: MapConfig, model: str | None, dimensions: int | None) -> M
         raise ConfigError("no embedding model: pass embed_model='provider/name'")
     return cfg.replace(
         model=model, dimensions=dimensions, response_model=None, system=None, temperature=0.0,
-        max_tokens=None, include=(), worker=None,
+        max_tokens=None, include=(), worker=None, pack=1,
     )  # fmt: skip
 
 
@@ -100,15 +136,25 @@ def estimate_texts(texts: pl.Series, cfg: MapConfig) -> Estimate:
 
 
 def estimate_projected(chars: pl.Series, cfg: MapConfig) -> Estimate:
-    """The estimate of requests not known yet (upper levels, later rounds): one per entry of ``chars``
-    (their expected prompt lengths), none assumed cached."""
+    """The estimate of requests not known yet (upper levels, later rounds, pairs of vectors not computed
+    yet): one row per entry of ``chars`` (their expected prompt lengths), none assumed cached, sent
+    ``cfg.pack`` rows per request.
+
+    >>> from pydantic import create_model
+    >>> cfg = MapConfig(model="m", api_key="k", cache=None, response_model=create_model("A", a=(int, ...)))
+    >>> chars = pl.Series([100] * 40)
+    >>> estimate_projected(chars, cfg).to_send, estimate_projected(chars, cfg.replace(pack=10)).to_send
+    (40, 4)
+    """
     with Store.open(cfg.cache_path) as store:
         price = resolve_price(cfg, store)
         history = store.token_history(request_spec(cfg).model)
     tokens = TokenModel.learn(history, max_tokens=cfg.max_tokens, max_output=price.max_output)
+    size = pack_size(cfg, chars) if cfg.pack != 1 else 1
+    sent, system_chars, tokens = packed_requests(cfg, chars, tokens, size)
     return build_estimate(
         model=request_spec(cfg).model, rows=len(chars), null_rows=0, unique_prompts=len(chars),
-        to_send_chars=chars, cached=0, tokens=tokens, price=price, system_chars=len(cfg.system or ""),
+        to_send_chars=sent, cached=0, tokens=tokens, price=price, system_chars=system_chars,
     )  # fmt: skip
 
 

@@ -17,17 +17,16 @@ per call with their count and how to see why; ``include=("status", "error")`` re
 from __future__ import annotations
 
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import polars as pl
 from pydantic import BaseModel
 
-from .._bridge import surfaced
 from .._config import INCLUDE_DTYPES, MapConfig, resolve_config
 from .._cost import Estimate
-from .._pipeline import EXPRESSION_ESTIMATORS, estimate_series, map_series, names_models
+from .._pipeline import EXPRESSION_ESTIMATORS, chunked_expr, estimate_series, map_series, names_models
 from ..exceptions import ConfigError, RowsFailedError
 
 __all__ = [
@@ -127,24 +126,39 @@ def finish(task: Task, mapped: pl.Series, struct_form: bool, name: str) -> pl.Se
     return pl.DataFrame([value, *rest]).to_struct(name)
 
 
-def run_task(series: pl.Series, task: Task, cfg: MapConfig, struct_form: bool = False) -> pl.Series:
-    """Run ``task`` over a Series of texts: its value column (see the module docstring)."""
+def task_steps(
+    task: Task, cfg: MapConfig, struct_form: bool = False
+) -> tuple[MapConfig, Callable[[pl.Series, pl.Series], pl.Series]]:
+    """How to run ``task``: the map's config, and what turns (input, mapped Struct) into its column."""
     quoted = cfg.on_error == "raise" and "error" not in cfg.include  # to quote the errors it raises with
-    mapped = map_series(series, cfg.replace(include=(*cfg.include, "error")) if quoted else cfg)
-    _report(task, mapped, cfg, struct_form)
-    if quoted:
-        mapped = mapped.struct.unnest().drop("error").to_struct(mapped.name)
-    return finish(task, mapped, struct_form, series.name)
+
+    def done(series: pl.Series, mapped: pl.Series) -> pl.Series:
+        _report(task, mapped, cfg, struct_form)
+        if quoted:
+            mapped = mapped.struct.unnest().drop("error").to_struct(mapped.name)
+        return finish(task, mapped, struct_form, series.name)
+
+    return (cfg.replace(include=(*cfg.include, "error")) if quoted else cfg), done
+
+
+def run_task(
+    series: pl.Series,
+    task: Task,
+    cfg: MapConfig,
+    struct_form: bool = False,
+    mapper: Callable[[pl.Series, MapConfig], pl.Series] = map_series,
+) -> pl.Series:
+    """Run ``task`` over a Series of texts: its value column (see the module docstring). ``mapper``
+    answers the prompts (``llm.map``'s ``map_series``; a set operator passes its labelled stage)."""
+    map_cfg, done = task_steps(task, cfg, struct_form)
+    return done(series, mapper(series, map_cfg))
 
 
 def task_expr(source: pl.Expr, task: Task, cfg: MapConfig, struct_form: bool = False) -> pl.Expr:
     """The operator as an expression over ``source`` (one String column)."""
 
-    @surfaced
-    def udf(series: pl.Series) -> pl.Series:
-        return run_task(series, task, cfg, struct_form)
-
-    expr = source.map_batches(udf, return_dtype=output_dtype(task, cfg, struct_form), is_elementwise=False)
+    map_cfg, done = task_steps(task, cfg, struct_form)
+    expr = chunked_expr(source, map_cfg, output_dtype(task, cfg, struct_form), done)
     setattr(expr, _ATTR, (source, task, cfg))
     return expr
 

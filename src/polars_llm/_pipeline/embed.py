@@ -34,12 +34,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-import anyio
 import orjson
 import polars as pl
 import pyarrow as pa
 
 from .. import exceptions as exc
+from .._bridge import offload
 from .._config import CHAT_ONLY, INCLUDE_DTYPES, MapConfig, option_fields
 from .._cost import Budget, Costing
 from .._engine import FAIL, STOP, Run, Sink, Work, run_groups, share
@@ -359,7 +359,7 @@ class _Batch:
                     try:
                         raw = await _post(run.transport, self.spec.body(texts))
                         # off the event loop: answers are megabytes, and Polars parses them without the GIL
-                        reply = await anyio.to_thread.run_sync(decode, raw, len(texts), self.spec.dimensions)
+                        reply = await offload(decode, raw, len(texts), self.spec.dimensions)
                     except exc.APIError as e:
                         error = e
                     else:

@@ -30,6 +30,7 @@ from .._config import (
 from .._cost import Estimate
 from .._request import request_spec
 from ..exceptions import BudgetExceededError, ConfigError
+from .chunked import ChunkedRun
 from .embed import EmbedSpec, check_options, embed_series
 from .modes import mode_of
 from .pipeline import amap_series, estimate_series, map_series
@@ -39,6 +40,7 @@ __all__ = [
     "EXPRESSION_ESTIMATORS",
     "EmbedOptions",
     "MapOptions",
+    "chunked_expr",
     "estimate",
     "llm_embed",
     "llm_embed_frame",
@@ -191,11 +193,33 @@ def llm_map(expr: pl.Expr | str, model: str | None = None, **options: Unpack[Map
 
 
 def _map_expr(expr: pl.Expr, cfg: MapConfig) -> pl.Expr:
+    return chunked_expr(expr, cfg, request_spec(cfg).output_dtype)
+
+
+def chunked_expr(
+    expr: pl.Expr,
+    cfg: MapConfig,
+    dtype: pl.DataType,
+    finish: Callable[[pl.Series, pl.Series], pl.Series] | None = None,
+) -> pl.Expr:
+    """``expr`` mapped with ``cfg`` (then ``finish(input, mapped)``, an operator's value, of dtype ``dtype``):
+    in a streamed query chunk by chunk through one shared session (:mod:`.chunked`), else with the whole
+    column at once. Batch mode always takes the whole column: a batch holds a run's rows."""
+    if not mode_of(cfg).streams:
+
+        @surfaced
+        def whole(series: pl.Series) -> pl.Series:
+            mapped = map_series(series, cfg)
+            return mapped if finish is None else finish(series, mapped)
+
+        return expr.map_batches(whole, return_dtype=dtype, is_elementwise=False)
+    run = ChunkedRun(cfg, finish)
+
     @surfaced
     def udf(series: pl.Series) -> pl.Series:
-        return map_series(series, cfg)
+        return run.map(series)
 
-    return expr.map_batches(udf, return_dtype=request_spec(cfg).output_dtype, is_elementwise=False)
+    return expr.map_batches(udf, return_dtype=dtype, is_elementwise=True)
 
 
 def _names(cfg: MapConfig, result_name: str, status_name: str) -> dict[str, str]:

@@ -18,6 +18,7 @@ import contextlib
 import copy
 import dataclasses
 from collections.abc import Callable, Iterator
+from contextvars import ContextVar
 
 import anyio
 import polars as pl
@@ -43,11 +44,13 @@ from .prepared import Prepared
 
 __all__ = [
     "EMPTY_STATE",
+    "SPENT",
     "amap_series",
     "arun",
     "assemble",
     "estimate_series",
     "map_series",
+    "packed_requests",
     "per_row",
     "prepare",
     "run",
@@ -58,6 +61,8 @@ EMPTY_STATE = pl.DataFrame(
     schema={"key": pl.String, "status": pl.String, "result": pl.String, "batch_status": pl.String}
 )
 _DETAILS = frozenset(INCLUDE_DTYPES) | {"batch_status"}
+# Where a caller that runs one column in several calls (:mod:`.chunked`) collects what each run spent.
+SPENT: ContextVar[list[float] | None] = ContextVar("polars_llm_spent", default=None)
 
 
 def _prompts(series: pl.Series) -> pl.Series:
@@ -264,7 +269,11 @@ def run(prepared: Prepared, cfg: MapConfig, reporter: Reporter | None = None) ->
         return EMPTY_STATE
     reporter = reporter if reporter is not None else progress_for(prepared, cfg)
     with reporting(reporter), _restating(prepared, cfg, reporter):
-        return run_sync(_execute, prepared, cfg, reporter)
+        try:
+            return run_sync(_execute, prepared, cfg, reporter)
+        finally:
+            if (spent := SPENT.get()) is not None:
+                spent.append(reporter.stats.cost)
 
 
 async def arun(prepared: Prepared, cfg: MapConfig, reporter: Reporter | None = None) -> pl.DataFrame:
@@ -286,16 +295,8 @@ def estimate_series(series: pl.Series, cfg: MapConfig) -> Estimate:
     done = known.filter(pl.col("status") == "done").get_column("key")
     to_send = prepared.unique.filter(~prepared.keys.is_in(done.implode()))
     tokens = TokenModel.learn(history, max_tokens=cfg.max_tokens, max_output=price.max_output)
-    to_send_chars, system_chars = to_send.str.len_chars(), len(cfg.system or "")
     size = pack_size(cfg, to_send) if prepared.work is not None else 1
-    if size > 1:  # one request per pack: the rows' characters, the instructions once per pack
-        to_send_chars, system_chars = (
-            packed_chars(to_send_chars, size),
-            len(Packer(request_spec(cfg)).system(size)),
-        )
-        if tokens.output_tokens_max is not None:  # up to max_tokens per answer, so size× per pack
-            tokens = dataclasses.replace(tokens, output_tokens_max=tokens.output_tokens_max * size)
-        tokens = dataclasses.replace(tokens, output_tokens=tokens.output_tokens * size)
+    to_send_chars, system_chars, tokens = packed_requests(cfg, to_send.str.len_chars(), tokens, size)
     price = mode_of(cfg).price(price)
     return build_estimate(
         model=request_spec(cfg).model,
@@ -309,6 +310,28 @@ def estimate_series(series: pl.Series, cfg: MapConfig) -> Estimate:
         system_chars=system_chars,
         mode=cfg.mode,
     )
+
+
+def packed_requests(
+    cfg: MapConfig, chars: pl.Series, tokens: TokenModel, size: int
+) -> tuple[pl.Series, int, TokenModel]:
+    """Requests of rows of ``chars`` characters sent ``size`` per pack (``pack_size``): characters per
+    request, the system prompt's characters (once per request) and the token model (an answer per row,
+    so ``size`` × per pack). ``size`` 1: the rows as they are.
+
+    >>> from pydantic import create_model
+    >>> cfg = MapConfig(model="m", api_key="k", cache=None, response_model=create_model("A", a=(int, ...)))
+    >>> tokens = TokenModel.learn((0, 0, 0, 0), max_tokens=10, max_output=None)
+    >>> chars, system, packed = packed_requests(cfg, pl.Series([10, 10, 10]), tokens, 2)
+    >>> chars.to_list(), system > 0, packed.output_tokens == 2 * tokens.output_tokens
+    ([38, 25], True, True)
+    """
+    if size <= 1:
+        return chars, len(cfg.system or ""), tokens
+    if tokens.output_tokens_max is not None:  # up to max_tokens per answer, so size× per pack
+        tokens = dataclasses.replace(tokens, output_tokens_max=tokens.output_tokens_max * size)
+    tokens = dataclasses.replace(tokens, output_tokens=tokens.output_tokens * size)
+    return packed_chars(chars, size), len(Packer(request_spec(cfg)).system(size)), tokens
 
 
 def map_series(series: pl.Series, cfg: MapConfig) -> pl.Series:

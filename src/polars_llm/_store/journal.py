@@ -48,6 +48,7 @@ import duckdb
 import orjson
 import pyarrow as pa
 
+from .._bridge import offload
 from .outcomes import Outcome, apply_outcomes
 
 __all__ = ["Journal", "journal_dir", "read_segment", "replay"]
@@ -285,7 +286,7 @@ class Journal:
         while True:
             await self.dirty.wait()
             self.dirty = anyio.Event()
-            await anyio.to_thread.run_sync(self.sync)
+            await offload(self.sync)
 
     def close(self) -> None:
         """Close the current segment. Segments not removed yet (a batch whose write failed) stay on disk and

@@ -46,6 +46,7 @@ import polars as pl
 import pyarrow as pa
 
 from .. import exceptions as exc
+from .._bridge import offload
 from ..exceptions import ConfigError, StoreError
 from . import migrations as _migrations
 from . import scratch as _scratch
@@ -423,7 +424,7 @@ async def open_store(path: Any, wait: float) -> Store:
     told = False
     while True:
         try:
-            return await anyio.to_thread.run_sync(Store.open, path)
+            return await offload(Store.open, path)
         except exc.StoreError as error:
             left = deadline - time.monotonic()
             if error.holder is None or left <= 0:

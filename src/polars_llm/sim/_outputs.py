@@ -31,7 +31,7 @@ from typing import Any, Final, TypeGuard
 import orjson
 
 from ._patterns import match_pattern
-from ._semantic import semantic_json, semantic_text
+from ._semantic import pair_verdict, semantic_json, semantic_text
 
 __all__ = [
     "count_tokens",
@@ -87,7 +87,9 @@ def expected_json(schema: Mapping[str, Any], model: str, prompt: str, system: st
       every label it names; else a seeded choice;
     * a boolean is ``true`` when the prompt holds a keyword of the ``Condition:`` line of the system
       prompt (its words of 4+ letters, ``{placeholders}`` and a few filler verbs left out), else
-      ``false``; without such a line, a seeded choice;
+      ``false``; without such a line, a seeded choice; over several ``name: value`` lines (a pair check
+      of ``join`` or ``dedup``) the pair rules of :func:`~polars_llm.sim._semantic.pair_verdict` come
+      first;
     * a string, integer or number property ``name`` takes the value written ``name: value`` in the prompt;
     * a packed request — a single ``answers`` array of exactly N items and a prompt
       ``{"items": [...]}`` of N texts — answers item *i* as the unpacked request of text *i* would be.
@@ -120,7 +122,8 @@ def _generator(schema: Mapping[str, Any], model: str, prompt: str, system: str |
     digest = hashlib.blake2b(
         f"{model}\x00{prompt}".encode("utf-8", "surrogatepass"), digest_size=8, person=b"polars_llm_sim"
     ).digest()
-    return _Gen(schema, random.Random(int.from_bytes(digest, "big")), prompt, _condition_words(system))
+    rng = random.Random(int.from_bytes(digest, "big"))
+    return _Gen(schema, rng, prompt, _condition_words(system), pair_verdict(prompt, system))
 
 
 def _packed_items(schema: Mapping[str, Any], prompt: str) -> tuple[Any, list[str]] | None:
@@ -203,7 +206,7 @@ def expected_content(
 
 
 class _Gen:
-    __slots__ = ("_condition", "_rng", "_root", "_text")
+    __slots__ = ("_condition", "_pair", "_rng", "_root", "_text")
 
     def __init__(
         self,
@@ -211,11 +214,13 @@ class _Gen:
         rng: random.Random,
         text: str = "",
         condition: tuple[str, ...] | None = None,
+        pair: bool | None = None,
     ) -> None:
         self._root = root
         self._rng = rng
         self._text = text
         self._condition = condition
+        self._pair = pair  # a pair check's answer, when the input is one (see _semantic)
 
     def _labels(self, labels: list[Any]) -> list[Any]:
         """The string labels the text names, in the order it names them."""
@@ -267,6 +272,8 @@ class _Gen:
         if kind == "number":
             return self._number(schema)
         if kind == "boolean":
+            if self._pair is not None:
+                return self._pair
             if self._condition is not None:
                 return any(_named(self._text, word) >= 0 for word in self._condition)
             return self._rng.random() < 0.5

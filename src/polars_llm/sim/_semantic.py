@@ -7,19 +7,25 @@ tests and benchmarks can assert results:
 * **reduce** — a prompt holding ``<text>`` … ``</text>`` blocks is summarised as ``"summary: "`` and
   the :data:`SUMMARY_WORDS` most frequent words (3+ letters, not stop words) of the blocks, most
   frequent first (ties: first seen);
-* **statement check** — ``Is the following statement true?`` … ``Statement: <s>``: true when a
-  ``#tag`` occurs at least twice in ``<s>`` (planted pairs share a tag);
-* **same entity** — ``Do these two values refer to the same entity?`` with ``A: <a>`` and ``B: <b>``:
-  true when their words are equal once lower-cased and stripped of legal suffixes (Inc, Ltd, ...);
+* **pair checks** — ``filter``'s boolean answer (``join`` and ``dedup`` check their candidate pairs
+  with it) when the input lists several values as ``name: value`` lines (a condition naming several
+  columns, packed or not), :func:`pair_verdict`:
+
+  - **same entity** — the ``Condition:`` line of the system prompt says ``same entity`` and there are
+    two values: true when their words are equal once lower-cased and stripped of legal suffixes
+    (Inc, Ltd, ...);
+  - **shared tag** — else, when the values hold ``#tags``: true when one tag occurs in two different
+    values (planted pairs share a tag), false when none does; without tags, the ordinary keyword rule
+    of ``expected_json`` decides;
 * **ranking** — items ``[1] …``, ``[2] …`` and ``the numbers of the <j> best items``: the ``j`` items
   whose last number is largest, largest first (ties: listed first; no number ranks last).
 
 >>> semantic_text("Do\\n\\n<text>\\nbroken lid, broken handle\\n</text>\\n<text>\\nlid loose\\n</text>")
 'summary: broken lid handle loose'
->>> semantic_json("Is the following statement true?\\n\\nStatement: ad #a1 fits cv #a1", {})
-{'answer': True}
->>> semantic_json("Do these two values refer to the same entity?\\n\\nA: Acme Inc.\\nB: ACME", {})
-{'answer': True}
+>>> pair_verdict("left.ad: python dev #a1\\nright.cv: coder #a1", "Condition: {left.ad} fits {right.cv}")
+True
+>>> pair_verdict("A: Acme Inc.\\nB: ACME", "Condition: Same entity? (values: {A}, {B})")
+True
 >>> semantic_json("Urgent: give the numbers of the 2 best items.\\n\\n[1] p 3\\n[2] p 9\\n[3] p 5", {})
 {'ranking': [2, 3]}
 """
@@ -30,7 +36,7 @@ import re
 from collections import Counter
 from typing import Any, Final
 
-__all__ = ["SUMMARY_WORDS", "semantic_json", "semantic_text"]
+__all__ = ["SUMMARY_WORDS", "pair_verdict", "semantic_json", "semantic_text"]
 
 SUMMARY_WORDS: Final = 8
 _BLOCK: Final = re.compile(r"<text>\n(.*?)\n</text>", re.DOTALL)
@@ -43,8 +49,8 @@ _STOP: Final = frozenset(
         "been", "were", "summary",
     ]
 )  # fmt: skip
-_STATEMENT: Final = "Is the following statement true?"
-_ENTITY: Final = "Do these two values refer to the same entity?"
+_VALUE: Final = re.compile(r"^[\w.]+: ", re.MULTILINE)  # where each ``name: value`` line starts
+_CONDITION: Final = re.compile(r"^Condition:(.*)$", re.MULTILINE)
 _TAG: Final = re.compile(r"#\w+")
 _SUFFIXES: Final = frozenset(
     [
@@ -70,18 +76,20 @@ def _entity_words(value: str) -> list[str]:
     return [w for w in re.findall(r"\w+", value.lower()) if w not in _SUFFIXES]
 
 
-def _verdict(prompt: str) -> bool | None:
-    if prompt.startswith(_STATEMENT):
-        statement = prompt.partition("Statement: ")[2]
-        tags = Counter(_TAG.findall(statement))
-        return any(n >= 2 for n in tags.values())
-    if prompt.startswith(_ENTITY):
-        a = re.search(r"^A: (.*)$", prompt, re.MULTILINE)
-        b = re.search(r"^B: (.*)$", prompt, re.MULTILINE)
-        if a is None or b is None:
-            return None
-        return _entity_words(a.group(1)) == _entity_words(b.group(1))
-    return None
+def pair_verdict(text: str, system: str | None) -> bool | None:
+    """``filter``'s answer for a condition over several values (see the module docstring), or ``None``
+    when ``text`` is not such an input or holds nothing the rules read."""
+    starts = [m.start() for m in _VALUE.finditer(text)]
+    if len(starts) < 2 or starts[0] != 0:
+        return None
+    values = [text[a:b].partition(": ")[2] for a, b in zip(starts, [*starts[1:], len(text)], strict=True)]
+    condition = _CONDITION.search(system or "")
+    if condition is not None and "same entity" in condition.group(1).lower() and len(values) == 2:
+        return _entity_words(values[0]) == _entity_words(values[1])
+    tags = [set(_TAG.findall(value)) for value in values]
+    if not any(tags):
+        return None
+    return any(tags[i] & tags[j] for i in range(len(tags)) for j in range(i + 1, len(tags)))
 
 
 def _score(text: str) -> float:
@@ -104,11 +112,9 @@ def semantic_text(prompt: str) -> str | None:
 
 
 def semantic_json(prompt: str, schema: Any) -> dict[str, Any] | None:
-    """The structured answer (``{"answer": bool}`` or ``{"ranking": [...]}``) to a set operator's check or
-    ranking request, or ``None`` for any other prompt (then the schema decides, as usual)."""
-    verdict = _verdict(prompt)
-    if verdict is not None:
-        return {"answer": verdict}
+    """The structured answer (``{"ranking": [...]}``) to a set operator's ranking request, or ``None`` for
+    any other prompt (then the schema decides, as usual; pair checks are ``filter``'s booleans, see
+    :func:`pair_verdict`)."""
     ranking = _ranking(prompt) if "best items" in prompt else None
     if ranking is not None:
         return {"ranking": ranking}
