@@ -5,7 +5,7 @@ Sections sit between ``<!-- generated:NAME -->`` and ``<!-- /generated:NAME -->`
 ``README.md`` and ``docs/*.md`` holds them (each section in exactly one file):
 
 * ``options`` — every option of ``MapConfig`` with its default and description (``docs/options.md``);
-* ``store`` — the cache's tables (``polars_llm._store.store.TABLES_DOC``; ``docs/store.md``).
+* ``store`` — the cache's tables (``polars_llm._store.tables.TABLES_DOC``; ``docs/store.md``).
 
 ``tests/test_docs.py`` fails when a section differs from what this script would write, or is missing.
 """
@@ -27,7 +27,7 @@ def pages() -> list[Path]:
 
 def sections() -> dict[str, str]:
     from polars_llm._config import options_listing
-    from polars_llm._store.store import TABLES_DOC
+    from polars_llm._store.tables import TABLES_DOC
 
     return {"options": f"```python\n{options_listing()}\n```", "store": TABLES_DOC.rstrip("\n")}
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -126,6 +127,37 @@ def stored_lines(proc: subprocess.Popen[str], until: Callable[[int], bool]) -> i
         if line.startswith("stored "):
             total += int(line.split()[1])
     return total
+
+
+def interrupt_child(
+    script: str, server: Any, *, after_ok: int, preexec_fn: Callable[[], Any] | None = None
+) -> tuple[str, str]:
+    """Run ``python -c script BASE_URL`` (it prints ``started`` first), wait until the simulator has
+    answered ``after_ok`` requests, hold every later answer (30 s latency: a lost interrupt shows as a
+    slow finish), send one SIGINT and return the child's (stdout, stderr)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script, str(server)],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={"PYTHONPATH": SRC, "PATH": "/usr/bin:/bin"},
+        preexec_fn=preexec_fn,
+    )
+    with proc:
+        try:
+            assert proc.stdout is not None and proc.stdout.readline().strip() == "started"
+            wait_for(
+                lambda: server.stats(per_prompt=False)["ok"] >= after_ok or proc.poll() is not None,
+                timeout=120,
+                what=f"{after_ok} answers",
+            )
+            server.configure(latency=30.0)
+            proc.send_signal(signal.SIGINT)
+            return proc.communicate(timeout=120)
+        except BaseException:
+            proc.kill()
+            raise
 
 
 def _child_map(args: argparse.Namespace) -> int:

@@ -4,7 +4,7 @@ Every API error carries the facts needed to act on it: HTTP status, response hea
 server's retry hint, how many attempts were made and the raw body. API keys never appear in
 any message or repr.
 
-Hierarchy (statuses are what :func:`polars_llm._transport.client.error_for_status` maps; a test keeps this
+Hierarchy (statuses are what :func:`polars_llm._transport.failures.error_for_status` maps; a test keeps this
 drawing true to it and to what is retried)::
 
     PolarsLLMError

@@ -18,7 +18,7 @@ import polars_llm
 from polars_llm import MapConfig, MapOptions, sim
 from polars_llm._config import EMBED_ONLY, options_listing
 from polars_llm.cli import build_parser
-from polars_llm.cli.run import NOT_ON_CLI
+from polars_llm.cli.options import NOT_ON_CLI
 from polars_llm.exceptions import ConfigError
 from polars_llm.seed import SEED_ALIASES
 

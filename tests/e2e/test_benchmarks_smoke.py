@@ -14,20 +14,25 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.__main__ import SECTIONS  # noqa: E402  (the benchmark package sits beside the tests)
 
 
+def _benchmark(module: str, args: list[str], *, timeout: float) -> None:
+    """``python -m <module> <args>`` from the repository root; it must succeed."""
+    done = subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
 # Every section at tiny size took ~4 min here on a quiet machine (15 sections, each case in its own
 # process, the resume section's 12 kills among them; the operators and setops sections ~30 s of it):
 # the bound is for a hang, not for speed.
 @pytest.mark.timeout(960)
 def test_benchmark_smoke_run_writes_every_section(tmp_path: Path) -> None:
-    done = subprocess.run(
-        [sys.executable, "-m", "benchmarks", "--smoke", "--out", str(tmp_path)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=900,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
+    _benchmark("benchmarks", ["--smoke", "--out", str(tmp_path)], timeout=900)
     results = json.loads((tmp_path / "latest-smoke.json").read_text())
     meta = results["meta"]
     assert meta["mode"] == "smoke"
@@ -64,3 +69,21 @@ def test_benchmark_smoke_run_writes_every_section(tmp_path: Path) -> None:
     ]
     table = (tmp_path / "latest-smoke.md").read_text()
     assert "| Section | Measure | Measured | Target |" in table
+
+
+@pytest.mark.timeout(300)
+def test_the_two_trees_comparison_runs_against_this_checkout(tmp_path: Path) -> None:
+    """``python -m benchmarks.trees OTHER``, with this checkout as the other tree: every arm answers every
+    prompt right and each arm's ratio comes out (a rate and a CPU figure; their values are not asserted)."""
+    work, rounds = ["--workdir", str(tmp_path / "work")], ["--rounds", "1", "--n", "64"]
+    _benchmark("benchmarks.trees", [str(ROOT), *rounds, *work, "--out", str(tmp_path)], timeout=280)
+    (path,) = tmp_path.glob("trees-*.json")
+    results = json.loads(path.read_text())
+    assert results["meta"]["trees"]["this"]["commit"] == results["meta"]["trees"]["other"]["commit"]
+    for arm, runs in results["runs"].items():
+        assert len(runs) == 1 and runs[0]["errors"] == 0 and runs[0]["wrong"] == 0, (arm, runs)
+    assert set(results["ratios"]) == {
+        f"{arm}/bare_aiohttp" for arm in ("map_this", "map_this_nojournal", "map_other")
+    }
+    for ratio in results["ratios"].values():
+        assert ratio["best"] is not None and ratio["cpu_least"] is not None, ratio

@@ -20,7 +20,7 @@ from pydantic import BaseModel
 
 import polars_llm  # noqa: F401  (registers .llm)
 from polars_llm import sim
-from polars_llm._config.options import resolve_config
+from polars_llm._config import resolve_config
 from polars_llm._request.spec import request_spec
 from polars_llm._store import migrations as _migrations
 from polars_llm.exceptions import (

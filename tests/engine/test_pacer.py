@@ -19,7 +19,7 @@ import pytest
 
 from polars_llm._engine.pace.learner import START_RATE, RateLearner, Ticket, wall_backoff
 from polars_llm._engine.pace.pacer import Announced, Pacer
-from polars_llm._transport.limit_headers import Budget, Limits
+from polars_llm._transport.limit_headers import AnnouncedLimit, Limits
 
 
 class FakeClock:
@@ -45,9 +45,9 @@ class SlidingLog:
         self.log.append(now)
         return True, 0.0
 
-    def budget(self, now: float) -> Budget:  # remaining now; reset = when the oldest leaves
+    def budget(self, now: float) -> AnnouncedLimit:  # remaining now; reset = when the oldest leaves
         reset = self.log[0] + self.window - now if self.log else 0.0
-        return Budget(self.limit, self.limit - len(self.log), reset)
+        return AnnouncedLimit(self.limit, self.limit - len(self.log), reset)
 
 
 class FixedWindow:
@@ -63,8 +63,8 @@ class FixedWindow:
         self.count += 1
         return True, 0.0
 
-    def budget(self, now: float) -> Budget:
-        return Budget(self.limit, self.limit - self.count, (self.index + 1) * self.window - now)
+    def budget(self, now: float) -> AnnouncedLimit:
+        return AnnouncedLimit(self.limit, self.limit - self.count, (self.index + 1) * self.window - now)
 
 
 class Bucket:
@@ -80,8 +80,8 @@ class Bucket:
         self.level -= 1
         return True, 0.0
 
-    def budget(self, now: float) -> Budget:  # OpenAI's meaning: reset = until full again
-        return Budget(self.burst, math.floor(self.level), (self.burst - self.level) / self.rate)
+    def budget(self, now: float) -> AnnouncedLimit:  # OpenAI's meaning: reset = until full again
+        return AnnouncedLimit(self.burst, math.floor(self.level), (self.burst - self.level) / self.rate)
 
 
 class Scattered:
@@ -151,7 +151,7 @@ def simulate(
         if headers == "all" or (headers == "429" and not admitted):  # as the server saw it then
             budget = server.budget(clock.now)
             remaining = budget.remaining if admitted else 0
-            limits = Limits(Budget(budget.limit, remaining, hint or budget.reset), None, "test")
+            limits = Limits(AnnouncedLimit(budget.limit, remaining, hint or budget.reset), None, "test")
         run.sent.append((clock.now, not admitted))
         answer_at = clock.now + (1e-3 if instant_refusals and not admitted else latency)
         heapq.heappush(pending, (answer_at, ticket.seq, ticket, not admitted, hint, limits))
@@ -416,14 +416,14 @@ def test_announced_budget_paces_remaining_over_time_to_reset() -> None:
     clock = FakeClock()
     budget = Announced(clock=clock)
     # 30 of 60 left, full again in 10 s: 3/s; 5 were sent after the answered request: 25 left
-    assert budget.observe(Budget(60, 30, 10.0), used_since=5) == pytest.approx(2.5)
+    assert budget.observe(AnnouncedLimit(60, 30, 10.0), used_since=5) == pytest.approx(2.5)
     assert budget.wait(clock.now, 1.0) == 0
     budget.exhaust(4.0)
     assert budget.wait(clock.now, 1.0) == pytest.approx(4.0)
     clock.now += 4.0
     assert budget.wait(clock.now, 1.0) == 0
     # the long-run pace is bounded by limit ÷ the longest reset seen (here 60 per 10 s)
-    assert budget.observe(Budget(60, 59, 0.5), used_since=0) == pytest.approx(
+    assert budget.observe(AnnouncedLimit(60, 59, 0.5), used_since=0) == pytest.approx(
         0.99 * 6.0
     )  # 60 per 10 s, and a little under
 
@@ -453,7 +453,7 @@ def test_a_429_saying_the_budget_is_spent_holds_everybody_until_its_reset() -> N
     clock = FakeClock()
     pacer = Pacer(clock=clock)
     ticket = pacer.sent(1.0)
-    pacer.answered(ticket, limited=True, limits=Limits(Budget(20, 0, 12.0), None, "openrouter"))
+    pacer.answered(ticket, limited=True, limits=Limits(AnnouncedLimit(20, 0, 12.0), None, "openrouter"))
     assert pacer.try_take() == pytest.approx(12.0)
     paused, why = pacer.describe()[2:]
     assert paused == pytest.approx(12.0) and "requests limit resets in 12 s" in why
@@ -473,7 +473,7 @@ def test_after_a_spent_budget_is_waited_out_the_sends_do_not_burst_again() -> No
         pacer.answered(pacer.sent(1.0), limited=False)
     clock.now += 0.001
     refused = [pacer.sent(1.0), pacer.sent(1.0)]  # two in flight; the first refusals say it all
-    spent = Limits(Budget(300, 0, 59.7), None, "openai")
+    spent = Limits(AnnouncedLimit(300, 0, 59.7), None, "openai")
     for ticket in refused:
         pacer.refused(ticket, hint=60.0, limits=spent)
     assert pacer.try_take(1.0) >= 59.7 - 0.01  # everybody waits

@@ -13,11 +13,7 @@ All against the simulator over HTTP, with real DuckDB files.
 
 from __future__ import annotations
 
-import signal
-import subprocess
-import sys
 import textwrap
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -28,6 +24,7 @@ import pytest
 
 import polars_llm
 from polars_llm import BudgetExceededError, sim
+from reliability_utils import interrupt_child
 
 MODEL = "sim/echo"  # listed and priced by the simulator
 SRC = str(Path(__file__).resolve().parents[2] / "src")
@@ -178,25 +175,7 @@ def test_a_real_sigint_stops_a_chunked_expression_and_a_rerun_pays_nothing_twice
         """
     )
     with sim.serve(latency=0.02) as server:
-        proc = subprocess.Popen(
-            [sys.executable, "-c", script, str(server)],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env={"PYTHONPATH": SRC, "PATH": "/usr/bin:/bin"},
-        )
-        with proc:
-            try:
-                assert proc.stdout is not None and proc.stdout.readline().strip() == "started"
-                while server.stats(per_prompt=False)["ok"] < 60 and proc.poll() is None:
-                    threading.Event().wait(0.005)
-                server.configure(latency=30.0)  # the rest is held: a lost interrupt shows as "finished"
-                proc.send_signal(signal.SIGINT)
-                out, err = proc.communicate(timeout=120)
-            except BaseException:
-                proc.kill()
-                raise
+        out, err = interrupt_child(script, server, after_ok=60)
         assert out.strip() == "interrupted", err
         server.configure(latency=0.0)
         with duckdb.connect(str(cache), read_only=True) as con:

@@ -14,7 +14,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,6 +25,7 @@ from test_map import test_interrupted_run_resumes_without_paying_twice as interr
 import polars_llm  # noqa: F401  (registers .llm)
 from polars_llm import sim
 from polars_llm._bridge import _os_sigint, _set_os_sigint
+from reliability_utils import interrupt_child
 
 SRC = str(Path(__file__).resolve().parents[2] / "src")
 
@@ -72,28 +72,9 @@ def test_real_sigint_stops_a_background_child(tmp_path: Path) -> None:
         """
     )
     with sim.serve(latency=0.02) as server:
-        proc = subprocess.Popen(
-            [sys.executable, "-c", script, str(server)],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env={"PYTHONPATH": SRC, "PATH": "/usr/bin:/bin"},
-            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
+        out, err = interrupt_child(
+            script, server, after_ok=40, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)
         )
-        with proc:
-            try:
-                assert proc.stdout is not None and proc.stdout.readline().strip() == "started"
-                while server.stats(per_prompt=False)["ok"] < 40 and proc.poll() is None:
-                    threading.Event().wait(0.005)
-                server.configure(
-                    latency=30.0
-                )  # the rest is held: a lost interrupt shows as a slow "finished"
-                proc.send_signal(signal.SIGINT)
-                out, err = proc.communicate(timeout=120)
-            except BaseException:
-                proc.kill()
-                raise
         assert out.strip() == "interrupted", err
         server.configure(latency=0.0)
         first = server.stats()["per_prompt"]

@@ -9,7 +9,7 @@ import polars as pl
 from pydantic import BaseModel
 
 from polars_llm import sim
-from polars_llm._request.structured import struct_dtype, to_series
+from polars_llm._request import struct_dtype, to_series
 
 
 class Mood(enum.StrEnum):

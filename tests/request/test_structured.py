@@ -1,4 +1,4 @@
-"""Tests for polars_llm._request.structured: response_format, validate_text, struct_dtype, to_series."""
+"""Structured output (polars_llm._request): response_format, validate_text, struct_dtype, to_series."""
 
 import dataclasses
 import datetime as dt
@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, RootModel, computed_field
 from typing_extensions import TypedDict
 
-from polars_llm._request.structured import (
+from polars_llm._request import (
     response_format,
     schema_fingerprint,
     struct_dtype,

@@ -17,8 +17,8 @@ import duckdb
 import polars as pl
 import pytest
 
+from polars_llm._store import OUTPUT_COLUMNS, TABLES_DOC, Outcome, Store, k64
 from polars_llm._store import migrations as _migrations
-from polars_llm._store.store import OUTPUT_COLUMNS, TABLES_DOC, Outcome, Store, k64
 from polars_llm.exceptions import ConfigError, StoreError
 
 SRC = str(Path(__file__).resolve().parents[2] / "src")

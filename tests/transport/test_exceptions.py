@@ -8,7 +8,7 @@ import pytest
 
 import polars_llm
 from polars_llm import exceptions as exc
-from polars_llm._transport.client import error_for_status
+from polars_llm._transport import error_for_status
 from polars_llm._transport.retry import is_retryable, next_delay
 
 

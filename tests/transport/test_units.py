@@ -10,10 +10,10 @@ from datetime import UTC, datetime
 import pytest
 
 from polars_llm import exceptions as exc
-from polars_llm._config.options import MapConfig, Secret, resolve_config
+from polars_llm._config import MapConfig, Secret, resolve_config
 from polars_llm._engine.pace.buckets import TokenBucket
-from polars_llm._transport.client import error_for_status, parse_completion, parse_retry_after
-from polars_llm._transport.limit_headers import Budget, parse_duration, parse_limits
+from polars_llm._transport import error_for_status, parse_completion, parse_retry_after
+from polars_llm._transport.limit_headers import AnnouncedLimit, parse_duration, parse_limits
 from polars_llm._transport.retry import backoff_delay, is_retryable
 
 
@@ -132,7 +132,9 @@ def test_limit_headers_of_every_convention() -> None:
         now,
     )
     assert openai is not None and openai.source == "openai"
-    assert openai.requests == Budget(500, 499, 0.12) and openai.tokens == Budget(30000, 29000, 2.0)
+    assert openai.requests == AnnouncedLimit(500, 499, 0.12) and openai.tokens == AnnouncedLimit(
+        30000, 29000, 2.0
+    )
     anthropic = parse_limits(
         {
             "anthropic-ratelimit-requests-limit": "50",
@@ -141,7 +143,7 @@ def test_limit_headers_of_every_convention() -> None:
         },
         datetime(2027, 1, 15, 8, 0, tzinfo=UTC).timestamp(),
     )
-    assert anthropic is not None and anthropic.requests == Budget(50, 10, 30.0)
+    assert anthropic is not None and anthropic.requests == AnnouncedLimit(50, 10, 30.0)
     router = parse_limits(
         {
             "X-RateLimit-Limit": "20",
@@ -150,9 +152,13 @@ def test_limit_headers_of_every_convention() -> None:
         },
         now,
     )
-    assert router is not None and router.source == "openrouter" and router.requests == Budget(20, 0, 15.0)
+    assert (
+        router is not None
+        and router.source == "openrouter"
+        and router.requests == AnnouncedLimit(20, 0, 15.0)
+    )
     ietf = parse_limits({"RateLimit-Limit": "100", "RateLimit-Remaining": "3", "RateLimit-Reset": "7"}, now)
-    assert ietf is not None and ietf.requests == Budget(100, 3, 7.0)
+    assert ietf is not None and ietf.requests == AnnouncedLimit(100, 3, 7.0)
     # unreadable values are dropped, not raised
     odd = parse_limits({"x-ratelimit-remaining-requests": "lots", "x-ratelimit-reset-requests": "soon"}, now)
     assert odd is None

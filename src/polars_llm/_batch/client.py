@@ -2,7 +2,7 @@
 
 It speaks the published protocol (see ``/v1/files`` and ``/v1/batches`` in OpenAI's API reference) and is
 lenient in what it reads: unknown fields are ignored, missing optional ones tolerated. Errors are the
-same exceptions as the online path (:func:`~polars_llm._transport.client.error_for_status`); transient ones
+same exceptions as the online path (:func:`~polars_llm._transport.failures.error_for_status`); transient ones
 are retried with the online backoff. The API key lives only in the request headers: never in a repr, a log
 line or an error.
 """

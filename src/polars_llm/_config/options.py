@@ -3,8 +3,9 @@
 Each option is a field of :class:`MapConfig` declared with :func:`option`: its name, type, default, check
 and a one-line description. Everything else is derived from these fields: the keyword signatures of the
 entry points and the README's option listing (:mod:`.signatures`), the ``polars-llm run`` flags
-(:func:`polars_llm.cli.run.add_option_flags`). Adding an option is one field here (plus its
-``MapOptions`` line for type checkers, which a test keeps in step).
+(:func:`polars_llm.cli.options.add_option_flags`). Adding an option is one field here (plus its
+``MapOptions`` line for type checkers, which a test keeps in step). A config built from the environment
+and ``./.env`` as well is :func:`~.environment.resolve_config`'s.
 """
 
 from __future__ import annotations
@@ -20,11 +21,11 @@ from pathlib import Path
 from typing import Any, Final, Literal, TypeVar
 
 import polars as pl
-from dotenv import dotenv_values
 from pydantic import BaseModel
 
 from ..exceptions import ConfigError
 from . import checks as ck
+from .secret import Secret
 
 __all__ = [
     "CHAT_ONLY",
@@ -36,14 +37,11 @@ __all__ = [
     "CacheArg",
     "MapConfig",
     "Mode",
-    "Secret",
     "Transport",
     "Worker",
-    "env_value",
     "no_model_error",
     "option_fields",
     "resolve_cache",
-    "resolve_config",
 ]
 
 DEFAULT_BASE_URL: Final = "https://openrouter.ai/api/v1"
@@ -65,45 +63,6 @@ class _DefaultCache:
 
 DEFAULT_CACHE: Final = _DefaultCache()
 CacheArg = str | os.PathLike[str] | _DefaultCache | None
-
-
-class Secret:
-    """A string that never shows itself in ``repr``/``str``.
-
-    >>> s = Secret("sk-or-123")
-    >>> s, str(s), s.get()
-    (Secret('********'), '********', 'sk-or-123')
-    """
-
-    __slots__ = ("_value",)
-
-    def __init__(self, value: str) -> None:
-        self._value = value
-
-    def get(self) -> str:
-        return self._value
-
-    def __repr__(self) -> str:
-        return "Secret('********')"
-
-    def __str__(self) -> str:
-        return "********"
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Secret) and other._value == self._value
-
-    def __hash__(self) -> int:
-        return hash(("Secret", self._value))
-
-    def __reduce__(self) -> Any:
-        raise TypeError("Secret values are not picklable")
-
-    # Immutable, so copies may share it: copy.deepcopy(cfg) and dataclasses.asdict(cfg) work, still hidden.
-    def __copy__(self) -> Secret:
-        return self
-
-    def __deepcopy__(self, memo: dict[int, Any]) -> Secret:
-        return self
 
 
 def resolve_cache(cache: CacheArg) -> Path | None:
@@ -502,45 +461,3 @@ def no_model_error() -> ConfigError:
         "no model given: pass model='provider/name' or set MODEL in the environment or .env "
         "(or give every row of a struct input its own `model`)"
     )
-
-
-# --- resolving from arguments, the environment and .env -------------------------------------------------
-
-
-def _dotenv() -> Mapping[str, str | None]:
-    path = Path.cwd() / ".env"
-    return dotenv_values(path) if path.is_file() else {}
-
-
-def env_value(name: str) -> str | None:
-    """``name`` from the environment, else from ``./.env``; ``None`` when unset or empty."""
-    return os.environ.get(name) or _dotenv().get(name) or None
-
-
-def resolve_config(
-    *, api_key_env: str = "OPENROUTER_API_KEY", model_required: bool = True, **options: Any
-) -> MapConfig:
-    """Build a :class:`MapConfig` from options, then the environment, then ``./.env``.
-
-    ``model``, ``api_key`` and ``base_url`` left out (or ``None``) come from ``MODEL``, ``api_key_env``
-    and ``POLARS_LLM_BASE_URL``. Unknown options raise :class:`ConfigError` naming them, and so does a
-    missing model unless ``model_required=False`` (the input may name a model per row; it is checked
-    once the input is known, still before any request).
-
-    >>> cfg = resolve_config(model="m", api_key="k", cache=None, concurrency=8)
-    >>> (cfg.model, cfg.concurrency, cfg.cache)
-    ('m', 8, None)
-    """
-    unknown = set(options) - OPTION_NAMES
-    if unknown:
-        raise ConfigError(f"unknown option(s): {', '.join(sorted(unknown))}")
-    for name, env in (("model", "MODEL"), ("api_key", api_key_env), ("base_url", "POLARS_LLM_BASE_URL")):
-        if options.get(name) is None:
-            options[name] = env_value(env)
-    try:
-        cfg = MapConfig(**options)
-    except TypeError as exc:  # wrong option types that dataclass itself rejects
-        raise ConfigError(str(exc)) from None
-    if model_required and cfg.model is None and cfg.worker is None:
-        raise no_model_error()
-    return cfg

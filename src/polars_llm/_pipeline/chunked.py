@@ -29,12 +29,13 @@ stops, keeping what finished.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import copy
 import dataclasses
 import functools
 import threading
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, Final
 
 import polars as pl
@@ -44,6 +45,7 @@ from .._config import MapConfig
 from .._engine import QueryAborted, Session
 from .._progress import Progress, RunStats
 from ..exceptions import BudgetExceededError, PolarsLLMError, remember
+from .modes import mode_of
 from .pipeline import EMPTY_STATE, SPENT, assemble, map_series, prepare, stopped
 from .prepared import Prepared
 
@@ -129,49 +131,76 @@ class ChunkedRun:
         self._ticker: Any = None
         self._timer: threading.Timer | None = None
 
+    @property
+    def streams(self) -> bool:
+        """Whether the mode answers chunk by chunk (online); batch mode takes the whole column."""
+        return mode_of(self.cfg).streams
+
     def map(self, series: pl.Series) -> pl.Series:
         """The mapped chunk (see the class docstring)."""
-        if threading.current_thread() is threading.main_thread():
-            close_idle()  # a session left open by an earlier streamed query would hold the cache
-            return self._done(series, map_series(series, self.cfg))
-        inline = on_polars_pool()
-        chunk = _Chunk(series)
-        with _OPEN_LOCK:
-            self._busy += 1
-            if self._chunks is not None:
-                held = sum(len(c.rows) for c in self._chunks) + len(series)
-                self._chunks = [*self._chunks, chunk] if held <= _FRAME_ROWS else None
+        if self.streams and threading.current_thread() is not threading.main_thread():
+            return self._chunk(series, on_polars_pool())
+        close_idle()  # a session left open by an earlier streamed query would hold the cache
+        return self._done(series, map_series(series, self.cfg))
+
+    def _chunk(self, series: pl.Series, inline: bool) -> pl.Series:
+        chunk = self._enter(series)
         try:
             with self._lock:
                 self._cancel_timer()
                 if self._stopped is not None:  # an earlier chunk of this query stopped it: so does this one
                     raise copy.copy(self._stopped)
                 try:
-                    mapped = self._map_inline(series) if inline else self._map(series)
+                    return self._kept(chunk, self._map(series) if not inline else self._map_inline(series))
                 except BaseException as error:
-                    if isinstance(error, BudgetExceededError):
-                        self._as_it_stands(error, chunk, inline)
-                    self._stopped = error
-                    self._close()  # a stopped run does not carry over into the next query
-                    raise
-                if self._chunks is not None:  # kept for a budget stop's frame while the query is small
-                    chunk.out = _unnested(series, mapped)
-                return self._done(series, mapped)
+                    raise self._stop(error, chunk, inline) from None
         finally:
-            with _OPEN_LOCK:
-                self._busy -= 1
-                idle = self._busy == 0
-            if idle:
-                self._start_timer()
+            self._leave()
+
+    def _enter(self, series: pl.Series) -> _Chunk:
+        chunk = _Chunk(series)
+        with _OPEN_LOCK:
+            self._busy += 1
+            if self._chunks is not None:
+                held = sum(len(c.rows) for c in self._chunks) + len(series)
+                self._chunks = [*self._chunks, chunk] if held <= _FRAME_ROWS else None
+        return chunk
+
+    def _leave(self) -> None:
+        with _OPEN_LOCK:
+            self._busy -= 1
+            idle = self._busy == 0
+        if idle:
+            self._start_timer()
+
+    def _kept(self, chunk: _Chunk, mapped: pl.Series) -> pl.Series:
+        if self._chunks is not None:  # kept for a budget stop's frame while the query is small
+            chunk.out = _unnested(chunk.rows, mapped)
+        return self._done(chunk.rows, mapped)
+
+    def _stop(self, error: BaseException, chunk: _Chunk, inline: bool) -> BaseException:
+        """``error`` as this chunk raises it; the query's other chunks raise it too, the session closes."""
+        self._stopped = error
+        self._close()  # a stopped run does not carry over into the next query
+        if isinstance(error, BudgetExceededError):
+            self._as_it_stands(error, chunk, inline)
+        return error
 
     def _map_inline(self, series: pl.Series) -> pl.Series:
+        with self._spending() as cfg:
+            return map_series(series, cfg)
+
+    @contextlib.contextmanager
+    def _spending(self) -> Iterator[MapConfig]:
+        """The config of a chunk run on its own (``max_cost``: what the earlier chunks left); what it
+        spent is added to theirs."""
         cfg = self.cfg
-        if cfg.max_cost is not None:  # what the query's earlier chunks left
+        if cfg.max_cost is not None:
             cfg = cfg.replace(max_cost=max(cfg.max_cost - self._spent, 1e-12))
         spent: list[float] = []
         token = SPENT.set(spent)
         try:
-            return map_series(series, cfg)
+            yield cfg
         finally:
             SPENT.reset(token)
             self._spent += sum(spent)
@@ -185,19 +214,27 @@ class ChunkedRun:
         if len(prepared) == 0:
             return assemble(prepared, EMPTY_STATE, cfg)
         loop, session, progress = self._open()
-        try:
+        with self._restating(series, prepared, session):
             state = loop.call(
                 session.answer, prepared.keys, prepared.unique, on_start=progress.started, work=prepared.work
             )
-        except QueryAborted:
-            raise stopped(KeyboardInterrupt(), session.stats, cfg) from None
-        except BudgetExceededError as error:
-            if error.state is not None:
-                error.frame = _unnested(series, assemble(prepared, error.state, cfg))
-            raise remember(stopped(error, session.stats, cfg)) from None
-        except (KeyboardInterrupt, PolarsLLMError) as error:
-            raise remember(stopped(error, session.stats, cfg)) from None
         return assemble(prepared, state, cfg)
+
+    @contextlib.contextmanager
+    def _restating(self, series: pl.Series, prepared: Prepared, session: Session) -> Iterator[None]:
+        """A stop of the shared session restated as the one-shot run restates it (how far it got, where the
+        finished rows are); a budget stop carries the chunk as it stands."""
+        cfg = self.cfg
+        try:
+            yield
+        except (QueryAborted, KeyboardInterrupt, PolarsLLMError) as error:
+            if isinstance(error, BudgetExceededError) and error.state is not None:
+                error.frame = _unnested(series, assemble(prepared, error.state, cfg))
+            cause = KeyboardInterrupt() if isinstance(error, QueryAborted) else error
+            restated = stopped(cause, session.stats, cfg)
+            if isinstance(restated, PolarsLLMError):
+                remember(restated)
+            raise restated from None
 
     def _as_it_stands(self, stop: BudgetExceededError, current: _Chunk, inline: bool) -> None:
         """Make ``stop.frame`` the output of every chunk this query handed over so far (in that order):
@@ -215,23 +252,17 @@ class ChunkedRun:
             elif chunk.out is not None:
                 parts.append(chunk.out)
             else:
-                parts.append(_unnested(chunk.rows, self._looked_up(chunk.rows, inline)))
+                parts.append(_unnested(chunk.rows, self._looked_up(chunk.rows)))
         stop.frame = pl.concat(parts, how="vertical_relaxed")
         stop.rows_left = int((stop.frame.get_column("status") == "pending").sum())
 
-    def _looked_up(self, rows: pl.Series, inline: bool) -> pl.Series:
-        """``rows`` mapped from the cache alone (nothing sent)."""
+    def _looked_up(self, rows: pl.Series) -> pl.Series:
+        """``rows`` mapped from the cache alone (nothing sent), in a run of their own."""
         cfg = self.cfg
         prepared = prepare(rows, cfg)
         if len(prepared) == 0:
             return assemble(prepared, EMPTY_STATE, cfg)
-        answer = functools.partial(_look_up, cfg, prepared)
-        if inline or self._loop is None or self._session is None:
-            return assemble(prepared, run_sync(answer), cfg)
-        state = self._loop.call(
-            self._session.answer, prepared.keys, prepared.unique, work=prepared.work, send=False
-        )
-        return assemble(prepared, state, cfg)
+        return assemble(prepared, run_sync(functools.partial(_look_up, cfg, prepared)), cfg)
 
     def _open(self) -> tuple[LoopThread, Session, Progress]:
         if self._loop is None or self._session is None or self._progress is None:

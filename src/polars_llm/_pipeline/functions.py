@@ -166,7 +166,8 @@ def llm_map_series(
     >>> s.struct.field("result").to_list()
     ['m: ih']
     """
-    return map_series(series, _config(model, options))
+    cfg = _config(model, options)
+    return map_series(series, cfg)
 
 
 @surfaced
@@ -205,21 +206,13 @@ def chunked_expr(
     """``expr`` mapped with ``cfg`` (then ``finish(input, mapped)``, an operator's value, of dtype ``dtype``):
     in a streamed query chunk by chunk through one shared session (:mod:`.chunked`), else with the whole
     column at once. Batch mode always takes the whole column: a batch holds a run's rows."""
-    if not mode_of(cfg).streams:
-
-        @surfaced
-        def whole(series: pl.Series) -> pl.Series:
-            mapped = map_series(series, cfg)
-            return mapped if finish is None else finish(series, mapped)
-
-        return expr.map_batches(whole, return_dtype=dtype, is_elementwise=False)
     run = ChunkedRun(cfg, finish)
 
     @surfaced
     def udf(series: pl.Series) -> pl.Series:
         return run.map(series)
 
-    return expr.map_batches(udf, return_dtype=dtype, is_elementwise=True)
+    return expr.map_batches(udf, return_dtype=dtype, is_elementwise=run.streams)
 
 
 def _names(cfg: MapConfig, result_name: str, status_name: str) -> dict[str, str]:

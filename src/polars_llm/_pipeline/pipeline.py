@@ -14,9 +14,10 @@ rows are (:func:`stopped`); the original error stays reachable as ``__context__`
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextvars import ContextVar
 
 import anyio
@@ -244,16 +245,32 @@ def _restated(error: BaseException, prepared: Prepared, cfg: MapConfig, reporter
     return stopped(error, reporter.stats, cfg)
 
 
+@contextlib.contextmanager
+def _restating(
+    prepared: Prepared,
+    cfg: MapConfig,
+    reporter: Reporter,
+    stops: tuple[type[BaseException], ...] = (KeyboardInterrupt, PolarsLLMError),
+) -> Iterator[None]:
+    """Around a run: an error of ``stops`` escaping it is raised as :func:`_restated` (from ``None``).
+
+    Entered before the run crosses into async code, so everything the pipeline does with ``cfg`` is
+    done before the bridge is called: the call there is the last step of the sync side.
+    """
+    try:
+        yield
+    except stops as exc:
+        raise _restated(exc, prepared, cfg, reporter) from None
+
+
 def run(prepared: Prepared, cfg: MapConfig, reporter: Reporter | None = None) -> pl.DataFrame:
     """Execute synchronously (its own event loop thread, so also from a Jupyter cell); the state frame."""
     if len(prepared) == 0:
         return EMPTY_STATE
     reporter = reporter if reporter is not None else progress_for(prepared, cfg)
-    with reporting(reporter):
+    with reporting(reporter), _restating(prepared, cfg, reporter):
         try:
             return run_sync(_execute, prepared, cfg, reporter)
-        except (KeyboardInterrupt, PolarsLLMError) as exc:
-            raise _restated(exc, prepared, cfg, reporter) from None
         finally:
             if (spent := SPENT.get()) is not None:
                 spent.append(reporter.stats.cost)
@@ -264,11 +281,8 @@ async def arun(prepared: Prepared, cfg: MapConfig, reporter: Reporter | None = N
     if len(prepared) == 0:
         return EMPTY_STATE
     reporter = reporter if reporter is not None else progress_for(prepared, cfg)
-    with reporting(reporter):
-        try:
-            return await run_async(_execute, prepared, cfg, reporter)
-        except PolarsLLMError as exc:
-            raise _restated(exc, prepared, cfg, reporter) from None
+    with reporting(reporter), _restating(prepared, cfg, reporter, stops=(PolarsLLMError,)):
+        return await run_async(_execute, prepared, cfg, reporter)
 
 
 def estimate_series(series: pl.Series, cfg: MapConfig) -> Estimate:

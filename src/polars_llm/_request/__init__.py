@@ -1,4 +1,4 @@
-"""What is sent: the request spec, inputs, keys, structured output, templates.
+"""What is sent: the request spec, inputs, keys, structured output and its result column, templates.
 
 Other parts import from this package only: its names are those its modules declare in ``__all__``.
 """
@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from .inputs import *
 from .keys import *
+from .result_column import *
 from .spec import *
 from .structured import *
 from .template import *

@@ -27,6 +27,7 @@ from pydantic import BaseModel
 
 from .._config import EMBED_ONLY, INCLUDE_DTYPES
 from ..exceptions import ConfigError
+from . import result_column as _result_column
 from . import structured as _structured
 from .keys import KeyMaker, fingerprint_template, request_fingerprint
 
@@ -109,7 +110,7 @@ class RequestSpec:
             response_model=model,
             schema=schema,
             response_format=response_format,
-            result_dtype=_structured.struct_dtype(model) if model is not None else pl.String(),
+            result_dtype=_result_column.struct_dtype(model) if model is not None else pl.String(),
             include=cfg.include,
             fingerprint=request_fingerprint(
                 base_url=cfg.endpoint, model=name, system=cfg.system, params=params, schema=schema
@@ -178,7 +179,7 @@ class RequestSpec:
         """The ``result`` column from stored answer texts (a Struct with a response model)."""
         if self.response_model is None:
             return texts
-        return _structured.to_series(self.response_model, texts.name, texts)
+        return _result_column.to_series(self.response_model, texts.name, texts)
 
     def job_columns(self) -> dict[str, str | None]:
         """The request settings stored beside each job row of the cache."""

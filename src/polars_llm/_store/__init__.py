@@ -1,4 +1,4 @@
-"""The DuckDB job store: jobs, files and locking, migrations, the batches table.
+"""The DuckDB job store: its tables, jobs, files and locking, migrations, the batches table.
 
 Other parts import from this package only: its names are those its modules declare in ``__all__``.
 """
@@ -12,3 +12,4 @@ from .locking import *
 from .migrations import *
 from .outcomes import *
 from .store import *
+from .tables import *

@@ -6,16 +6,15 @@ Two interchangeable HTTP transports speak the same OpenAI wire format and raise 
 * ``openai`` — the official ``openai`` SDK (``AsyncOpenAI`` on its aiohttp transport, ``max_retries=0``
   so its retries never stack on ours).
 
-A third, :class:`WorkerTransport`, wraps a user's ``async def worker(prompt) -> str``.
+A third, :class:`WorkerTransport`, wraps a user's ``async def worker(prompt) -> str``. Reading a 200 body
+is :mod:`.answer`'s (:func:`~.answer.decode_completion`); an error answer or a failed connection becomes
+an exception in :mod:`.failures`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import html
-import re
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
 import anyio
@@ -27,255 +26,20 @@ if TYPE_CHECKING:
 from .. import exceptions as exc
 from .._config import MapConfig, Worker
 from .._request import request_spec
-from .failures import aiohttp_failures
-from .limit_headers import Limits, parse_limits, parse_number, parse_retry_after
+from .answer import Completion, decode_completion
+from .failures import aiohttp_failures, error_for_status
+from .limit_headers import Limits, parse_limits, parse_number
 
-__all__ = [
-    "MAX_RESPONSE_BYTES",
-    "Completion",
-    "OpenAITransport",
-    "Transport",
-    "error_for_status",
-    "make_transport",
-    "parse_completion",
-    "parse_retry_after",
-]
+__all__ = ["MAX_RESPONSE_BYTES", "OpenAITransport", "Transport", "make_transport"]
 
 MAX_RESPONSE_BYTES: Final = 10 * 2**20
 """Answers with a larger body are not read: the row fails with :class:`UnusableAnswerError`."""
-
-
-@dataclass(frozen=True, slots=True)
-class Completion:
-    """One answer: its text (``None`` if it had none), why it stopped, usage, and what it announced.
-
-    ``refusal`` is the model's refusal text, ``unusable`` says why content that was there is not text,
-    ``limits`` the rate-limit budgets announced in the response's headers.
-    """
-
-    text: str | None
-    finish_reason: str | None
-    tokens_in: int | None = None
-    tokens_out: int | None = None
-    cost: float | None = None
-    tokens_reasoning: int | None = None  # part of tokens_out
-    tokens_cached: int | None = None  # part of tokens_in
-    refusal: str | None = None
-    unusable: str | None = None
-    limits: Limits | None = None
 
 
 class Transport(Protocol):
     async def complete(self, prompt: str) -> Completion: ...
 
     async def aclose(self) -> None: ...
-
-
-_TITLE_RE: Final = re.compile(r"<title[^>]*>(.*?)</title>", re.IGNORECASE | re.DOTALL)
-_TAG_RE: Final = re.compile(r"<[^>]+>")
-_SPACE_RE: Final = re.compile(r"\s+")
-
-
-def _readable(text: str, limit: int = 300) -> str:
-    """A short, readable version of a non-JSON body (an HTML page becomes its title or its text)."""
-    if "<" in text and ">" in text:
-        title = _TITLE_RE.search(text)
-        text = title[1] if title else _TAG_RE.sub(" ", text)
-        text = html.unescape(text)
-    text = _SPACE_RE.sub(" ", text).strip()
-    return text[:limit] or "(empty body)"
-
-
-def _error_object(body_text: str | None) -> Any:
-    if not body_text:
-        return None
-    try:
-        data = orjson.loads(body_text)
-    except orjson.JSONDecodeError:
-        return None
-    return data.get("error", data) if isinstance(data, dict) else None
-
-
-def _error_message(body_text: str | None) -> str:
-    if not body_text:
-        return "(empty body)"
-    err = _error_object(body_text)
-    if isinstance(err, dict):
-        msg = err.get("message") or err.get("detail") or err.get("error")
-        if msg:
-            return str(msg)[:500]
-    elif isinstance(err, str) and err:
-        return err[:500]
-    return _readable(body_text)
-
-
-_FLAGGED = ("moderation", "flagged")
-_REDIRECTS: Final = frozenset({301, 302, 303, 307, 308})
-
-
-def _credits_message(message: str, body_text: str | None) -> str:
-    """A 402 without Retry-After: the provider's reason (OpenRouter's ``metadata``) and what to do."""
-    err = _error_object(body_text)
-    meta = err.get("metadata") if isinstance(err, dict) else None
-    meta = meta if isinstance(meta, dict) else {}
-    source, reason, hint = (
-        str(meta[k])[:200] if meta.get(k) else None for k in ("limit_source", "reason", "remedy_hint")
-    )
-    said = ", ".join(f"{k}: {v}" for k, v in (("limit_source", source), ("reason", reason)) if v)
-    text = f"{message} ({said})" if said else message
-    if hint:
-        text += f" — the provider says: {hint}"
-    if reason == "weight_exceeds_budget" or source == "openrouter_credits":
-        text += (
-            " — one request's reserved cost (its prompt plus max_tokens) is above what the account can "
-            "hold: pass a lower max_tokens, shorten the prompt, or add credits"
-        )
-    elif source == "openrouter_key_limit":
-        text += " — this API key's credit limit is used up: raise it or wait for it to reset, then re-run"
-    elif source == "openrouter_in_flight_budget":
-        text += " — a temporary in-flight budget without a Retry-After: re-run shortly (or lower concurrency)"
-    else:
-        text += " — the account is out of credits; add credits at your provider, then re-run"
-    return text
-
-
-def error_for_status(status: int, headers: Mapping[str, str], body_text: str | None) -> exc.APIError:
-    """Map an HTTP error status (or an error code found inside a 200 body) to an exception."""
-    headers = {str(k).lower(): str(v) for k, v in headers.items()}
-    retry_after = parse_retry_after(headers)
-    message = _error_message(body_text)
-    kw: dict[str, Any] = {
-        "status": status,
-        "headers": headers,
-        "body": body_text,
-        "retry_after": retry_after,
-        "request_id": headers.get("x-request-id"),
-    }
-    if status == 429:
-        return exc.RateLimitError(message, **kw)
-    if status == 401:
-        return exc.AuthenticationError(
-            f"{message} — the API key was rejected; check OPENROUTER_API_KEY (or api_key=) and base_url", **kw
-        )
-    if status == 402:
-        if retry_after is not None:
-            return exc.RateLimitError(message, **kw)
-        return exc.InsufficientCreditsError(_credits_message(message, body_text), **kw)
-    if status == 403:
-        if any(word in message.lower() for word in _FLAGGED):
-            return exc.ContentFilterError(message, **kw)
-        return exc.PermissionDeniedError(
-            f"{message} — this key may not use this model or endpoint; check the key's permissions", **kw
-        )
-    if status == 404:
-        return exc.NotFoundError(f"{message} — check base_url and the model name", **kw)
-    if status in _REDIRECTS:
-        where = headers.get("location") or "(no Location header)"
-        return exc.NotFoundError(
-            f"the endpoint answered HTTP {status}, a redirect to {where[:200]}; redirects are not followed "
-            "(they would turn the POST into a GET) — set base_url to the new address",
-            **kw,
-        )
-    if status == 408:
-        return exc.APITimeoutError(message, **kw)
-    if status in (409, 425) or status >= 500:
-        return exc.ServerError(message, **kw)
-    if status == 413:
-        return exc.BadRequestError(f"{message} — the request is too large for the provider", **kw)
-    return exc.BadRequestError(message, **kw)
-
-
-def _count(value: Any) -> int | None:
-    """A token count: a non-negative number (or a numeric string), else ``None``."""
-    number = parse_number(value)
-    return int(number) if number is not None else None
-
-
-def _text_of(content: Any) -> tuple[str | None, str | None]:
-    """``(text, why not)`` of a message's ``content``: a string, or the text parts of a list of parts."""
-    if content is None or isinstance(content, str):
-        return content, None
-    if isinstance(content, list):
-        texts = []
-        for part in content:
-            if isinstance(part, str):
-                texts.append(part)
-            elif isinstance(part, dict) and isinstance(part.get("text"), str):
-                texts.append(part["text"])
-        if texts:
-            return "".join(texts), None
-        kinds = sorted({str(p.get("type")) if isinstance(p, dict) else type(p).__name__ for p in content})
-        return None, f"the answer's content is a list without text parts ({', '.join(kinds) or 'empty'})"
-    shown = orjson.dumps(content, option=orjson.OPT_NON_STR_KEYS, default=str).decode()[:200]
-    return None, f"the answer's content is {type(content).__name__} {shown}, not text"
-
-
-def _error_status(code: Any) -> int:
-    number = parse_number(code)
-    return int(number) if number is not None and 400 <= number < 600 else 502
-
-
-def parse_completion(data: Any, raw: bytes | str | None = None, limits: Limits | None = None) -> Completion:
-    """Turn a decoded 200 body into a Completion; errors hidden inside a 200 are raised as errors.
-
-    Whatever the body holds, the outcome is a Completion or an :class:`~polars_llm.exceptions.APIError`.
-    """
-    body_text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
-    if not isinstance(data, dict):
-        raise exc.MalformedResponseError("response body is not a JSON object", status=200, body=body_text)
-    err = data.get("error")
-    if err:
-        code = err.get("code") if isinstance(err, dict) else None
-        raise error_for_status(_error_status(code), {}, body_text)
-    choices = data.get("choices")
-    if not choices or not isinstance(choices, list) or not isinstance(choices[0], dict):
-        raise exc.MalformedResponseError("response has no choices", status=200, body=body_text)
-    choice = choices[0]
-    if isinstance(choice.get("error"), dict):
-        code = choice["error"].get("code")
-        raise error_for_status(_error_status(code), {}, orjson.dumps({"error": choice["error"]}).decode())
-    message = choice.get("message")
-    if not isinstance(message, dict):
-        raise exc.MalformedResponseError("the answer has no message", status=200, body=body_text)
-    text, unusable = _text_of(message.get("content"))
-    refusal = message.get("refusal")
-    usage = data.get("usage")
-    usage = usage if isinstance(usage, dict) else {}
-    finish = choice.get("finish_reason")
-    return Completion(
-        text=text,
-        finish_reason=finish if isinstance(finish, str) else None,
-        tokens_in=_count(usage.get("prompt_tokens")),
-        tokens_out=_count(usage.get("completion_tokens")),
-        cost=parse_number(usage.get("cost")),
-        tokens_reasoning=_count(_get(usage, "completion_tokens_details", "reasoning_tokens")),
-        tokens_cached=_count(_get(usage, "prompt_tokens_details", "cached_tokens")),
-        refusal=refusal if isinstance(refusal, str) and refusal.strip() else None,
-        unusable=unusable,
-        limits=limits,
-    )
-
-
-def _get(doc: Mapping[str, Any], *path: str) -> Any:
-    for name in path:
-        if not isinstance(doc, Mapping):
-            return None
-        doc = doc.get(name)  # type: ignore[assignment]
-    return doc
-
-
-def decode_completion(raw: bytes, limits: Limits | None = None) -> Completion:
-    """Decode a 200 body (shared by both HTTP transports)."""
-    if not raw.strip():
-        raise exc.MalformedResponseError("the provider answered 200 with an empty body", status=200, body="")
-    try:
-        data = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        text = raw.decode("utf-8", "replace")
-        raise exc.MalformedResponseError(
-            f"response body is not valid JSON: {_readable(text, 120)!r}", status=200, body=text
-        ) from None
-    return parse_completion(data, raw, limits)
 
 
 def _too_large(size: int | None) -> exc.UnusableAnswerError:

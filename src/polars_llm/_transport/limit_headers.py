@@ -23,7 +23,7 @@ Headers understood (names are case-insensitive):
 >>> lim = parse_limits({"x-ratelimit-limit-requests": "60", "x-ratelimit-remaining-requests": "59",
 ...                     "x-ratelimit-reset-requests": "1s"})
 >>> lim.requests
-Budget(limit=60.0, remaining=59.0, reset=1.0)
+AnnouncedLimit(limit=60.0, remaining=59.0, reset=1.0)
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from datetime import datetime
 from typing import Any, Final
 
 __all__ = [
-    "Budget",
+    "AnnouncedLimit",
     "Limits",
     "describe_hint",
     "hint_header",
@@ -187,9 +187,10 @@ def describe_hint(seconds: float) -> str:
 
 
 @dataclass(frozen=True, slots=True)
-class Budget:
-    """One limit as announced: ``limit`` (may be unknown), ``remaining`` now, and ``reset`` — seconds
-    until it is back to ``limit`` (``None`` if not said)."""
+class AnnouncedLimit:
+    """One rate limit as a response's headers announce it: ``limit`` (may be unknown), ``remaining`` now,
+    and ``reset`` — seconds until it is back to ``limit`` (``None`` if not said). Not the spending
+    budget of ``max_cost`` (``_cost.Budget``)."""
 
     limit: float | None
     remaining: float | None
@@ -203,22 +204,22 @@ class Budget:
 
 @dataclass(frozen=True, slots=True)
 class Limits:
-    """The request and token budgets a response announced, and which convention it used."""
+    """The request and token limits a response announced, and which convention it used."""
 
-    requests: Budget | None
-    tokens: Budget | None
+    requests: AnnouncedLimit | None
+    tokens: AnnouncedLimit | None
     source: str
 
     def describe(self) -> str:
         parts = []
-        for name, budget in (("requests", self.requests), ("tokens", self.tokens)):
-            if budget is not None and budget.remaining is not None:
-                text = f"{budget.remaining:,.0f}"
-                if budget.limit is not None:
-                    text += f"/{budget.limit:,.0f}"
+        for name, announced in (("requests", self.requests), ("tokens", self.tokens)):
+            if announced is not None and announced.remaining is not None:
+                text = f"{announced.remaining:,.0f}"
+                if announced.limit is not None:
+                    text += f"/{announced.limit:,.0f}"
                 text += f" {name}"
-                if budget.reset is not None:
-                    text += f" (reset in {describe_hint(budget.reset)})"
+                if announced.reset is not None:
+                    text += f" (reset in {describe_hint(announced.reset)})"
                 parts.append(text)
         return f"{self.source}: " + ", ".join(parts) if parts else self.source
 
@@ -252,22 +253,22 @@ def _rfc3339(value: str | None, now: float) -> float | None:
     return max(0.0, moment.timestamp() - now)
 
 
-def _budget(
+def _limit(
     lower: Mapping[str, str], limit: str, remaining: str, reset: str, read_reset: Callable[[str | None], Any]
-) -> Budget | None:
+) -> AnnouncedLimit | None:
     names = (limit, remaining, reset)
     if not any(name in lower for name in names):
         return None
-    budget = Budget(
+    announced = AnnouncedLimit(
         parse_number(lower.get(limit)), parse_number(lower.get(remaining)), read_reset(lower.get(reset))
     )
-    if budget.limit is None and budget.remaining is None:
+    if announced.limit is None and announced.remaining is None:
         return None
-    return budget
+    return announced
 
 
-def _smaller(a: Budget | None, b: Budget | None) -> Budget | None:
-    """Of two announced budgets, the tighter one (the lower remaining ÷ reset)."""
+def _smaller(a: AnnouncedLimit | None, b: AnnouncedLimit | None) -> AnnouncedLimit | None:
+    """Of two announced limits, the tighter one (the lower remaining ÷ reset)."""
     if a is None or not a.usable:
         return b if b is not None else a
     if b is None or not b.usable:
@@ -278,7 +279,7 @@ def _smaller(a: Budget | None, b: Budget | None) -> Budget | None:
 
 
 def parse_limits(headers: Mapping[str, str], now: float | None = None) -> Limits | None:
-    """The rate-limit budgets announced in ``headers``, or ``None`` when there are none (or unreadable).
+    """The rate limits announced in ``headers``, or ``None`` when there are none (or unreadable).
 
     >>> parse_limits({"X-RateLimit-Limit": "20", "X-RateLimit-Remaining": "0",
     ...               "X-RateLimit-Reset": str(int((time.time() + 30) * 1000))}).requests.reset > 25
@@ -295,25 +296,25 @@ def parse_limits(headers: Mapping[str, str], now: float | None = None) -> Limits
     rfc: Callable[[str | None], float | None] = lambda v: _rfc3339(v, now)  # noqa: E731
     if any(name.startswith("x-ratelimit-") and name.endswith(("-requests", "-tokens")) for name in lower):
         p = "x-ratelimit-"
-        requests = _budget(
+        requests = _limit(
             lower, p + "limit-requests", p + "remaining-requests", p + "reset-requests", duration
         )
-        tokens = _budget(lower, p + "limit-tokens", p + "remaining-tokens", p + "reset-tokens", duration)
+        tokens = _limit(lower, p + "limit-tokens", p + "remaining-tokens", p + "reset-tokens", duration)
         source = "openai"
     elif any(name.startswith("anthropic-ratelimit-") for name in lower):
         p = "anthropic-ratelimit-"
-        requests = _budget(lower, p + "requests-limit", p + "requests-remaining", p + "requests-reset", rfc)
-        tokens = _budget(lower, p + "tokens-limit", p + "tokens-remaining", p + "tokens-reset", rfc)
+        requests = _limit(lower, p + "requests-limit", p + "requests-remaining", p + "requests-reset", rfc)
+        tokens = _limit(lower, p + "tokens-limit", p + "tokens-remaining", p + "tokens-reset", rfc)
         for kind in ("input-tokens", "output-tokens"):
             tokens = _smaller(
-                tokens, _budget(lower, f"{p}{kind}-limit", f"{p}{kind}-remaining", f"{p}{kind}-reset", rfc)
+                tokens, _limit(lower, f"{p}{kind}-limit", f"{p}{kind}-remaining", f"{p}{kind}-reset", rfc)
             )
         source = "anthropic"
     elif "x-ratelimit-remaining" in lower or "x-ratelimit-limit" in lower:
-        requests = _budget(lower, "x-ratelimit-limit", "x-ratelimit-remaining", "x-ratelimit-reset", point)
+        requests = _limit(lower, "x-ratelimit-limit", "x-ratelimit-remaining", "x-ratelimit-reset", point)
         tokens, source = None, "openrouter"
     elif "ratelimit-remaining" in lower or "ratelimit-limit" in lower:
-        requests = _budget(lower, "ratelimit-limit", "ratelimit-remaining", "ratelimit-reset", duration)
+        requests = _limit(lower, "ratelimit-limit", "ratelimit-remaining", "ratelimit-reset", duration)
         tokens, source = None, "ietf"
     else:
         return None
@@ -325,9 +326,9 @@ def parse_limits(headers: Mapping[str, str], now: float | None = None) -> Limits
 def wait_hint(retry_after: float | None, status: int | None, limits: Limits | None) -> float | None:
     """How long a refusal asked to wait: its Retry-After, else the reset of a limit it says is spent.
 
-    >>> wait_hint(None, 429, Limits(Budget(20, 0, 15.0), None, "openrouter"))
+    >>> wait_hint(None, 429, Limits(AnnouncedLimit(20, 0, 15.0), None, "openrouter"))
     15.0
-    >>> wait_hint(2.0, 429, None), wait_hint(None, 500, Limits(Budget(20, 0, 15.0), None, "x"))
+    >>> wait_hint(2.0, 429, None), wait_hint(None, 500, Limits(AnnouncedLimit(20, 0, 15.0), None, "x"))
     (2.0, None)
     """
     if retry_after is not None:

@@ -30,7 +30,8 @@ from .._config import DEFAULT_CACHE_PATH
 from ..exceptions import ConfigError, PolarsLLMError
 from .batches import add_batches_arguments, cmd_batches
 from .embed import add_embed_arguments, cmd_embed
-from .run import EXIT_FAILED, EXIT_USAGE, CLIError, add_run_arguments, cmd_estimate, cmd_run
+from .errors import EXIT_FAILED, EXIT_USAGE, CLIError
+from .run import add_run_arguments, cmd_estimate, cmd_run
 from .store import add_export_arguments, add_status_arguments, cmd_export, cmd_status
 
 __all__ = ["build_parser", "main"]

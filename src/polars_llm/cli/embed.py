@@ -16,16 +16,9 @@ import polars as pl
 
 from .._config import CHAT_ONLY, DEFAULT_CACHE_PATH, option_fields
 from .._pipeline import embed_series
-from .run import (
-    CLIError,
-    add_key_and_column_flags,
-    add_option_flags,
-    api_key_from_env,
-    config_from,
-    file_format,
-    open_input,
-    write_output,
-)
+from .errors import CLIError
+from .files import file_format, open_input, write_output
+from .options import add_key_and_column_flags, add_option_flags, api_key_from_env, config_from
 
 __all__ = ["add_embed_arguments", "cmd_embed"]
 
@@ -55,7 +48,7 @@ def _options(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_embed(args: argparse.Namespace) -> int:
-    """Run the ``embed`` command; raises :class:`~polars_llm.cli.run.CLIError` for the user's mistakes."""
+    """Run the ``embed`` command; raises :class:`~polars_llm.cli.errors.CLIError` for the user's mistakes."""
     lf, target = open_input(args)
     cfg = config_from(args, _options(args))
     column, result = args.column, args.result_column

@@ -10,137 +10,18 @@ leaves a half-written file; run the same command again to resume.
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import importlib
-import importlib.util
-import json
-import os
-import re
-import sys
-from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Final
 
 import polars as pl
-from pydantic import BaseModel
 
-from .._config import (
-    DEFAULT_CACHE_PATH,
-    EMBED_ONLY,
-    MapConfig,
-    env_value,
-    option_fields,
-    resolve_config,
-)
+from .._config import DEFAULT_CACHE_PATH, EMBED_ONLY, MapConfig, option_fields
 from .._pipeline import estimate_series, map_chunks, map_series, mode_of
-from ..exceptions import BudgetExceededError, ConfigError
-from .files import ChunkWriter, FileFormat, read_chunks
+from .errors import CLIError
+from .files import file_format, json_text, open_input, print_summary, read_chunks, scan_input, stream_output
+from .options import add_key_and_column_flags, add_option_flags, api_key_from_env, config_from, load_schema
 
-__all__ = [
-    "EXIT_FAILED",
-    "EXIT_USAGE",
-    "NOT_ON_CLI",
-    "CLIError",
-    "add_key_and_column_flags",
-    "add_option_flags",
-    "add_run_arguments",
-    "cmd_estimate",
-    "cmd_run",
-    "config_from",
-    "file_format",
-    "open_input",
-    "struct_columns",
-    "write_output",
-]
-
-EXIT_FAILED: Final = 1
-EXIT_USAGE: Final = 2
-_EXTENSIONS: Final[dict[str, FileFormat]] = {
-    ".csv": "csv",
-    ".parquet": "parquet",
-    ".pq": "parquet",
-    ".jsonl": "ndjson",
-    ".ndjson": "ndjson",
-}
-_ENV_NAME: Final = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_STRINGY: Final = (pl.String, pl.Categorical, pl.Null)
-
-
-class CLIError(Exception):
-    """A message for the user and the exit code to leave with."""
-
-    def __init__(self, message: str, code: int = EXIT_USAGE) -> None:
-        super().__init__(message)
-        self.code = code
-
-
-def file_format(path: Path, what: str) -> FileFormat:
-    """The format of ``path`` from its extension.
-
-    >>> file_format(Path("a.JSONL"), "input")
-    'ndjson'
-    """
-    fmt = _EXTENSIONS.get(path.suffix.lower())
-    if fmt is None:
-        known = ", ".join(sorted(_EXTENSIONS))
-        raise CLIError(
-            f"cannot tell the {what} format of {str(path)!r} from its extension (use one of {known})"
-        )
-    return fmt
-
-
-# Options of MapConfig without a `polars-llm run` flag, and why: a key on the command line lands in the shell
-# history (use --api-key-env), and a worker is a Python callable.
-NOT_ON_CLI: Final = frozenset(f.name for f in option_fields() if f.metadata["cli"] is False)
-
-
-def _parser_for(f: dataclasses.Field[Any]) -> Callable[[str], Any]:
-    """Text → value for an option's flag, checked by the option's own check."""
-    kind = str(f.type)  # the annotation's text, e.g. "int", "float | None", "Mapping[str, Any] | None"
-    parse: Callable[[str], Any] = str
-    if kind.startswith("Mapping"):
-        parse = json.loads
-    elif kind.startswith("int"):
-        parse = int
-    elif kind.startswith("float"):
-        parse = float
-    check = f.metadata["check"]
-
-    def convert(text: str) -> Any:
-        try:
-            value = parse(text)
-            return check(f.name, value) if check is not None else value
-        except (ValueError, ConfigError) as exc:
-            raise argparse.ArgumentTypeError(str(exc)) from None
-
-    convert.__name__ = parse.__name__
-    return convert
-
-
-def add_option_flags(p: argparse.ArgumentParser, skip: frozenset[str] = frozenset()) -> None:
-    """One ``--flag`` per :class:`~polars_llm.MapConfig` option declared ``cli=True`` (but ``skip``)."""
-    for f in option_fields():
-        if f.metadata["cli"] is not True or f.name in skip:
-            continue
-        flag = "--" + f.name.replace("_", "-")
-        shown = "none" if f.default == () else f.default  # an empty tuple (include) reads as nothing
-        help_text = f"{f.metadata['doc']} (default: {shown})"
-        if f.type == "bool":
-            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=help_text)
-        else:
-            p.add_argument(flag, dest=f.name, type=_parser_for(f), default=f.default, help=help_text)
-
-
-def add_key_and_column_flags(p: argparse.ArgumentParser, *, result: str, what: str) -> None:
-    """``--api-key-env`` and the names of the added columns (``--result-column`` defaults to ``result``)."""
-    p.add_argument(
-        "--api-key-env",
-        default="OPENROUTER_API_KEY",
-        metavar="NAME",
-        help="environment variable (or ./.env entry) holding the API key (default: OPENROUTER_API_KEY)",
-    )
-    p.add_argument("--result-column", default=result, help=f"name of the added {what} column")
-    p.add_argument("--status-column", default="status", help="name of the added status column")
+__all__ = ["add_run_arguments", "cmd_estimate", "cmd_run", "struct_columns"]
 
 
 def add_run_arguments(p: argparse.ArgumentParser, *, output: bool = True) -> None:
@@ -207,96 +88,6 @@ def _options(args: argparse.Namespace) -> dict[str, Any]:
     return options
 
 
-def load_schema(spec: str) -> type[BaseModel]:
-    """``module:Model`` or ``path/to/file.py:Model`` → the pydantic class (the working directory is on
-    the import path)."""
-    module_name, sep, attr = spec.rpartition(":")
-    if not sep or not module_name or not attr:
-        raise CLIError(f"--schema must look like module:Model or file.py:Model, got {spec!r}")
-    try:
-        if module_name.endswith(".py"):
-            file = Path(module_name)
-            if not file.is_file():
-                raise CLIError(f"--schema: no such file {module_name!r}")
-            mod_spec = importlib.util.spec_from_file_location(f"_polars_llm_schema_{file.stem}", file)
-            if mod_spec is None or mod_spec.loader is None:
-                raise CLIError(f"--schema: cannot load {module_name!r}")
-            module = importlib.util.module_from_spec(mod_spec)
-            sys.modules[mod_spec.name] = module
-            mod_spec.loader.exec_module(module)
-        else:
-            cwd = os.getcwd()
-            if cwd not in sys.path:
-                sys.path.insert(0, cwd)
-            module = importlib.import_module(module_name)
-    except CLIError:
-        raise
-    except Exception as exc:
-        raise CLIError(f"--schema: cannot import {module_name!r}: {type(exc).__name__}: {exc}") from None
-    model = getattr(module, attr, None)
-    if model is None:
-        raise CLIError(f"--schema: {module_name!r} has no attribute {attr!r}")
-    if not (isinstance(model, type) and issubclass(model, BaseModel)):
-        raise CLIError(f"--schema: {spec!r} is not a pydantic BaseModel subclass")
-    return model
-
-
-def api_key_from_env(name: str) -> str:
-    if not _ENV_NAME.match(name):
-        raise CLIError(  # the value is not echoed: it may be a key typed by mistake
-            "--api-key-env takes the name of an environment variable (letters, digits and _), not a key"
-        )
-    value = env_value(name)
-    if not value:
-        raise CLIError(
-            f"no API key: set {name} in the environment or in ./.env "
-            "(--api-key-env NAME reads another variable; keys are never taken as arguments)"
-        )
-    return value
-
-
-def _scan(path: Path, fmt: FileFormat, column: str) -> pl.LazyFrame:
-    if not path.exists():
-        raise CLIError(f"cannot read input {str(path)!r}: no such file")
-    if not path.is_file():
-        raise CLIError(f"cannot read input {str(path)!r}: not a file")
-    try:
-        if fmt == "csv":
-            names = pl.scan_csv(path).collect_schema().names()
-            overrides = {column: pl.String} if column in names else None
-            lf = pl.scan_csv(path, schema_overrides=overrides)
-        elif fmt == "parquet":
-            lf = pl.scan_parquet(path)
-        else:
-            lf = pl.scan_ndjson(path)
-        schema = lf.collect_schema()
-    except (pl.exceptions.PolarsError, OSError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CLIError(f"cannot read input {str(path)!r} as {fmt}: {first}") from None
-    if column not in schema:
-        shown = ", ".join(schema.names()[:20]) or "(none)"
-        raise CLIError(f"input {str(path)!r} has no column {column!r}; its columns are: {shown}")
-    dtype = schema[column]
-    if not (dtype in _STRINGY or isinstance(dtype, pl.Enum)):
-        raise CLIError(f"the prompt column {column!r} has dtype {dtype}; it must hold text")
-    return lf
-
-
-def _sink(lf: pl.LazyFrame, fmt: FileFormat, target: Path) -> None:
-    if fmt == "csv":
-        lf.sink_csv(target)
-    elif fmt == "parquet":
-        lf.sink_parquet(target)
-    else:
-        lf.sink_ndjson(target)
-
-
-def _read_statuses(path: Path, fmt: FileFormat, status_column: str) -> dict[str, int]:
-    lf = {"csv": pl.scan_csv, "parquet": pl.scan_parquet, "ndjson": pl.scan_ndjson}[fmt](path)
-    counts = lf.group_by(status_column).len().sort(status_column).collect()
-    return {str(k): int(n) for k, n in counts.iter_rows()}
-
-
 def _field(name: str, column: str, dtype: pl.DataType) -> pl.Expr:
     if name == "messages" and dtype == pl.String:  # CSV: the turns as JSON text
         return pl.col(column).str.json_decode(pl.List(pl.Struct({"role": pl.String, "content": pl.String})))
@@ -318,104 +109,6 @@ def _batch_answers(lf: pl.LazyFrame, source: pl.Expr, cfg: MapConfig, names: dic
     return frame.hstack(answers.select(*names).rename(names))
 
 
-def _stream_output(
-    chunks: Iterator[pl.DataFrame], target: Path, fmt: FileFormat
-) -> BudgetExceededError | None:
-    """Write ``chunks`` to a temporary file beside ``target``, renamed when complete. A budget stop still
-    writes every row (the unsent ones ``pending``) and is returned; any other error leaves no file."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_name(f".{target.name}.partial-{os.getpid()}")
-    stop: BudgetExceededError | None = None
-    try:
-        with ChunkWriter(partial, fmt) as writer:
-            try:
-                for chunk in chunks:
-                    writer.write(chunk)
-            except BudgetExceededError as error:
-                stop = error
-        os.replace(partial, target)
-    finally:
-        if partial.exists():
-            partial.unlink()
-    return stop
-
-
-def open_input(args: argparse.Namespace, extra_columns: Sequence[str] = ()) -> tuple[pl.LazyFrame, Path]:
-    """The input scanned lazily and the output path, after the checks every command shares."""
-    source, target = Path(args.input), Path(args.output)
-    fmt_in = file_format(source, "input")
-    file_format(target, "output")
-    if target.exists() and source.exists() and target.resolve() == source.resolve():
-        raise CLIError("--output must differ from INPUT")
-    if args.result_column == args.status_column:
-        raise CLIError("--result-column and --status-column must differ")
-    lf = _scan(source, fmt_in, args.column)
-    names = lf.collect_schema().names()
-    missing = [c for c in extra_columns if c not in names]
-    if missing:
-        raise CLIError(
-            f"input {str(source)!r} has no column(s) {', '.join(map(repr, missing))}; its columns are: "
-            + ", ".join(names[:20])
-        )
-    taken = {args.result_column, args.status_column} & set(names)
-    if taken:
-        raise CLIError(
-            f"the input already has column(s) {', '.join(sorted(taken))}; choose others with "
-            "--result-column / --status-column"
-        )
-    return lf, target
-
-
-def config_from(
-    args: argparse.Namespace, options: dict[str, Any], *, model_required: bool = True
-) -> MapConfig:
-    try:
-        return resolve_config(model_required=model_required, **options)
-    except ConfigError as exc:
-        text = str(exc)
-        if text.startswith("no model"):
-            text = "no model: pass --model provider/name or set MODEL in the environment or ./.env"
-        raise CLIError(text) from None
-
-
-def json_text(column: str) -> pl.Expr:
-    """A Struct column as JSON text for CSV; a null (a failed row) stays empty, not the text ``null``.
-
-    >>> pl.DataFrame({"r": [{"a": 1}, None]}).select(json_text("r"))["r"].to_list()
-    ['{"a":1}', None]
-    """
-    col = pl.col(column)
-    return pl.when(col.is_not_null()).then(col.struct.json_encode()).alias(column)
-
-
-def write_output(out: pl.LazyFrame, target: Path, status_column: str, cfg: MapConfig) -> None:
-    """Stream ``out`` to a temporary file beside ``target``, rename it when complete; print a summary."""
-    fmt_out = file_format(target, "output")
-    target = target.expanduser().absolute()
-    target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_name(f".{target.name}.partial-{os.getpid()}")
-    try:
-        _sink(out, fmt_out, partial)
-        os.replace(partial, target)
-    finally:
-        if partial.exists():
-            partial.unlink()
-    _summary(target, fmt_out, status_column, cfg)
-
-
-def _summary(target: Path, fmt_out: FileFormat, status_column: str, cfg: MapConfig) -> None:
-    counts = _read_statuses(target, fmt_out, status_column) if target.stat().st_size else {}
-    total = sum(counts.values())
-    shown = " ".join(f"{k}={v}" for k, v in counts.items()) or "no rows"
-    print(f"wrote {total} rows to {target} ({shown}); cache: {cfg.cache}", file=sys.stderr)
-    if counts.get("submitted"):
-        print(
-            f"{counts['submitted']} rows are in batches running at the provider: run the same command "
-            "again later to collect them (`polars-llm batches` lists them)",
-            file=sys.stderr,
-        )
-
-
 def cmd_run(args: argparse.Namespace) -> int:
     """Run the ``run`` command; raises :class:`CLIError` for the user's mistakes."""
     fields = struct_columns(args)
@@ -435,8 +128,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     if cfg.response_model is not None and fmt_out == "csv":  # CSV has no nested columns: keep the JSON text
         chunks = (c.with_columns(json_text(args.result_column)) for c in chunks)
     target = target.expanduser().absolute()
-    stop = _stream_output(chunks, target, fmt_out)
-    _summary(target, fmt_out, args.status_column, cfg)
+    stop = stream_output(chunks, target, fmt_out)
+    print_summary(target, fmt_out, args.status_column, cfg)
     if stop is not None:
         raise stop  # exit 1 with the budget message, after the output with what finished is written
     return 0
@@ -445,7 +138,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_estimate(args: argparse.Namespace) -> int:
     """``polars-llm estimate``: what ``run`` would send and cost, without sending a request."""
     source = Path(args.input)
-    lf = _scan(source, file_format(source, "input"), args.column)
+    lf = scan_input(source, file_format(source, "input"), args.column)
     prompts = lf.select(args.column).collect().get_column(args.column)
     print(estimate_series(prompts, config_from(args, _options(args))))
     return 0

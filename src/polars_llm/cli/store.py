@@ -11,7 +11,7 @@ from typing import Any, Final, Literal
 from .._compat import export_rows, is_results_store, read_results
 from .._config import DEFAULT_CACHE_PATH
 from .._store import Store
-from .run import CLIError
+from .errors import CLIError
 
 __all__ = ["add_export_arguments", "add_status_arguments", "cmd_export", "cmd_status", "format_summary"]
 

@@ -148,8 +148,9 @@ from typing import Any
 
 from ..exceptions import ConfigError
 from ._options import BATCH_OUTCOMES, SimConfig
-from ._outputs import count_tokens, expected_content, expected_embedding, expected_json, expected_text
+from ._outputs import count_tokens, expected_content, expected_json, expected_text
 from ._server import SimServer, serve, start
+from ._vectors import expected_embedding
 from ._wire import parse_markers
 
 __all__ = [

@@ -233,26 +233,30 @@ class BatchAPI:
             self._stats["batches_created"] += 1
             return _json(batch.info())
 
+    def _named_batch(self, request: web.Request) -> SimBatch | web.Response:
+        """The batch the URL names, advanced to now, or the 404 answer (lock held)."""
+        batch = self.batches.get(request.match_info["id"])
+        if batch is None:
+            return error_response(404, f"No such Batch object: {request.match_info['id']}")
+        self._advance(batch, time.monotonic())
+        return batch
+
     async def retrieve(self, request: web.Request) -> web.Response:
         refused = self._refused(request)
         if refused is not None:
             return refused
         with self._lock:
-            batch = self.batches.get(request.match_info["id"])
-            if batch is None:
-                return error_response(404, f"No such Batch object: {request.match_info['id']}")
-            self._advance(batch, time.monotonic())
-            return _json(batch.info())
+            batch = self._named_batch(request)
+            return batch if isinstance(batch, web.Response) else _json(batch.info())
 
     async def cancel(self, request: web.Request) -> web.Response:
         refused = self._refused(request)
         if refused is not None:
             return refused
         with self._lock:
-            batch = self.batches.get(request.match_info["id"])
-            if batch is None:
-                return error_response(404, f"No such Batch object: {request.match_info['id']}")
-            self._advance(batch, time.monotonic())
+            batch = self._named_batch(request)
+            if isinstance(batch, web.Response):
+                return batch
             if batch.status in TERMINAL:
                 return error_response(409, f"Cannot cancel a batch with status '{batch.status}'.")
             if batch.status != "cancelling":

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Final
 import orjson
 from aiohttp import web
 
-from ._outputs import expected_embedding
+from ._vectors import expected_embedding
 from ._wire import JSON_HEADERS, ParsedEmbeddings, fault_error, parse_markers, receive
 
 if TYPE_CHECKING:

@@ -1,4 +1,5 @@
-"""Deterministic outputs of the simulator: plain text, schema-conforming JSON and token counts.
+"""Deterministic outputs of the simulator: plain text, schema-conforming JSON and token counts (vectors:
+:mod:`._vectors`; strings matching a schema ``pattern``: :mod:`._patterns`).
 
 Everything here is a pure function of its arguments, so a test can compute the exact answer the
 server will give without talking to it:
@@ -18,31 +19,23 @@ server will give without talking to it:
 
 from __future__ import annotations
 
-import array
 import datetime as _dt
 import hashlib
 import math
 import random
 import re
-import sys
 import uuid
 from collections.abc import Mapping
 from typing import Any, Final, TypeGuard
 
 import orjson
 
+from ._patterns import match_pattern
 from ._semantic import pair_verdict, semantic_json, semantic_text
-
-try:  # the stdlib regex parser, used to generate strings matching a schema "pattern"
-    import re._constants as _rc
-    import re._parser as _rx
-except ImportError:  # pragma: no cover - very old or very new Python: fall back to fixed candidates
-    _rc = _rx = None
 
 __all__ = [
     "count_tokens",
     "expected_content",
-    "expected_embedding",
     "expected_json",
     "expected_text",
 ]
@@ -77,39 +70,6 @@ def expected_text(model: str, prompt: str, system: str | None = None) -> str:
     if system:
         return f"{model} [{system}]: {prompt[::-1]}"
     return f"{model}: {prompt[::-1]}"
-
-
-_EMBED_SCALE: Final = 1.0 / 32768
-
-
-def expected_embedding(model: str, text: str, dimensions: int) -> list[float]:
-    """The embedding of ``text``: ``dimensions`` values in ``[-1, 1)``, seeded only by ``(model, text)``.
-
-    Every value is a multiple of 1/32768, so it is exact in Float32; a shorter vector is a prefix of a
-    longer one (as with models that honour ``dimensions`` by truncation). It is the mean of a random
-    vector for the whole text and one for each of its words (lower-cased ``\\w+`` runs), so texts that
-    share words point in similar directions (what embedding blocking needs); a one-word text is just
-    its own random vector.
-
-    >>> v = expected_embedding("m", "hi", 4)
-    >>> len(v), v == expected_embedding("m", "hi", 8)[:4], all(-1 <= x < 1 for x in v)
-    (4, True, True)
-    """
-    words = re.findall(r"\w+", text.lower())
-    if words == [text] or not words:
-        return _random_vector(model, text, dimensions)
-    parts = [_random_vector(model, t, dimensions) for t in (text, *words)]
-    scale = 32768 / len(parts)
-    return [round(sum(column) * scale) * _EMBED_SCALE for column in zip(*parts, strict=True)]
-
-
-def _random_vector(model: str, text: str, dimensions: int) -> list[float]:
-    digest = hashlib.shake_128(f"{model}\x00{text}".encode("utf-8", "surrogatepass")).digest(2 * dimensions)
-    values = array.array("h")
-    values.frombytes(digest)
-    if sys.byteorder != "little":  # pragma: no cover - the same vectors on every machine
-        values.byteswap()
-    return list(map(_EMBED_SCALE.__mul__, values))
 
 
 def expected_json(schema: Mapping[str, Any], model: str, prompt: str, system: str | None = None) -> Any:
@@ -446,7 +406,7 @@ class _Gen:
         text = f"{name} {rng.choice(_WORDS)} {rng.randrange(1000)}"
         pattern = schema.get("pattern")
         if isinstance(pattern, str):
-            text = _match_pattern(pattern, text, rng)
+            text = match_pattern(pattern, text, rng, _WORDS)
         low = schema.get("minLength")
         high = schema.get("maxLength")
         if isinstance(low, int) and len(text) < low:
@@ -516,110 +476,3 @@ class _Gen:
 
 def _num(value: object) -> TypeGuard[int | float]:
     return isinstance(value, int | float) and not isinstance(value, bool)
-
-
-def _match_pattern(pattern: str, default: str, rng: random.Random) -> str:
-    """Best effort for ``pattern``: the default text if it matches, else a string generated from the
-    pattern's syntax tree, else the first simple candidate that matches, else the default."""
-    try:
-        regex = re.compile(pattern)
-    except re.error:
-        return default
-    if regex.search(default):
-        return default
-    for _ in range(8 if _rx is not None else 0):
-        generated = _from_regex(pattern, rng)
-        if generated is not None and regex.search(generated):
-            return generated
-    number = rng.randrange(1000)
-    word = rng.choice(_WORDS)
-    for candidate in (
-        str(number), f"{number}.5", word, word.upper(), word.capitalize(), f"{word}{number}",
-        f"{word}-{number}", f"{word}_{number}", "2024-01-01", f"{word}@example.com", "a", "A", "0",
-    ):  # fmt: skip
-        if regex.search(candidate):
-            return candidate
-    return default
-
-
-def _from_regex(pattern: str, rng: random.Random) -> str | None:
-    """A string built by walking ``pattern``'s parse tree (anchors and look-arounds are skipped)."""
-    try:
-        tree = _rx.parse(pattern)
-        out: list[str] = []
-        _emit(list(tree), rng, out)
-    except Exception:  # unsupported construct or private-API drift: let the caller fall back
-        return None
-    return "".join(out)
-
-
-def _emit(items: list[Any], rng: random.Random, out: list[str]) -> None:
-    for op, av in items:
-        if op is _rc.LITERAL:
-            out.append(chr(av))
-        elif op is _rc.NOT_LITERAL:
-            out.append("a" if av != ord("a") else "b")
-        elif op is _rc.ANY:
-            out.append("x")
-        elif op is _rc.IN:
-            out.append(_pick_in(av, rng))
-        elif op in (_rc.MAX_REPEAT, _rc.MIN_REPEAT, getattr(_rc, "POSSESSIVE_REPEAT", None)):
-            low, high, sub = av
-            high = low + 3 if high == _rc.MAXREPEAT else min(high, low + 3)
-            for _ in range(rng.randint(low, high)):
-                _emit(list(sub), rng, out)
-        elif op is _rc.SUBPATTERN:
-            _emit(list(av[-1]), rng, out)
-        elif op is getattr(_rc, "ATOMIC_GROUP", None):
-            _emit(list(av), rng, out)
-        elif op is _rc.BRANCH:
-            _emit(list(rng.choice(av[1])), rng, out)
-        elif op is _rc.CATEGORY:
-            out.append(_CATEGORY_CHARS[str(av)][0])
-        elif op in (_rc.AT, _rc.ASSERT, _rc.ASSERT_NOT):
-            continue
-        else:
-            raise ValueError(f"unsupported regex construct {op}")
-
-
-_CATEGORY_CHARS: Final = {
-    "CATEGORY_DIGIT": "7",
-    "CATEGORY_NOT_DIGIT": "a",
-    "CATEGORY_WORD": "w",
-    "CATEGORY_NOT_WORD": "-",
-    "CATEGORY_SPACE": " ",
-    "CATEGORY_NOT_SPACE": "x",
-}
-
-
-def _pick_in(items: list[Any], rng: random.Random) -> str:
-    if items and items[0][0] is _rc.NEGATE:
-        for char in "aZ0_ -x.9":
-            if not any(_in_item(op, av, char) for op, av in items[1:]):
-                return char
-        raise ValueError("no character outside the negated set")
-    op, av = rng.choice(items)
-    if op is _rc.LITERAL:
-        return chr(av)
-    if op is _rc.RANGE:
-        return chr(rng.randint(av[0], av[1]))
-    if op is _rc.CATEGORY:
-        return _CATEGORY_CHARS[str(av)]
-    raise ValueError(f"unsupported character class item {op}")
-
-
-def _in_item(op: Any, av: Any, char: str) -> bool:
-    code = ord(char)
-    if op is _rc.LITERAL:
-        return bool(av == code)
-    if op is _rc.RANGE:
-        return bool(av[0] <= code <= av[1])
-    if op is _rc.CATEGORY:
-        name = str(av)
-        test = {"DIGIT": char.isdigit(), "WORD": char.isalnum() or char == "_", "SPACE": char.isspace()}
-        for key, value in test.items():
-            if name == f"CATEGORY_{key}":
-                return value
-            if name == f"CATEGORY_NOT_{key}":
-                return not value
-    return False

@@ -21,7 +21,7 @@ from collections.abc import Callable
 
 import anyio
 
-from ..._transport import Budget, Limits, describe_hint
+from ..._transport import AnnouncedLimit, Limits, describe_hint
 from .learner import RateLearner, Ticket, wall_backoff
 
 __all__ = ["Announced", "Pacer", "Pause", "RateLearner", "Ticket"]
@@ -33,7 +33,7 @@ class Announced:
     """A budget announced in headers: ``allow`` more before ``reset_at``, at most ``limit`` per window.
 
     >>> a = Announced(clock=lambda: 0.0)
-    >>> a.observe(Budget(limit=60, remaining=30, reset=10.0), used_since=0)
+    >>> a.observe(AnnouncedLimit(limit=60, remaining=30, reset=10.0), used_since=0)
     3.0
     """
 
@@ -45,7 +45,7 @@ class Announced:
         self.longest_reset = 0.0
         self.rate = math.inf
 
-    def observe(self, budget: Budget, used_since: float, stamped: float | None = None) -> float:
+    def observe(self, announcement: AnnouncedLimit, used_since: float, stamped: float | None = None) -> float:
         """Take a fresh announcement (``used_since``: what we sent after the request it answers;
         ``stamped``: when the provider counted that request — its send time, by default now).
 
@@ -54,11 +54,11 @@ class Announced:
         """
         now = self._clock()
         stamped = now if stamped is None else min(stamped, now)
-        remaining = budget.remaining if budget.remaining is not None else 0.0
-        reset = budget.reset if budget.reset is not None else 0.0
+        remaining = announcement.remaining if announcement.remaining is not None else 0.0
+        reset = announcement.reset if announcement.reset is not None else 0.0
         self.allow = max(0.0, remaining - used_since)
         self.reset_at = stamped + reset
-        self.limit = budget.limit
+        self.limit = announcement.limit
         self.longest_reset = max(self.longest_reset, reset)
         left = self.reset_at - now
         rate = max(self.allow, 1.0) / left if left > 0 else math.inf
@@ -235,12 +235,12 @@ class Pacer:
         seconds until it comes back (0 if unsaid); otherwise ``None``."""
         if limited:  # a refusal tells when the spent budget comes back, not the pace to keep
             spent = None
-            for budget, announced in ((limits.requests, self.requests), (limits.tokens, self.tokens)):
-                if budget is not None and budget.remaining is not None and budget.remaining < 1:
-                    announced.exhaust(budget.reset or 0.0, ticket.sent_at)
+            for said, announced in ((limits.requests, self.requests), (limits.tokens, self.tokens)):
+                if said is not None and said.remaining is not None and said.remaining < 1:
+                    announced.exhaust(said.reset or 0.0, ticket.sent_at)
                     self.learner.note_hold(self._clock(), announced.reset_at)
                     self._next = max(self._next, announced.reset_at)  # no burst when it comes back
-                    spent = max(spent or 0.0, budget.reset or 0.0)
+                    spent = max(spent or 0.0, said.reset or 0.0)
             return spent
         if limits.requests is not None and limits.requests.usable:
             used = self._seq - ticket.seq
