@@ -24,6 +24,7 @@ import pytest
 
 import polars_llm
 from polars_llm import BudgetExceededError, sim
+from polars_llm._cost import usd
 from reliability_utils import interrupt_child
 
 MODEL = "sim/echo"  # listed and priced by the simulator
@@ -118,10 +119,13 @@ def test_an_eager_frame_of_several_chunks_shares_one_max_cost(
     fresh = several_chunks(prompts(240, distinct=240)[::-1], 6).with_columns(pl.col("q") + " (again)")
     est = fresh.llm.estimate("q", MODEL, **options)
     budget = est.cost_expected / 4  # type: ignore[operator]
-    with pytest.raises(BudgetExceededError):
+    with pytest.raises(BudgetExceededError) as info:
         fresh.with_columns(pl.col("q").llm.map(MODEL, max_cost=budget, **options).alias("llm"))
     assert 0 < server.stats()["requests"] < 240
     assert server.stats()["cost"] <= budget
+    # the stop speaks of the query: every chunk's spend (counted once) against the whole max_cost
+    assert info.value.budget == budget and info.value.spent == pytest.approx(server.stats()["cost"])
+    assert f"spent of the {usd(budget)} budget" in str(info.value)
 
 
 def test_row_operators_stream_in_a_lazy_query(server: sim.SimServer, small_morsels: None) -> None:

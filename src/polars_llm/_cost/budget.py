@@ -42,6 +42,7 @@ __all__ = [
     "Estimate",
     "TokenModel",
     "budget_exceeded",
+    "budget_message",
     "build_estimate",
     "nano_usd",
     "plan_costs",
@@ -338,11 +339,22 @@ def build_estimate(
 def budget_exceeded(budget: Budget, left: int) -> BudgetExceededError:
     """The stop of a run whose next request no longer fits in ``max_cost``."""
     return BudgetExceededError(
-        f"max_cost reached: {usd(budget.spent)} spent of the {usd(budget.limit)} budget on this call's "
-        f"rows; {left:,} rows were not sent (still pending). Raise max_cost and run again to continue",
+        budget_message(budget.spent, budget.limit, left),
         spent=budget.spent,
         budget=budget.limit,
         rows_left=left,
+    )
+
+
+def budget_message(spent: float, limit: float, left: int) -> str:
+    """What a budget stop says.
+
+    >>> budget_message(0.25, 2.0, 10)[:60]
+    'max_cost reached: $0.250 spent of the $2.00 budget on this c'
+    """
+    return (
+        f"max_cost reached: {usd(spent)} spent of the {usd(limit)} budget on this call's "
+        f"rows; {left:,} rows were not sent (still pending). Raise max_cost and run again to continue"
     )
 
 

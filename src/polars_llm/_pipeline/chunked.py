@@ -42,6 +42,7 @@ import polars as pl
 
 from .._bridge import LoopThread, on_polars_pool, polars_aborted, run_sync
 from .._config import MapConfig
+from .._cost import budget_message
 from .._engine import QueryAborted, Session
 from .._progress import Progress, RunStats
 from ..exceptions import BudgetExceededError, PolarsLLMError, remember
@@ -153,7 +154,7 @@ class ChunkedRun:
                 try:
                     return self._kept(chunk, self._map(series) if not inline else self._map_inline(series))
                 except BaseException as error:
-                    raise self._stop(error, chunk, inline) from None
+                    raise self._stop(error, chunk) from None
         finally:
             self._leave()
 
@@ -178,12 +179,12 @@ class ChunkedRun:
             chunk.out = _unnested(chunk.rows, mapped)
         return self._done(chunk.rows, mapped)
 
-    def _stop(self, error: BaseException, chunk: _Chunk, inline: bool) -> BaseException:
+    def _stop(self, error: BaseException, chunk: _Chunk) -> BaseException:
         """``error`` as this chunk raises it; the query's other chunks raise it too, the session closes."""
         self._stopped = error
         self._close()  # a stopped run does not carry over into the next query
         if isinstance(error, BudgetExceededError):
-            self._as_it_stands(error, chunk, inline)
+            self._as_it_stands(error, chunk)
         return error
 
     def _map_inline(self, series: pl.Series) -> pl.Series:
@@ -193,14 +194,23 @@ class ChunkedRun:
     @contextlib.contextmanager
     def _spending(self) -> Iterator[MapConfig]:
         """The config of a chunk run on its own (``max_cost``: what the earlier chunks left); what it
-        spent is added to theirs."""
-        cfg = self.cfg
+        spent is added to theirs. Its budget stop says what the query spent of the whole ``max_cost``."""
+        cfg, earlier = self.cfg, self._spent
         if cfg.max_cost is not None:
-            cfg = cfg.replace(max_cost=max(cfg.max_cost - self._spent, 1e-12))
+            cfg = cfg.replace(max_cost=max(cfg.max_cost - earlier, 1e-12))
         spent: list[float] = []
         token = SPENT.set(spent)
         try:
             yield cfg
+        except BudgetExceededError as stop:
+            assert self.cfg.max_cost is not None
+            said = budget_message(stop.spent, stop.budget, stop.rows_left)
+            stop.spent, stop.budget = stop.spent + earlier, self.cfg.max_cost
+            message = str(stop.args[0]) if stop.args else ""
+            if message.startswith(said):  # the amounts of the query, not of this chunk's share
+                stop.args = (budget_message(stop.spent, stop.budget, stop.rows_left) + message[len(said) :],)
+                stop.message = stop.args[0]
+            raise
         finally:
             SPENT.reset(token)
             self._spent += sum(spent)
@@ -236,12 +246,10 @@ class ChunkedRun:
                 remember(restated)
             raise restated from None
 
-    def _as_it_stands(self, stop: BudgetExceededError, current: _Chunk, inline: bool) -> None:
+    def _as_it_stands(self, stop: BudgetExceededError, current: _Chunk) -> None:
         """Make ``stop.frame`` the output of every chunk this query handed over so far (in that order):
         the answered ones as answered, the stopped one as it stood, the rest from the cache alone. With
         more than 50,000 rows handed over, it stays the stopped chunk's."""
-        if inline and self.cfg.max_cost is not None:  # the chunk ran with what the earlier ones left
-            stop.spent, stop.budget = stop.spent + self._spent, self.cfg.max_cost
         chunks = self._chunks
         if chunks is None or stop.frame is None or len(chunks) < 2:
             return
